@@ -1,0 +1,1 @@
+"""Finding the containers to capture: listing, the /events stream, and filters."""

@@ -1,0 +1,48 @@
+"""What the daemon knows about a container, read from ``inspect``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_PROJECT = "com.docker.compose.project"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """Identity and metadata carried by every record of the container."""
+
+    id: str
+    name: str
+    image: str
+    labels: dict[str, str] = field(default_factory=dict)
+    tty: bool = False
+    running: bool = False
+    started_at: str = ""
+
+    @property
+    def compose_service(self) -> str | None:
+        return self.labels.get(COMPOSE_SERVICE)
+
+    @property
+    def compose_project(self) -> str | None:
+        return self.labels.get(COMPOSE_PROJECT)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @classmethod
+    def from_inspect(cls, data: dict[str, Any]) -> ContainerInfo:
+        config = data.get("Config") or {}
+        state = data.get("State") or {}
+        return cls(
+            id=data["Id"],
+            name=str(data.get("Name") or "").lstrip("/"),
+            image=str(config.get("Image") or data.get("Image") or ""),
+            labels=dict(config.get("Labels") or {}),
+            tty=bool(config.get("Tty")),
+            running=bool(state.get("Running")),
+            started_at=str(state.get("StartedAt") or ""),
+        )

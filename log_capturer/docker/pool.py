@@ -1,0 +1,330 @@
+"""The one bounded pool of connections to the Docker engine."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import urllib3
+from urllib3.util.wait import wait_for_read
+
+from .config import PoolConfig
+from .connection import DockerSocketConnection
+from .errors import PoolClosedError, PoolExhaustedError
+
+_log = structlog.get_logger(__name__)
+_STREAM_PATH = re.compile(r"^(?:/v[\d.]+)?(?:/containers/[^/]+/(?:logs|attach)|/events)\b")
+
+
+def request_kind(url: str) -> str:
+    """``stream`` for log, attach and event streams (held for long), ``api`` for everything else."""
+    return "stream" if _STREAM_PATH.match(url) else "api"
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A consistent snapshot of the pool's gauges and counters."""
+
+    max_open: int
+    open: int
+    in_use: int
+    idle: int
+    waiting: int
+    new_connections: int
+    checkouts: dict[str, int] = field(default_factory=dict)
+    reuses: dict[str, int] = field(default_factory=dict)
+    waits: int = 0
+    wait_seconds: float = 0.0
+    wait_timeouts: int = 0
+    closed: dict[str, int] = field(default_factory=dict)
+    health_checks: dict[str, int] = field(default_factory=dict)
+
+    def reuse_ratio(self, kind: str) -> float:
+        """Share of checkouts of ``kind`` served by an existing connection (1.0 before any)."""
+        total = self.checkouts.get(kind, 0)
+        return self.reuses.get(kind, 0) / total if total else 1.0
+
+
+class DockerConnectionPool(urllib3.HTTPConnectionPool):
+    """A bounded pool of connections to the engine's unix socket, with ``database/sql`` semantics.
+
+    One pool serves the whole process: API calls, log streams and the event stream.
+    Its contract, set by :class:`PoolConfig`:
+
+    * ``max_open``: at most this many connections exist at once, in use or idle.
+      A caller that finds no idle connection and ``max_open`` reached waits, first
+      come first served, up to ``wait_timeout`` for one to be returned, then gets
+      :class:`PoolExhaustedError`. A new connection is made only under the cap.
+    * ``max_idle``: at most this many idle connections are kept; one returned beyond
+      that is closed.
+    * ``max_lifetime``: a connection older than this is closed when returned or found
+      idle (0 = never). ``max_idle_time``: an idle connection unused this long is
+      closed by :meth:`maintain` or when found (0 = never).
+    * ``health_check_interval``: :meth:`maintain` sends ``GET /_ping`` on idle
+      connections not checked for that long and closes those that fail; a connection
+      the engine closed is found (readable at EOF) before it is handed out.
+    * A connection urllib3 discards after an error, or that its user closed (a
+      stream cut at its deadline), frees its slot when it comes back.
+    * After :meth:`close`, waiters and new callers get :class:`PoolClosedError`;
+      connections still in use are closed when returned.
+
+    Counters (:meth:`stats`): open, in use, idle, waiting, new connections,
+    checkouts and reuses per request kind (``api``, ``stream``), waits, wait time,
+    wait timeouts, closes by reason, health checks by result.
+    """
+
+    ConnectionCls = DockerSocketConnection  # type: ignore[assignment]
+
+    def __init__(self, socket_path: str, config: PoolConfig, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout, maxsize=1, block=False)
+        self.socket_path = socket_path
+        self.config = config
+        self._cond = threading.Condition(threading.Lock())
+        self._idle: deque[DockerSocketConnection] = deque()
+        self._open = 0
+        self._in_use = 0
+        self._waiting = 0
+        self._closed = False
+        self._local = threading.local()
+        self._new_connections = 0
+        self._checkouts: Counter[str] = Counter()
+        self._reuses: Counter[str] = Counter()
+        self._waits = 0
+        self._wait_seconds = 0.0
+        self._wait_timeouts = 0
+        self._closed_by: Counter[str] = Counter()
+        self._health: Counter[str] = Counter()
+
+    # -- the three steps of a connection's life --------------------------------------
+
+    def _new_conn(self) -> DockerSocketConnection:  # type: ignore[override]
+        """A fresh, not yet connected connection (it connects on its first request)."""
+        with self._cond:
+            self._new_connections += 1
+        self.num_connections += 1
+        return DockerSocketConnection(self.socket_path, self.timeout.connect_timeout)  # type: ignore[arg-type]
+
+    def _get_conn(self, timeout: float | None = None) -> DockerSocketConnection:  # type: ignore[override]
+        """Check a connection out: the most recently used idle one, a new one under the cap, or wait.
+
+        Raises only :class:`EmptyPoolError` subclasses, as urllib3 expects: for any other
+        error it would hand back ``None`` and the accounting would lose a slot.
+        """
+        kind = getattr(self._local, "kind", "api")
+        wait = self.config.wait_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        stale: list[tuple[DockerSocketConnection, str]] = []
+        conn: DockerSocketConnection | None = None
+        with self._cond:
+            wait_started: float | None = None
+            try:
+                while True:
+                    if self._closed:
+                        raise PoolClosedError(self, "the Docker connection pool is closed")
+                    conn = self._take_idle_locked(stale)
+                    if conn is not None or self._open < self.config.max_open:
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._wait_timeouts += 1
+                        raise PoolExhaustedError(
+                            self,
+                            f"no Docker connection free within {wait:g}s: all "
+                            f"{self.config.max_open} (docker.pool.max_open) in use",
+                        )
+                    if wait_started is None:
+                        wait_started = time.monotonic()
+                        self._waits += 1
+                        self._waiting += 1
+                    self._cond.wait(remaining)
+            finally:
+                if wait_started is not None:
+                    self._waiting -= 1
+                    self._wait_seconds += time.monotonic() - wait_started
+            if conn is None:
+                self._open += 1  # reserve the slot before creating outside the lock
+            else:
+                self._reuses[kind] += 1
+            self._in_use += 1
+            self._checkouts[kind] += 1
+        self._close_all(stale)
+        if conn is None:
+            conn = self._new_conn()
+        conn.new_lease()
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        """Return a connection: keep it idle, or close it (cap, age, pool closed, or already dead)."""
+        reason: str | None = None
+        with self._cond:
+            self._in_use -= 1
+            if conn is None or conn.sock is None:
+                # urllib3 discarded it after an error (None), or its user closed it.
+                self._open -= 1
+                self._closed_by["broken" if conn is None else "closed_in_use"] += 1
+                self._cond.notify()
+                return
+            conn.new_lease()
+            now = time.monotonic()
+            if self._closed:
+                reason = "pool_closed"
+            elif self._expired(conn, now, idle=False):
+                reason = "max_lifetime"
+            elif len(self._idle) >= self.config.max_idle:
+                reason = "max_idle"
+            if reason is None:
+                conn.idle_since = now
+                self._idle.append(conn)
+            else:
+                self._open -= 1
+                self._closed_by[reason] += 1
+            self._cond.notify()
+        if reason is not None:
+            conn.close()
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _expired(self, conn: DockerSocketConnection, now: float, idle: bool) -> str | None:
+        lifetime = self.config.max_lifetime
+        if lifetime and now - conn.created_at >= lifetime:
+            return "max_lifetime"
+        idle_time = self.config.max_idle_time
+        if idle and idle_time and now - conn.idle_since >= idle_time:
+            return "max_idle_time"
+        return None
+
+    def _take_idle_locked(
+        self, stale: list[tuple[DockerSocketConnection, str]]
+    ) -> DockerSocketConnection | None:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            reason = self._expired(conn, now, idle=True)
+            if reason is None and _is_dropped(conn):
+                reason = "dropped"
+            if reason is None:
+                return conn
+            self._open -= 1
+            self._closed_by[reason] += 1
+            stale.append((conn, reason))
+        return None
+
+    @staticmethod
+    def _close_all(conns: list[tuple[DockerSocketConnection, str]]) -> None:
+        for conn, _ in conns:
+            conn.close()
+
+    # -- public -----------------------------------------------------------------------
+
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        self._local.kind = request_kind(url)
+        return super().urlopen(method, url, *args, **kwargs)
+
+    def maintain(self) -> None:
+        """Close idle connections past their age limits; health-check the others with /_ping.
+
+        Called periodically by the pool's owner (the engine's maintenance thread).
+        """
+        now = time.monotonic()
+        stale: list[tuple[DockerSocketConnection, str]] = []
+        to_check: list[DockerSocketConnection] = []
+        interval = self.config.health_check_interval
+        with self._cond:
+            keep: deque[DockerSocketConnection] = deque()
+            for conn in self._idle:
+                reason = self._expired(conn, now, idle=True)
+                if reason is None and _is_dropped(conn):
+                    reason = "dropped"
+                if reason is not None:
+                    self._open -= 1
+                    self._closed_by[reason] += 1
+                    stale.append((conn, reason))
+                elif interval and now - conn.checked_at >= interval:
+                    to_check.append(conn)
+                    self._in_use += 1  # out of the idle list while being checked
+                else:
+                    keep.append(conn)
+            self._idle = keep
+            if stale:
+                self._cond.notify(len(stale))
+        self._close_all(stale)
+        for conn in to_check:
+            healthy = _ping(conn, self.timeout.read_timeout or 5.0)  # type: ignore[arg-type]
+            conn.checked_at = time.monotonic()
+            if not self._return_checked(conn, healthy):
+                conn.close()
+
+    def _return_checked(self, conn: DockerSocketConnection, healthy: bool) -> bool:
+        """Put a health-checked connection back at the cold end of the idle list; False = close it."""
+        with self._cond:
+            self._health["ok" if healthy else "failed"] += 1
+            self._in_use -= 1
+            keep = healthy and not self._closed
+            if keep:
+                self._idle.appendleft(conn)
+            else:
+                self._open -= 1
+                self._closed_by["pool_closed" if healthy else "health_check"] += 1
+            self._cond.notify()
+            return keep
+
+    def stats(self) -> PoolStats:
+        with self._cond:
+            return PoolStats(
+                max_open=self.config.max_open,
+                open=self._open,
+                in_use=self._in_use,
+                idle=len(self._idle),
+                waiting=self._waiting,
+                new_connections=self._new_connections,
+                checkouts=dict(self._checkouts),
+                reuses=dict(self._reuses),
+                waits=self._waits,
+                wait_seconds=self._wait_seconds,
+                wait_timeouts=self._wait_timeouts,
+                closed=dict(self._closed_by),
+                health_checks=dict(self._health),
+            )
+
+    def close(self) -> None:
+        """Close idle connections now, the others when returned; wake and fail all waiters."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            idle, self._idle = list(self._idle), deque()
+            self._open -= len(idle)
+            self._closed_by["pool_closed"] += len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            conn.close()
+
+
+def _is_dropped(conn: DockerSocketConnection) -> bool:
+    """An idle connection is dead if its socket is readable: the engine closed it (EOF)."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        return bool(wait_for_read(sock, timeout=0.0))
+    except OSError:
+        return True
+
+
+def _ping(conn: DockerSocketConnection, timeout: float) -> bool:
+    """GET /_ping on an idle connection; any failure means the connection is not healthy."""
+    try:
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        conn.request("GET", "/_ping")
+        response = conn.getresponse()  # preloads the body into .data
+        body = response.data
+    except Exception as exc:  # http.client and urllib3 raise assorted types; all mean unhealthy
+        _log.info("docker_pool_health_check_failed", error=repr(exc))
+        return False
+    return response.status == 200 and body.strip() == b"OK"

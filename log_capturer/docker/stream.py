@@ -1,0 +1,163 @@
+"""Owning one streaming response from the engine: read with a deadline, interrupt, close once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+from .connection import DockerSocketConnection
+from .errors import StreamBrokenError
+from .frames import ChunkParseStats, FrameDecoder, RawDecoder
+from .lines import LineAssembler, LogLine
+
+READ_SIZE = 64 * 1024
+
+
+class ManagedResponse:
+    """Owns a streaming HTTP response and the socket under it until :meth:`close`.
+
+    * Reads block at most until the ``deadline`` (a monotonic time): the socket's
+      timeout is set to the time left before each read, because a quiet follow
+      stream never ends by itself on the engine.
+    * :meth:`interrupt` may be called from any thread. It only shuts the socket down
+      (waking the blocked reader with EOF) and only while this response still holds
+      the connection (its lease). Closing the response from another thread would
+      deadlock a blocked reader (urllib3 #2868), so only the reader closes.
+    * :meth:`close` runs once, whatever happened: it closes the response and with
+      it the socket, so the file descriptor is freed now, not at the next GC (no
+      ``sock._response`` cycle as in docker-py #2766). A response the engine ended
+      cleanly has already returned its connection to the pool for reuse.
+    """
+
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+        self._raw: Any = response.raw
+        conn = self._raw.connection
+        self._conn: DockerSocketConnection | None = (
+            conn if isinstance(conn, DockerSocketConnection) else None
+        )
+        self._lease = self._conn.lease if self._conn is not None else -1
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self.interrupted = False
+        self.end_reason: str | None = None  # "eof", "deadline", "interrupted"
+
+    def __enter__(self) -> ManagedResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def read(self, deadline: float | None) -> bytes:
+        """Up to 64 KiB as soon as any arrive; ``b""`` at the end (see ``end_reason``)."""
+        if self.end_reason is not None:
+            return b""
+        if self.interrupted:
+            self.end_reason = "interrupted"
+            return b""
+        conn = self._conn
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.end_reason = "deadline"
+                return b""
+            if conn is not None and conn.sock is not None:
+                conn.sock.settimeout(remaining)
+        elif conn is not None and conn.sock is not None:
+            conn.sock.settimeout(None)
+        try:
+            data: bytes = self._raw.read1(READ_SIZE)
+        except ReadTimeoutError:
+            self.end_reason = "deadline"
+            return b""
+        except (ProtocolError, OSError) as exc:
+            if self.interrupted:
+                self.end_reason = "interrupted"
+                return b""
+            raise StreamBrokenError(f"stream broke: {exc!r}") from exc
+        if not data:
+            self.end_reason = "interrupted" if self.interrupted else "eof"
+        return data
+
+    def interrupt(self) -> None:
+        """Wake the reader from another thread; it will see the end and close."""
+        self.interrupted = True
+        if self._conn is not None:
+            self._conn.shutdown_if_leased(self._lease)
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._response.close()
+        finally:
+            self._response = None  # type: ignore[assignment]
+            self._raw = None
+            self._conn = None
+
+
+class LogStream:
+    """One window of a container's log: decodes frames (or a TTY's raw bytes) into whole lines."""
+
+    def __init__(
+        self,
+        response: ManagedResponse,
+        *,
+        tty: bool,
+        deadline: float | None,
+        max_line_bytes: int,
+        parse_stats: ChunkParseStats | None = None,
+    ) -> None:
+        self.response = response
+        self.deadline = deadline
+        self.parse_stats = parse_stats or ChunkParseStats()
+        self._decoder: FrameDecoder | RawDecoder = (
+            RawDecoder(self.parse_stats) if tty else FrameDecoder(self.parse_stats)
+        )
+        self.assembler = LineAssembler(max_line_bytes)
+        self.bytes_read = 0
+        self.partial_lines_discarded = 0
+
+    @property
+    def end_reason(self) -> str | None:
+        return self.response.end_reason
+
+    def lines(self, flush_at_eof: bool = False) -> Iterator[LogLine]:
+        """Whole lines until the engine ends the body, the deadline passes, or an interrupt.
+
+        ``flush_at_eof``: the container has stopped and this body is its end, so a last
+        line without a newline is complete. Otherwise an incomplete line is dropped at
+        the end and re-read by the next window.
+        """
+        while True:
+            data = self.response.read(self.deadline)
+            if not data:
+                break
+            self.bytes_read += len(data)
+            for chunk in self._decoder.feed(data):
+                yield from self.assembler.add(chunk)
+        if flush_at_eof and self.response.end_reason == "eof":
+            if isinstance(self._decoder, RawDecoder):
+                for chunk in self._decoder.flush():
+                    yield from self.assembler.add(chunk)
+            yield from self.assembler.flush()
+        else:
+            self.partial_lines_discarded += self.assembler.discard()
+
+    def interrupt(self) -> None:
+        self.response.interrupt()
+
+    def close(self) -> None:
+        self.response.close()
+

@@ -1,0 +1,1 @@
+"""Prometheus metrics: definitions, and collectors that read live state at scrape time."""

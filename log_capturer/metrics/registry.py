@@ -1,0 +1,130 @@
+"""Every metric the daemon exports, defined once.
+
+Per-line counters carry only low-cardinality labels (stream, sink, status): never a
+container id, which would grow the series count with every container ever seen.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREFIX = "log_capturer"
+
+# -- Docker API --------------------------------------------------------------------------
+DOCKER_API_ERRORS = Counter(
+    f"{PREFIX}_docker_api_errors",
+    "Docker API call failures, transient (retried) or permanent.",
+    ["operation", "kind"],
+)
+DOCKER_API_RETRIES = Counter(
+    f"{PREFIX}_docker_api_retries", "Retries of Docker API calls after a transient error.",
+    ["operation"],
+)
+
+# -- discovery ---------------------------------------------------------------------------
+CONTAINERS_MONITORED = Gauge(
+    f"{PREFIX}_containers_monitored", "Containers with a running monitor thread."
+)
+DISCOVERY_EVENTS = Counter(
+    f"{PREFIX}_discovery_events", "Container events received from the engine.", ["action"]
+)
+DISCOVERY_RECONNECTS = Counter(
+    f"{PREFIX}_discovery_event_stream_reconnects",
+    "Times the /events stream was reopened after it ended or failed.",
+)
+DISCOVERY_RELISTS = Counter(
+    f"{PREFIX}_discovery_relists", "Full container listings (at start and after each event gap)."
+)
+DISCOVERY_UP = Gauge(
+    f"{PREFIX}_discovery_up", "1 while the /events stream is connected, else 0."
+)
+
+# -- capture -----------------------------------------------------------------------------
+STREAM_WINDOWS = Counter(
+    f"{PREFIX}_stream_windows",
+    "Log stream windows (one request each) by how they ended.",
+    ["end"],
+)
+LINES_CAPTURED = Counter(
+    f"{PREFIX}_lines_captured", "New log lines captured and queued for delivery.", ["stream"]
+)
+BYTES_CAPTURED = Counter(
+    f"{PREFIX}_bytes_captured", "Message bytes of the new lines captured.", ["stream"]
+)
+LINES_DEDUPLICATED = Counter(
+    f"{PREFIX}_lines_deduplicated",
+    "Lines the engine re-sent at a resume boundary (inclusive since) and that were dropped.",
+    ["stream"],
+)
+LINES_TRUNCATED = Counter(
+    f"{PREFIX}_lines_truncated", "Lines longer than max_line_bytes, cut and marked truncated."
+)
+PARTIAL_LINES_REREAD = Counter(
+    f"{PREFIX}_partial_lines_reread",
+    "Split lines still incomplete when a window closed; re-read whole by the next window.",
+)
+TIMESTAMP_ERRORS = Counter(
+    f"{PREFIX}_timestamp_parse_errors", "Log messages without a readable Docker timestamp."
+)
+CLOCK_BACKWARDS = Counter(
+    f"{PREFIX}_clock_went_backwards",
+    "Lines whose timestamp is earlier than the previous line of the same stream.",
+)
+MONITOR_ERRORS = Counter(
+    f"{PREFIX}_monitor_errors", "Errors in container monitors, by kind.", ["kind"]
+)
+
+# -- pipeline ----------------------------------------------------------------------------
+QUEUE_RECORDS = Gauge(f"{PREFIX}_queue_records", "Records waiting in the delivery queue.")
+QUEUE_BYTES = Gauge(f"{PREFIX}_queue_bytes", "Message bytes waiting in the delivery queue.")
+QUEUE_CAPACITY_RECORDS = Gauge(
+    f"{PREFIX}_queue_capacity_records", "Record capacity of the delivery queue."
+)
+QUEUE_CAPACITY_BYTES = Gauge(
+    f"{PREFIX}_queue_capacity_bytes", "Byte capacity of the delivery queue."
+)
+QUEUE_BLOCKED_SECONDS = Counter(
+    f"{PREFIX}_queue_blocked_seconds",
+    "Time monitors spent blocked on a full queue (backpressure).",
+)
+RECORDS_DROPPED = Counter(
+    f"{PREFIX}_records_dropped",
+    "Records dropped by a configured drop policy (0 unless one is set).",
+    ["reason"],
+)
+
+# -- sinks -------------------------------------------------------------------------------
+SINK_BATCHES = Counter(
+    f"{PREFIX}_sink_batches", "Batches handed to a sink, by outcome.", ["sink", "status"]
+)
+SINK_RECORDS = Counter(
+    f"{PREFIX}_sink_records", "Records handed to a sink, by outcome.", ["sink", "status"]
+)
+SINK_SEND_SECONDS = Histogram(
+    f"{PREFIX}_sink_send_duration_seconds",
+    "Time a sink took to accept a batch.",
+    ["sink"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SINK_RETRIES = Counter(f"{PREFIX}_sink_retries", "Send retries after a transient failure.", ["sink"])
+SINK_UP = Gauge(f"{PREFIX}_sink_up", "1 while the sink's last send succeeded, else 0.", ["sink"])
+SPOOL_BYTES = Gauge(f"{PREFIX}_spool_bytes", "Bytes held in a sink's disk spool.", ["sink"])
+SPOOL_RECORDS = Gauge(f"{PREFIX}_spool_records", "Records held in a sink's disk spool.", ["sink"])
+SPOOL_CAPACITY_BYTES = Gauge(
+    f"{PREFIX}_spool_capacity_bytes", "Byte capacity of a sink's disk spool.", ["sink"]
+)
+DEAD_LETTER_RECORDS = Counter(
+    f"{PREFIX}_dead_letter_records",
+    "Records a sink rejected permanently, written to its dead-letter file.",
+    ["sink"],
+)
+DELIVERY_LAG = Histogram(
+    f"{PREFIX}_delivery_lag_seconds",
+    "Now minus the record's Docker timestamp when a sink accepted it.",
+    ["sink"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+
+# -- positions ---------------------------------------------------------------------------
+POSITION_SAVES = Counter(f"{PREFIX}_position_saves", "Saves of the positions file.", ["result"])
+POSITIONS_TRACKED = Gauge(f"{PREFIX}_positions_containers", "Containers in the positions file.")

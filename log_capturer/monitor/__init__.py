@@ -1,0 +1,1 @@
+"""Container monitors: one thread per container reading its log in short windows."""

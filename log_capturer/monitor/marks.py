@@ -1,0 +1,95 @@
+"""Where each stream of a container has been read to, and the dedup of an inclusive ``since``.
+
+A position is ``(ts_ns, seq)``: the Docker timestamp of a line and its 1-based index
+among the lines of the same stream with that same timestamp. A :class:`Mark` is the
+position of the last line delivered. ``since`` is inclusive, so a window reopened at
+``mark.ts_ns`` gets the ``mark.count`` lines at that timestamp again: they are dropped
+here, per stream. stdout and stderr are not ordered against each other by the engine,
+so each has its own mark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STREAMS = ("stdout", "stderr")
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Mark:
+    """Lines up to and including position ``(ts_ns, count)`` of a stream are delivered."""
+
+    ts_ns: int = 0
+    count: int = 0
+
+    def covers(self, ts_ns: int, seq: int) -> bool:
+        return (ts_ns, seq) <= (self.ts_ns, self.count)
+
+
+ZERO = Mark(0, 0)
+
+
+class StreamDedup:
+    """Reads one stream of one window: drops what ``mark`` covers, numbers the new lines.
+
+    The engine sends a stream in file order, which is timestamp order; so once a new
+    line is seen, every later line of the window is new too (this keeps lines even if
+    the host clock stepped backwards; ``clock_backwards`` counts such steps).
+    """
+
+    __slots__ = ("_caught_up", "_cur_seen", "_cur_ts", "clock_backwards", "dropped", "mark")
+
+    def __init__(self, mark: Mark) -> None:
+        self.mark = mark
+        self._cur_ts = -1
+        self._cur_seen = 0
+        self._caught_up = False
+        self.dropped = 0
+        self.clock_backwards = 0
+
+    def admit(self, ts_ns: int) -> int | None:
+        """The line's ``seq`` if it is new, ``None`` if it was delivered before."""
+        if ts_ns != self._cur_ts:
+            if ts_ns < self._cur_ts:
+                self.clock_backwards += 1
+            self._cur_ts = ts_ns
+            self._cur_seen = 0
+        self._cur_seen += 1
+        seq = self._cur_seen
+        if not self._caught_up:
+            if self.mark.covers(ts_ns, seq):
+                self.dropped += 1
+                return None
+            self._caught_up = True
+        if not self.mark.covers(ts_ns, seq):
+            self.mark = Mark(ts_ns, seq)
+        return seq
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """One request of a window: which streams, from where, following or not."""
+
+    streams: tuple[str, ...]
+    since_ns: int
+    follow: bool
+
+
+def plan_window(marks: dict[str, Mark], lag_threshold_ns: int, follow: bool) -> list[ReadPlan]:
+    """The requests of one window.
+
+    Streams whose marks are within ``lag_threshold_ns`` of the newest are read
+    together, from the oldest of their marks (re-sent lines are dropped by dedup).
+    A stream further behind (typically a quiet stderr) is read on its own, without
+    following, from its own mark: a shared ``since`` would re-send the other stream's
+    whole history every window, and moving its mark forward without having read it
+    could skip a line the engine wrote late.
+    """
+    if not marks:
+        return []
+    newest = max(m.ts_ns for m in marks.values())
+    behind = tuple(s for s, m in marks.items() if newest - m.ts_ns > lag_threshold_ns)
+    together = tuple(s for s in marks if s not in behind)
+    plans = [ReadPlan((s,), marks[s].ts_ns, follow=False) for s in behind]
+    plans.append(ReadPlan(together, min(marks[s].ts_ns for s in together), follow=follow))
+    return plans

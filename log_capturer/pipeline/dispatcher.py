@@ -1,0 +1,177 @@
+"""The delivery thread: queue -> every sink -> acknowledged positions -> checkpoints."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
+
+from ..metrics.registry import DELIVERY_LAG, SINK_BATCHES, SINK_RECORDS, SINK_SEND_SECONDS
+from ..positions.store import PositionStore
+from ..sinks.base import Sink, SinkError
+from .config import PipelineConfig
+from .queue import RecordQueue
+from .record import ControlItem, LogRecord
+
+_log = structlog.get_logger(__name__)
+
+
+class Dispatcher:
+    """Owns one thread that takes batches off the queue and hands them to every sink.
+
+    A batch is acknowledged (positions advance past it) only after every sink
+    accepted it; a sink that fails is retried with capped backoff until it accepts
+    or shutdown gives up on it, and then nothing of that batch is acknowledged, so
+    the next start re-reads it from the engine. Positions are saved every
+    ``flush_interval`` together with each sink's checkpoint, in this thread, so the
+    saved positions and the sinks' state always describe the same moment.
+    """
+
+    def __init__(
+        self,
+        queue: RecordQueue,
+        sinks: list[Sink],
+        positions: PositionStore,
+        config: PipelineConfig,
+        flush_interval: float,
+    ) -> None:
+        self.queue = queue
+        self.sinks = sinks
+        self.positions = positions
+        self.config = config
+        self.flush_interval = flush_interval
+        self._stopping = threading.Event()
+        self._abandon = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
+        self.delivered = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (up to ``drain_timeout``), save positions, return."""
+        self._stopping.set()
+        self._thread.join(self.config.drain_timeout if timeout is None else timeout)
+        if self._thread.is_alive():
+            self._abandon.set()
+            self._thread.join(30)
+            if self._thread.is_alive():
+                _log.error("dispatcher_did_not_stop")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        next_flush = time.monotonic() + self.flush_interval
+        try:
+            while not self._abandon.is_set():
+                wait = max(0.0, next_flush - time.monotonic())
+                if self._stopping.is_set():
+                    wait = 0.0
+                batch = self.queue.get_batch(self.config.batch_size, self.config.batch_wait, wait)
+                if batch:
+                    self._handle(batch)
+                if time.monotonic() >= next_flush:
+                    self.checkpoint()
+                    next_flush = time.monotonic() + self.flush_interval
+                if self._stopping.is_set() and not batch:
+                    break
+        except Exception:
+            _log.exception("dispatcher_failed")
+            raise
+        finally:
+            try:
+                self.checkpoint(force=True)
+            except Exception:
+                _log.exception("final_checkpoint_failed")
+
+    def _handle(self, batch: list[Any]) -> None:
+        records: list[LogRecord] = []
+        for item in batch:
+            if isinstance(item, ControlItem):
+                self._deliver(records)
+                records = []
+                self._apply(item)
+            else:
+                records.append(item)
+        self._deliver(records)
+
+    def _apply(self, item: ControlItem) -> None:
+        if item.kind == "start_marks":
+            name, marks = item.payload
+            self.positions.set_start(item.container_id, name, marks)
+        elif item.kind == "prune":
+            self.positions.prune([item.container_id])
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"unknown control item {item.kind!r}")
+
+    def _deliver(self, records: list[LogRecord]) -> None:
+        if not records:
+            return
+        if any(sink.wants_checkpoint() for sink in self.sinks):
+            self.checkpoint(force=True)
+        for sink in self.sinks:
+            if not self._write_with_retry(sink, records):
+                return  # abandoned at shutdown: nothing of this batch is acknowledged
+        self.positions.ack(records)
+        self.delivered += len(records)
+
+    def _write_with_retry(self, sink: Sink, records: list[LogRecord]) -> bool:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.last_error = f"{sink.name}: {exc}"
+            _log.warning("sink_write_failed", sink=sink.name, attempt=state.attempt_number,
+                         error=str(exc))
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(SinkError),
+            wait=wait_exponential_jitter(initial=0.2, max=10.0),
+            stop=stop_when_event_set(self._abandon),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    started = time.monotonic()
+                    try:
+                        sink.write(records)
+                    except SinkError:
+                        SINK_BATCHES.labels(sink.name, "error").inc()
+                        raise
+                    SINK_SEND_SECONDS.labels(sink.name).observe(time.monotonic() - started)
+        except SinkError as exc:
+            SINK_RECORDS.labels(sink.name, "abandoned").inc(len(records))
+            _log.error("sink_batch_abandoned_at_shutdown", sink=sink.name, records=len(records),
+                       error=str(exc))
+            return False
+        SINK_BATCHES.labels(sink.name, "ok").inc()
+        SINK_RECORDS.labels(sink.name, "ok").inc(len(records))
+        now = time.time_ns()
+        lag = DELIVERY_LAG.labels(sink.name)
+        for record in records[:: max(1, len(records) // 20)]:  # a sample is enough for a histogram
+            lag.observe(max(0.0, (now - record.ts_ns) / 1e9))
+        self.last_error = None
+        return True
+
+    def _sleep(self, seconds: float) -> None:
+        self._abandon.wait(seconds)
+
+    def checkpoint(self, force: bool = False) -> None:
+        """Make sinks durable, then save positions with their state (this thread only)."""
+        if not (force or self.positions.dirty):
+            return
+        states = {sink.name: sink.checkpoint() for sink in self.sinks}
+        self.positions.save({k: v for k, v in states.items() if v is not None}, force=force)

@@ -1,0 +1,1 @@
+"""Acknowledged read positions, saved atomically so a crash loses nothing."""

@@ -1,0 +1,95 @@
+"""``/metrics`` (Prometheus text format), ``/health`` and ``/ready`` on ``server.listen``."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import Field, field_validator
+
+from ..config.types import Section
+
+_log = structlog.get_logger(__name__)
+
+Probe = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class ServerConfig(Section):
+    listen: str = Field("127.0.0.1:8001", description="host:port for /metrics, /health, /ready.")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class StatusServer:
+    """Owns the HTTP server and its thread; requests are served on short-lived threads."""
+
+    def __init__(self, listen: str, health: Probe, ready: Probe) -> None:
+        self.listen = listen
+        self._health = health
+        self._ready = ready
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        host, port = split_listen(self.listen)
+        probes = {"/health": self._health, "/ready": self._ready}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+                elif path in probes:
+                    ok, detail = probes[path]()
+                    body = json.dumps({"status": "ok" if ok else "fail", **detail}).encode()
+                    self._send(200 if ok else 503, "application/json", body)
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes every few seconds would flood the log
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="http-server",
+                                        daemon=True)
+        self._thread.start()
+        _log.info("http_server_listening", address=f"{host}:{self.port}")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None

@@ -1,0 +1,49 @@
+"""What every sink promises the dispatcher."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from ..monitor.marks import Mark
+from ..pipeline.record import LogRecord
+
+Marks = dict[str, dict[str, Mark]]
+
+
+class SinkError(Exception):
+    """A sink could not accept a batch; the dispatcher retries it (nothing is acknowledged)."""
+
+
+class Sink(ABC):
+    """A destination for records, with at-least-once delivery.
+
+    :meth:`write` returns only once the batch is accepted (written, sent and
+    acknowledged, or durably spooled); otherwise it raises :class:`SinkError` and the
+    dispatcher retries. Positions advance only past batches every sink accepted.
+    """
+
+    name: str = "sink"
+
+    def recover(self, acked: Marks, state: Any) -> Marks:
+        """At start: the marks this sink already holds, at least ``acked``.
+
+        A sink that can see what it delivered (the file sink reads its own tail) may
+        return more, and must then skip those records when they are read again.
+        ``state`` is what its last :meth:`checkpoint` returned.
+        """
+        return acked
+
+    @abstractmethod
+    def write(self, batch: list[LogRecord]) -> None: ...
+
+    def wants_checkpoint(self) -> bool:
+        """True to have positions saved before the next write (the file sink, before rotating)."""
+        return False
+
+    def checkpoint(self) -> Any:
+        """Make accepted records durable; return state to save with the positions."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files, sockets and threads."""

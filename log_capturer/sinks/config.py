@@ -1,0 +1,32 @@
+"""``sinks:`` config section: one sub-section per sink, each defined beside its sink."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from ..config.types import Section
+from .base import Sink
+from .file import FileSink, FileSinkConfig
+from .stdout import StdoutSink, StdoutSinkConfig
+
+
+class SinksConfig(Section):
+    file: FileSinkConfig = Field(default_factory=FileSinkConfig)  # type: ignore[arg-type]
+    stdout: StdoutSinkConfig = Field(default_factory=StdoutSinkConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> SinksConfig:
+        if not any(getattr(self, name).enabled for name in type(self).model_fields):
+            raise ValueError("no sink is enabled: enable at least one of " +
+                             ", ".join(type(self).model_fields))
+        return self
+
+
+def build_sinks(config: SinksConfig) -> list[Sink]:
+    """The enabled sinks, in a fixed order."""
+    sinks: list[Sink] = []
+    if config.file.enabled:
+        sinks.append(FileSink(config.file))
+    if config.stdout.enabled:
+        sinks.append(StdoutSink(config.stdout))
+    return sinks

@@ -1,0 +1,318 @@
+"""The daemon: builds every part from the config, starts them, and stops them in order."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from .config.loader import Config
+from .discovery.container import ContainerInfo
+from .discovery.events import EventWatcher
+from .discovery.filters import ContainerFilter, detect_own_container_id
+from .docker.engine import DockerEngine
+from .docker.errors import ContainerGoneError
+from .metrics.collectors import register_runtime_collectors
+from .monitor.container_monitor import ContainerMonitor
+from .monitor.marks import ZERO, Mark
+from .pipeline.dispatcher import Dispatcher
+from .pipeline.queue import RecordQueue
+from .pipeline.record import ControlItem
+from .positions.store import PositionStore
+from .server.http import StatusServer
+from .sinks.config import build_sinks
+from .timestamps import TimestampError, parse_docker_ts
+
+_log = structlog.get_logger(__name__)
+
+ContainerMarks = dict[str, dict[str, Mark]]
+
+
+class Supervisor:
+    """Owns the engine client, discovery, the monitors, the pipeline and the HTTP server.
+
+    Shutdown order (SIGTERM/SIGINT): stop discovery, stop every monitor (their
+    streams are interrupted, the pool wakes its waiters), deliver what is queued,
+    save positions, close sinks, close the pool, stop the HTTP server.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        mc = config.container_monitor
+        self.engine = DockerEngine(config.docker, negotiate_version=False)
+        self.positions = PositionStore(config.positions.path)
+        self.sinks = build_sinks(config.sinks)
+        pc = config.pipeline
+        self.queue = RecordQueue(pc.queue_records, pc.queue_bytes, pc.when_full == "drop_newest")
+        self.dispatcher = Dispatcher(
+            self.queue, self.sinks, self.positions, pc, config.positions.flush_interval
+        )
+        self.filter = ContainerFilter(mc, mc.self_container_id or detect_own_container_id())
+        self.watcher = EventWatcher(
+            self.engine, self, mc.relist_interval, mc.retry_initial_backoff, mc.retry_max_backoff
+        )
+        self.server = StatusServer(config.server.listen, self.health, self.ready)
+        self._collectors = register_runtime_collectors(self.engine.pool)
+        self._lock = threading.RLock()
+        self._monitors: dict[str, ContainerMonitor] = {}
+        self._read_marks: ContainerMarks = {}  # where exited monitors of this process stopped
+        self._resume: ContainerMarks = {}  # what the sinks hold, from the last run
+        self._finished: set[str] = set()  # containers read to the end after they stopped
+        self._destroyed: set[str] = set()
+        self._listed_once = False
+        self._version_ready = False
+        self._stop = threading.Event()
+        self._stopping = False
+        self.started = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; returns the exit code."""
+        self._install_signal_handlers()
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                if not self.dispatcher.alive:
+                    _log.error("dispatcher_died")
+                    break
+        finally:
+            self.shutdown()
+        return 0 if self._stop.is_set() else 1
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            _log.info("signal_received", signal=signal.Signals(signum).name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def start(self) -> None:
+        saved = self.positions.load()
+        per_sink = [sink.recover(saved.marks, saved.sinks.get(sink.name)) for sink in self.sinks]
+        self._resume = _lowest(per_sink)
+        _log.info("starting", containers_with_positions=len(self._resume),
+                  sinks=[s.name for s in self.sinks], self_container=self.filter.self_id[:12])
+        self.server.start()
+        self.dispatcher.start()
+        self.engine.start_maintenance()
+        self.watcher.start()
+        self.started = True
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            monitors = list(self._monitors.values())
+        started = time.monotonic()
+        _log.info("stopping", monitors=len(monitors), queued=len(self.queue))
+        self.watcher.stop()
+        for monitor in monitors:
+            monitor.stop()
+        self.engine.pool.close()  # wakes monitors waiting for a connection
+        self.watcher.join(10)
+        for monitor in monitors:
+            monitor.join(10)
+        self.dispatcher.stop()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:
+                _log.exception("sink_close_failed", sink=sink.name)
+        self.engine.close()
+        self.server.stop()
+        self._collectors.unregister()
+        _log.info("stopped", seconds=round(time.monotonic() - started, 3),
+                  delivered=self.dispatcher.delivered)
+
+    # -- health ----------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """The process works: its threads are alive and it is not shutting down."""
+        detail = {
+            "dispatcher": self.dispatcher.alive,
+            "discovery": self.watcher.alive,
+            "stopping": self._stopping,
+        }
+        return (self.dispatcher.alive and self.watcher.alive and not self._stopping), detail
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """The engine answers /_ping and discovery is connected to /events."""
+        engine_up = self.engine.ping() if not self._stopping else False
+        detail = {
+            "engine": engine_up,
+            "discovery": self.watcher.connected,
+            "monitors": len(self._monitors),
+        }
+        return (engine_up and self.watcher.connected and not self._stopping), detail
+
+    # -- discovery handler ---------------------------------------------------------------
+
+    def on_event(self, action: str, container_id: str, attributes: dict[str, Any]) -> None:
+        if action in ("start", "die"):
+            # "die" of a container we never saw start: read what it left.
+            self.ensure_monitor(container_id)
+        elif action == "destroy":
+            self._forget(container_id)
+        elif action == "rename":
+            self._refresh(container_id)
+
+    def relist(self, gap_started_ns: int | None) -> None:
+        if not self._version_ready:
+            self.engine.api._version = self.engine.call(
+                "version", lambda: self.engine.api.version(api_version=False)["ApiVersion"]
+            )
+            self._version_ready = True
+        first = not self._listed_once
+        containers = self.engine.list_containers(all=True)
+        present = {c["Id"] for c in containers}
+        for summary in containers:
+            cid = summary["Id"]
+            state = summary.get("State")
+            if state in ("running", "restarting", "paused"):
+                self.ensure_monitor(cid, first_listing=first)
+            elif cid in self._finished or cid in self._monitors:
+                continue
+            elif cid in self._resume:
+                self.ensure_monitor(cid)  # stopped while we were down: read the rest
+            elif gap_started_ns is not None and state in ("exited", "dead"):
+                self._catch_up_after_gap(cid, gap_started_ns)
+        if first:
+            stale = [cid for cid in self.positions.container_ids() if cid not in present]
+            for cid in stale:
+                self.queue.put_control(ControlItem("prune", cid))
+            if stale:
+                _log.info("positions_pruned", containers=len(stale))
+        self._listed_once = True
+
+    def _catch_up_after_gap(self, cid: str, gap_started_ns: int) -> None:
+        """A container that started and stopped while events were not followed."""
+        try:
+            data = self.engine.inspect_container(cid)
+        except ContainerGoneError:
+            return
+        started = (data.get("State") or {}).get("StartedAt") or ""
+        try:
+            started_ns = parse_docker_ts(started.encode())
+        except TimestampError:
+            return
+        if started_ns >= gap_started_ns - 1_000_000_000:
+            self.ensure_monitor(cid)
+
+    # -- monitors ------------------------------------------------------------------------
+
+    def ensure_monitor(self, container_id: str, first_listing: bool = False) -> None:
+        """Start a monitor for the container unless one runs, it is filtered out, or done."""
+        with self._lock:
+            if self._stopping:
+                return
+            existing = self._monitors.get(container_id)
+            if existing is not None and existing.alive:
+                return
+        try:
+            info = ContainerInfo.from_inspect(self.engine.inspect_container(container_id))
+        except ContainerGoneError:
+            return
+        if not self.filter.matches(info):
+            return
+        streams = ContainerMonitor.streams_for(info, self.config.container_monitor)
+        if not streams:
+            return
+        with self._lock:
+            if self._stopping or container_id in self._monitors:
+                return
+            if container_id in self._finished and not info.running:
+                return
+            marks, new = self._initial_marks(info, streams, first_listing)
+            if new:
+                self.queue.put_control(ControlItem("start_marks", container_id, (info.name, marks)))
+            monitor = ContainerMonitor(
+                info, self.engine, self.queue, self.config.container_monitor, marks,
+                self._monitor_exited,
+            )
+            self._monitors[container_id] = monitor
+            self._finished.discard(container_id)
+            self._destroyed.discard(container_id)
+            monitor.start()
+        _log.info("monitor_started", container_id=info.short_id, container_name=info.name,
+                  tty=info.tty, running=info.running,
+                  marks={s: (m.ts_ns, m.count) for s, m in marks.items()})
+
+    def _initial_marks(
+        self, info: ContainerInfo, streams: tuple[str, ...], first_listing: bool
+    ) -> tuple[dict[str, Mark], bool]:
+        known = self._read_marks.get(info.id) or self._resume.get(info.id)
+        if known is not None:
+            return {s: known.get(s, ZERO) for s in streams}, False
+        if first_listing and self.config.container_monitor.start_from == "now":
+            start = Mark(time.time_ns(), 0)
+            return {s: start for s in streams}, True
+        return {s: ZERO for s in streams}, True
+
+    def _monitor_exited(self, monitor: ContainerMonitor) -> None:
+        cid = monitor.info.id
+        with self._lock:
+            self._read_marks[cid] = dict(monitor.marks)
+            if self._monitors.get(cid) is monitor:
+                del self._monitors[cid]
+            if monitor.finished_reason == "exited":
+                self._finished.add(cid)
+            prune = monitor.finished_reason == "gone" or cid in self._destroyed
+            if prune:
+                self._forget_locked(cid)
+
+    def _forget(self, container_id: str) -> None:
+        """The container was destroyed: prune its positions once its monitor has finished."""
+        with self._lock:
+            monitor = self._monitors.get(container_id)
+            if monitor is not None and monitor.alive:
+                self._destroyed.add(container_id)  # pruned when the monitor exits
+                return
+            self._forget_locked(container_id)
+
+    def _forget_locked(self, container_id: str) -> None:
+        self._destroyed.discard(container_id)
+        self._finished.discard(container_id)
+        self._read_marks.pop(container_id, None)
+        self._resume.pop(container_id, None)
+        self.queue.put_control(ControlItem("prune", container_id))
+
+    def _refresh(self, container_id: str) -> None:
+        try:
+            info = ContainerInfo.from_inspect(self.engine.inspect_container(container_id))
+        except ContainerGoneError:
+            return
+        with self._lock:
+            monitor = self._monitors.get(container_id)
+        if monitor is not None:
+            monitor.update_info(info)
+        elif info.running:
+            self.ensure_monitor(container_id)
+
+    @property
+    def monitors(self) -> dict[str, ContainerMonitor]:
+        with self._lock:
+            return dict(self._monitors)
+
+
+def _lowest(per_sink: list[ContainerMarks]) -> ContainerMarks:
+    """Per stream, the lowest mark over the sinks (a stream missing in one sink starts at zero)."""
+    if not per_sink:
+        return {}
+    result: ContainerMarks = {}
+    all_ids = set().union(*per_sink)
+    for cid in all_ids:
+        streams = set().union(*(m.get(cid, {}) for m in per_sink))
+        result[cid] = {
+            s: min(m.get(cid, {}).get(s, ZERO) for m in per_sink) for s in streams
+        }
+    return result

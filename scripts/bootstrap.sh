@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with its development tools (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[dev,chart]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi

@@ -1,0 +1,306 @@
+"""The pool's contract: bounds, waiting, reuse, expiry, health checks, and honest accounting."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from log_capturer.docker.config import DockerConfig, PoolConfig
+from log_capturer.docker.engine import DockerEngine
+from log_capturer.docker.errors import PoolClosedError, PoolExhaustedError
+from log_capturer.docker.pool import request_kind
+from log_capturer.docker.stream import ManagedResponse
+
+from .fake_engine import FakeEngine
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeEngine]:
+    engine = FakeEngine(tmp_path / "engine.sock")
+    yield engine
+    engine.stop()
+
+
+def make_engine(fake: FakeEngine, **pool: object) -> DockerEngine:
+    config = DockerConfig(socket_path=fake.path, timeout=5, api_version="1.41",
+                          pool=PoolConfig(**pool))  # type: ignore[arg-type]
+    return DockerEngine(config, negotiate_version=False)
+
+
+def hold(engine: DockerEngine, seconds: float, lines: int = 0) -> ManagedResponse:
+    url = engine.api._url("/containers/{0}/logs", "abc")
+    response = engine.api._get(url, params={"seconds": seconds, "lines": lines}, stream=True)
+    return ManagedResponse(response)
+
+
+def drain(stream: ManagedResponse, deadline: float | None = None) -> None:
+    while stream.read(deadline):
+        pass
+
+
+def _fd_is(fd: int, inode: int) -> bool:
+    try:
+        return os.fstat(fd).st_ino == inode
+    except OSError:
+        return False
+
+
+def test_sequential_api_calls_reuse_one_connection(fake: FakeEngine) -> None:
+    engine = make_engine(fake)
+    try:
+        for _ in range(20):
+            assert engine.ping()
+        stats = engine.pool.stats()
+        assert stats.new_connections == 1
+        assert stats.checkouts == {"api": 20}
+        assert stats.reuses == {"api": 19}
+        assert (stats.open, stats.idle, stats.in_use) == (1, 1, 0)
+    finally:
+        engine.close()
+
+
+def test_streams_with_different_urls_share_the_pool(fake: FakeEngine) -> None:
+    """docker-py's stock adapter keys pools by URL; ours must reuse across ids and since."""
+    engine = make_engine(fake)
+    try:
+        for since in range(5):
+            url = engine.api._url("/containers/{0}/logs", f"c{since}")
+            with ManagedResponse(engine.api._get(url, params={"since": since, "lines": 2},
+                                                 stream=True)) as stream:
+                drain(stream)
+                assert stream.end_reason == "eof"
+        stats = engine.pool.stats()
+        assert stats.new_connections == 1
+        assert stats.reuses == {"stream": 4}
+    finally:
+        engine.close()
+
+
+def test_max_open_makes_callers_wait_then_fail_clearly(fake: FakeEngine) -> None:
+    engine = make_engine(fake, max_open=2, max_idle=2, wait_timeout=0.3)
+    held = [hold(engine, 30), hold(engine, 30)]
+    try:
+        started = time.monotonic()
+        with pytest.raises(PoolExhaustedError, match="max_open"):
+            engine.api.ping()
+        assert 0.25 <= time.monotonic() - started < 2
+        stats = engine.pool.stats()
+        assert (stats.open, stats.in_use, stats.waits, stats.wait_timeouts) == (2, 2, 1, 1)
+    finally:
+        for stream in held:
+            stream.interrupt()
+            stream.close()
+        engine.close()
+    assert engine.pool.stats().open == 0
+
+
+def test_a_returned_connection_goes_to_the_waiter(fake: FakeEngine) -> None:
+    engine = make_engine(fake, max_open=1, max_idle=1, wait_timeout=5)
+    first = hold(engine, 0.3, lines=1)
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(engine.ping()))
+    waiter.start()
+    time.sleep(0.1)
+    assert engine.pool.stats().waiting == 1
+    drain(first)  # the engine ends the body: the connection is returned, not closed
+    first.close()
+    waiter.join(5)
+    try:
+        assert result == [True]
+        stats = engine.pool.stats()
+        assert stats.new_connections == 1  # the waiter reused the stream's connection
+        assert stats.waits == 1 and stats.wait_timeouts == 0
+    finally:
+        engine.close()
+
+
+def test_max_idle_closes_the_surplus(fake: FakeEngine) -> None:
+    engine = make_engine(fake, max_open=5, max_idle=1)
+    try:
+        streams = [hold(engine, 0.05, lines=1) for _ in range(3)]
+        for stream in streams:
+            drain(stream)
+            stream.close()
+        stats = engine.pool.stats()
+        assert (stats.open, stats.idle) == (1, 1)
+        assert stats.closed.get("max_idle") == 2
+    finally:
+        engine.close()
+
+
+def test_max_lifetime_and_max_idle_time(fake: FakeEngine) -> None:
+    engine = make_engine(fake, max_lifetime=0.2, max_idle_time=0)
+    try:
+        assert engine.ping()
+        time.sleep(0.25)
+        assert engine.ping()
+        stats = engine.pool.stats()
+        assert stats.new_connections == 2
+        assert stats.closed.get("max_lifetime") == 1
+    finally:
+        engine.close()
+    engine = make_engine(fake, max_lifetime=0, max_idle_time=0.1)
+    try:
+        assert engine.ping()
+        time.sleep(0.15)
+        engine.pool.maintain()
+        stats = engine.pool.stats()
+        assert (stats.open, stats.idle) == (0, 0)
+        assert stats.closed.get("max_idle_time") == 1
+    finally:
+        engine.close()
+
+
+def test_health_check_pings_idle_connections(fake: FakeEngine) -> None:
+    engine = make_engine(fake, health_check_interval=0.05)
+    try:
+        assert engine.ping()
+        time.sleep(0.1)
+        engine.pool.maintain()
+        stats = engine.pool.stats()
+        assert stats.health_checks == {"ok": 1}
+        assert (stats.open, stats.idle) == (1, 1)
+        assert fake.requests.count("_ping") == 2
+        assert engine.ping()
+        assert engine.pool.stats().new_connections == 1  # still the same connection
+    finally:
+        engine.close()
+
+
+def test_a_connection_the_engine_closed_is_not_handed_out(fake: FakeEngine) -> None:
+    engine = make_engine(fake)
+    try:
+        stream = hold(engine, 0, lines=1)
+        drain(stream)
+        stream.close()
+        assert engine.pool.stats().idle == 1
+        fake.stop()  # the engine goes away: idle sockets see EOF
+        time.sleep(0.1)
+        restarted = FakeEngine(Path(fake.path + ".2"))
+        os.replace(restarted.path, fake.path)
+        try:
+            assert engine.ping()
+            stats = engine.pool.stats()
+            assert stats.closed.get("dropped") == 1
+            assert stats.new_connections == 2
+        finally:
+            restarted.stop()
+    finally:
+        engine.close()
+
+
+def test_a_broken_request_frees_its_slot(fake: FakeEngine) -> None:
+    engine = make_engine(fake, max_open=1, max_idle=1, wait_timeout=0.5)
+    try:
+        with pytest.raises(requests.exceptions.ConnectionError):
+            engine.api._get(engine.api._url("/break"))
+        stats = engine.pool.stats()
+        assert (stats.open, stats.in_use) == (0, 0)
+        assert stats.closed.get("broken") == 1
+        assert engine.ping()  # the slot is usable again
+    finally:
+        engine.close()
+
+
+def test_stream_cut_at_deadline_closes_its_socket_now(fake: FakeEngine) -> None:
+    engine = make_engine(fake)
+    try:
+        stream = hold(engine, 30)
+        conn = stream._conn
+        assert conn is not None and conn.sock is not None
+        fd = conn.sock.fileno()
+        inode = os.fstat(fd).st_ino
+        started = time.monotonic()
+        drain(stream, deadline=time.monotonic() + 0.2)
+        assert stream.end_reason == "deadline"
+        assert time.monotonic() - started < 1.5
+        stream.close()
+        stream.close()  # closing twice is harmless
+        assert not _fd_is(fd, inode)  # freed now, not at the next GC
+        stats = engine.pool.stats()
+        assert (stats.open, stats.in_use) == (0, 0)
+        assert stats.closed.get("closed_in_use") == 1
+    finally:
+        engine.close()
+
+
+def test_interrupt_wakes_a_blocked_reader_from_another_thread(fake: FakeEngine) -> None:
+    engine = make_engine(fake)
+    try:
+        stream = hold(engine, 30)
+        timer = threading.Timer(0.2, stream.interrupt)
+        timer.start()
+        started = time.monotonic()
+        drain(stream)
+        stream.close()
+        assert stream.end_reason == "interrupted"
+        assert time.monotonic() - started < 2
+        assert engine.pool.stats().open == 0
+    finally:
+        engine.close()
+
+
+def test_a_stale_interrupt_never_touches_a_reused_connection(fake: FakeEngine) -> None:
+    engine = make_engine(fake)
+    try:
+        old = hold(engine, 0, lines=1)
+        drain(old)  # ended cleanly: its connection went back to the pool
+        assert old.end_reason == "eof"
+        new = hold(engine, 0.3, lines=3)
+        assert engine.pool.stats().new_connections == 1  # same connection, new lease
+        old.interrupt()  # must not shut the socket the new stream now reads
+        data = b""
+        while chunk := new.read(time.monotonic() + 5):
+            data += chunk
+        assert new.end_reason == "eof"
+        assert data.count(b"line") == 3
+        old.close()
+        new.close()
+    finally:
+        engine.close()
+
+
+def test_closing_the_pool_fails_waiters_and_new_callers(fake: FakeEngine) -> None:
+    engine = make_engine(fake, max_open=1, max_idle=1, wait_timeout=10)
+    held = hold(engine, 30)
+    errors: list[BaseException] = []
+
+    def wait_for_connection() -> None:
+        try:
+            engine.api.ping()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait_for_connection)
+    waiter.start()
+    time.sleep(0.1)
+    engine.pool.close()
+    waiter.join(2)
+    assert not waiter.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], PoolClosedError)
+    with pytest.raises(PoolClosedError):
+        engine.api.ping()
+    held.interrupt()
+    held.close()
+    assert engine.pool.stats().open == 0
+    engine.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("/v1.41/containers/abc/logs?since=1.5", "stream"),
+        ("/v1.41/events?filters=x", "stream"),
+        ("/v1.41/containers/abc/json", "api"),
+        ("/_ping", "api"),
+        ("/v1.41/containers/json?all=1", "api"),
+    ],
+)
+def test_request_kinds(url: str, kind: str) -> None:
+    assert request_kind(url) == kind
