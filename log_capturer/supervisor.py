@@ -61,7 +61,9 @@ class Supervisor:
         self._monitors: dict[str, ContainerMonitor] = {}
         self._read_marks: ContainerMarks = {}  # where exited monitors of this process stopped
         self._resume: ContainerMarks = {}  # what the sinks hold, from the last run
-        self._finished: set[str] = set()  # containers read to the end after they stopped
+        # Containers read to the end after they stopped -> the StartedAt of that run:
+        # a later run of the same container (restart) is captured again.
+        self._finished: dict[str, str] = {}
         self._destroyed: set[str] = set()
         self._listed_once = False
         self._version_ready = False
@@ -180,12 +182,12 @@ class Supervisor:
             state = summary.get("State")
             if state in ("running", "restarting", "paused"):
                 self.ensure_monitor(cid, first_listing=first)
-            elif cid in self._finished or cid in self._monitors:
+            elif cid in self._monitors:
                 continue
-            elif cid in self._resume:
-                self.ensure_monitor(cid)  # stopped while we were down: read the rest
             elif gap_started_ns is not None and state in ("exited", "dead"):
                 self._catch_up_after_gap(cid, gap_started_ns)
+            elif cid in self._resume and cid not in self._finished:
+                self.ensure_monitor(cid)  # stopped while we were down: read the rest
         if first:
             stale = [cid for cid in self.positions.container_ids() if cid not in present]
             for cid in stale:
@@ -230,7 +232,7 @@ class Supervisor:
         with self._lock:
             if self._stopping or container_id in self._monitors:
                 return
-            if container_id in self._finished and not info.running:
+            if not info.running and self._finished.get(container_id) == info.started_at:
                 return
             marks, new = self._initial_marks(info, streams, first_listing)
             if new:
@@ -240,7 +242,7 @@ class Supervisor:
                 self._monitor_exited,
             )
             self._monitors[container_id] = monitor
-            self._finished.discard(container_id)
+            self._finished.pop(container_id, None)
             self._destroyed.discard(container_id)
             monitor.start()
         _log.info("monitor_started", container_id=info.short_id, container_name=info.name,
@@ -265,7 +267,7 @@ class Supervisor:
             if self._monitors.get(cid) is monitor:
                 del self._monitors[cid]
             if monitor.finished_reason == "exited":
-                self._finished.add(cid)
+                self._finished[cid] = monitor.info.started_at
             prune = monitor.finished_reason == "gone" or cid in self._destroyed
             if prune:
                 self._forget_locked(cid)
@@ -281,7 +283,7 @@ class Supervisor:
 
     def _forget_locked(self, container_id: str) -> None:
         self._destroyed.discard(container_id)
-        self._finished.discard(container_id)
+        self._finished.pop(container_id, None)
         self._read_marks.pop(container_id, None)
         self._resume.pop(container_id, None)
         self.queue.put_control(ControlItem("prune", container_id))

@@ -163,8 +163,10 @@ class ContainerMonitor:
         engine_ended = self._window(follow=True)
         if not engine_ended or self._stop.is_set():
             return False
-        if self.engine.inspect_container(self.info.id).get("State", {}).get("Running"):
+        state = ContainerInfo.from_inspect(self.engine.inspect_container(self.info.id))
+        if state.running:
             return False
+        self.info = state  # the run that ended (its StartedAt tells a later restart apart)
         while not self._window(follow=False):  # drain: read to the end, no follow
             if self._stop.is_set():
                 return False

@@ -7,11 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..discovery.container import ContainerInfo
+from ..timestamps import format_rfc3339_ns
 
 
 @dataclass(slots=True)
 class LogRecord:
-    """One line of one container stream; ``(ts_ns, seq)`` is its position in the stream."""
+    """One line of one container stream; ``(ts_ns, seq)`` is its position in the stream.
+
+    A record that merges several lines (multiline stage) keeps the first line's
+    ``ts`` and carries the position of its last line in ``end_ts_ns``/``end_seq``:
+    acknowledging it covers every line it holds.
+    """
 
     container: ContainerInfo
     stream: str
@@ -20,10 +26,24 @@ class LogRecord:
     ts: str
     message: str
     truncated: bool = False
+    end_ts_ns: int = -1
+    end_seq: int = -1
+    lines: int = 1
+    fields: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.end_ts_ns < 0:
+            self.end_ts_ns = self.ts_ns
+            self.end_seq = self.seq
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.container.id, self.stream)
+
+    @property
+    def end_position(self) -> tuple[int, int]:
+        """Position of the last source line this record holds."""
+        return (self.end_ts_ns, self.end_seq)
 
     @property
     def size(self) -> int:
@@ -47,6 +67,13 @@ class LogRecord:
             out["compose_project"] = c.compose_project
         if self.truncated:
             out["truncated"] = True
+        if self.fields is not None:
+            out["fields"] = self.fields
+        if self.lines > 1:
+            # Merged lines: where the last one was, so the file sink can recover exactly.
+            out["lines"] = self.lines
+            out["end_ts"] = format_rfc3339_ns(self.end_ts_ns)
+            out["end_seq"] = self.end_seq
         return out
 
     def to_json(self) -> str:

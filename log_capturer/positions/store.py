@@ -85,7 +85,7 @@ class PositionStore:
     # -- updates (dispatcher thread) -------------------------------------------------
 
     def ack(self, records: Iterable[Any]) -> None:
-        """Advance marks past accepted records (``container``, ``stream``, ``ts_ns``, ``seq``)."""
+        """Advance marks past accepted records (to the last source line each one holds)."""
         with self._lock:
             for record in records:
                 cid = record.container.id
@@ -94,7 +94,7 @@ class PositionStore:
                     streams = self._marks[cid] = {}
                     self._names[cid] = record.container.name
                 current = streams.get(record.stream)
-                position = Mark(record.ts_ns, record.seq)
+                position = Mark(record.end_ts_ns, record.end_seq)
                 if current is None or position > current:
                     streams[record.stream] = position
                     self._dirty = True

@@ -5,6 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+import time
+
+from ..metrics.registry import DELIVERY_LAG
 from ..monitor.marks import Mark
 from ..pipeline.record import LogRecord
 
@@ -47,3 +50,16 @@ class Sink(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files, sockets and threads."""
+
+
+def observe_delivered(sink: str, records: list[LogRecord]) -> None:
+    """Record end-to-end lag (now minus Docker timestamp) when a sink really delivered.
+
+    A sample of each batch is enough for the histogram and keeps this off the hot path.
+    """
+    if not records:
+        return
+    now = time.time_ns()
+    lag = DELIVERY_LAG.labels(sink)
+    for record in records[:: max(1, len(records) // 20)]:
+        lag.observe(max(0.0, (now - record.ts_ns) / 1e9))

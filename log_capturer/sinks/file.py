@@ -25,7 +25,7 @@ from ..config.types import ByteSize, Section
 from ..monitor.marks import Mark
 from ..pipeline.record import LogRecord
 from ..timestamps import TimestampError, parse_docker_ts
-from .base import Marks, Sink, SinkError
+from .base import Marks, Sink, SinkError, observe_delivered
 
 _log = structlog.get_logger(__name__)
 
@@ -66,6 +66,8 @@ class FileSink(Sink):
         if not isinstance(state, dict) or state.get("path") != str(self.path):
             return acked
         stat = self.path.stat()
+        # A different inode (rotated right after the checkpoint), or no file at all when
+        # the checkpoint was taken (inode None): everything in this file came after it.
         offset = int(state.get("offset", 0)) if stat.st_ino == state.get("inode") else 0
         if offset > stat.st_size:
             _log.warning("file_sink_shorter_than_checkpoint", path=str(self.path),
@@ -73,10 +75,13 @@ class FileSink(Sink):
             offset = 0
         marks = {cid: dict(streams) for cid, streams in acked.items()}
         found = 0
-        for cid, stream, ts_ns in _scan_records(self.path, offset):
+        for cid, stream, ts_ns, end in _scan_records(self.path, offset):
             streams = marks.setdefault(cid, {})
             mark = streams.get(stream)
-            if mark is None or ts_ns > mark.ts_ns:
+            if end is not None:  # a merged record says where its last line was
+                if mark is None or end > mark:
+                    streams[stream] = end
+            elif mark is None or ts_ns > mark.ts_ns:
                 streams[stream] = Mark(ts_ns, 1)
             elif ts_ns == mark.ts_ns:
                 streams[stream] = Mark(ts_ns, mark.count + 1)
@@ -109,6 +114,7 @@ class FileSink(Sink):
         except OSError as exc:
             raise SinkError(f"file sink {self.path}: {exc}") from exc
         self._size += len(data)
+        observe_delivered(self.name, batch)
         if self.config.max_bytes and self._size >= self.config.max_bytes:
             self._rotate_pending = True
 
@@ -119,7 +125,7 @@ class FileSink(Sink):
         for record in batch:
             mark = self._skip.get(record.key)
             if mark is not None:
-                if mark.covers(record.ts_ns, record.seq):
+                if mark.covers(*record.end_position):
                     continue  # written before the crash, after the last checkpoint
                 del self._skip[record.key]
             yield record
@@ -178,7 +184,7 @@ class FileSink(Sink):
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            return None
+            return {"path": str(self.path), "inode": None, "offset": 0}
         return {"path": str(self.path), "inode": stat.st_ino, "offset": stat.st_size}
 
     def _reap_compressions(self) -> None:
@@ -226,13 +232,17 @@ def _truncate_torn_tail(path: Path) -> None:
         fh.truncate(0)
 
 
-def _scan_records(path: Path, offset: int) -> Iterator[tuple[str, str, int]]:
+def _scan_records(path: Path, offset: int) -> Iterator[tuple[str, str, int, Mark | None]]:
     with open(path, "rb") as fh:
         fh.seek(offset)
         for line in fh:
             try:
                 doc = json.loads(line)
-                yield doc["container_id"], doc["stream"], parse_docker_ts(doc["ts"].encode())
+                end = None
+                if "end_ts" in doc:
+                    end = Mark(parse_docker_ts(doc["end_ts"].encode()), int(doc["end_seq"]))
+                ts_ns = parse_docker_ts(doc["ts"].encode())
+                yield doc["container_id"], doc["stream"], ts_ns, end
             except (ValueError, KeyError, TypeError, TimestampError) as exc:
                 _log.warning("file_sink_unreadable_line", path=str(path), error=str(exc))
 

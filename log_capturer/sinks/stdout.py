@@ -9,7 +9,7 @@ from pydantic import Field
 
 from ..config.types import Section
 from ..pipeline.record import LogRecord
-from .base import Sink, SinkError
+from .base import Sink, SinkError, observe_delivered
 
 
 class StdoutSinkConfig(Section):
@@ -38,3 +38,4 @@ class StdoutSink(Sink):
             self._out.flush()
         except (OSError, ValueError) as exc:  # ValueError: stdout closed
             raise SinkError(f"stdout sink: {exc}") from exc
+        observe_delivered(self.name, batch)

@@ -1,0 +1,198 @@
+"""Capture correctness against the real engine: every line exactly once, in order per stream.
+
+All daemons here run with ``stream_window: 2s`` (see harness.Daemon), so every
+test that runs longer than a few seconds crosses several window boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+
+from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_for
+
+# ~8 s of numbered lines on both streams, a line pair every ~4 ms: crosses 4 windows.
+PAIRS = 2000
+PACED_BOTH = (
+    f"i=0; while [ $i -lt {PAIRS} ]; do i=$((i+1)); echo \"out $i\"; echo \"err $i\" >&2; "
+    "if [ $((i % 50)) -eq 0 ]; then sleep 0.2; fi; done"
+)
+
+
+def numbered(prefix: str, n: int) -> list[str]:
+    return [f"{prefix} {i}" for i in range(1, n + 1)]
+
+
+def wait_records(daemon: Daemon, count: int, timeout: float = 60) -> list[dict]:  # type: ignore[type-arg]
+    return wait_for(lambda: (r := daemon.records()) and len(r) >= count and r, timeout,
+                    what=f"{count} records")
+
+
+def test_stdout_and_stderr_lines_arrive_exactly_once_in_order(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    daemon = make_daemon().start()
+    labels = {"com.docker.compose.service": "web", "com.docker.compose.project": "shop",
+              "team": "core"}
+    container = containers.run(PACED_BOTH, name=f"both-{daemon.run_id}", labels=labels)
+    assert containers.wait_exit(container) == 0
+    records = wait_records(daemon, 2 * PAIRS)
+    time.sleep(2.5)  # anything extra (a duplicate) would arrive within a window
+    records = daemon.records()
+    name = f"both-{daemon.run_id}"
+    assert_exactly_once(records, name, "stdout", numbered("out", PAIRS))
+    assert_exactly_once(records, name, "stderr", numbered("err", PAIRS))
+    assert len(records) == 2 * PAIRS
+    first = records[0]
+    container.reload()
+    assert first["container_id"] == container.id
+    assert first["container_name"] == name
+    assert first["image"] == "log-capturer-test/busybox:1"
+    assert first["labels"]["team"] == "core"
+    assert first["compose_service"] == "web" and first["compose_project"] == "shop"
+    assert first["ts"].endswith("Z") and len(first["ts"]) == 30  # nanoseconds
+    assert daemon.metric('log_capturer_stream_windows_total{end="eof"}') >= 1
+    assert daemon.stop() == 0
+
+
+def test_tty_container(make_daemon: Callable[..., Daemon], containers: Containers) -> None:
+    daemon = make_daemon().start()
+    name = f"tty-{daemon.run_id}"
+    script = "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo \"tty $i\"; sleep 0.01; done"
+    containers.wait_exit(containers.run(script, name=name, tty=True))
+    wait_records(daemon, 300)
+    time.sleep(2.5)
+    records = daemon.records()
+    assert_exactly_once(records, name, "tty", numbered("tty", 300))
+    assert daemon.stop() == 0
+
+
+def test_lines_over_16k_are_joined(make_daemon: Callable[..., Daemon], containers: Containers) -> None:
+    daemon = make_daemon().start()
+    name = f"long-{daemon.run_id}"
+    script = (
+        "echo before; "
+        "head -c 20480 /dev/zero | tr '\\0' a; echo; "
+        "echo middle; "
+        "head -c 204800 /dev/zero | tr '\\0' b; echo; "
+        "echo after"
+    )
+    containers.wait_exit(containers.run(script, name=name))
+    records = wait_records(daemon, 5)
+    time.sleep(2.5)
+    records = daemon.records()
+    assert_exactly_once(records, name, "stdout",
+                        ["before", "a" * 20480, "middle", "b" * 204800, "after"])
+    assert not any(r.get("truncated") for r in records)
+    assert daemon.stop() == 0
+
+
+def test_tty_lines_over_16k_are_joined(make_daemon: Callable[..., Daemon], containers: Containers) -> None:
+    daemon = make_daemon().start()
+    name = f"ttylong-{daemon.run_id}"
+    script = "echo x; head -c 40000 /dev/zero | tr '\\0' c; echo; echo y"
+    containers.wait_exit(containers.run(script, name=name, tty=True))
+    wait_records(daemon, 3)
+    time.sleep(2.5)
+    assert_exactly_once(daemon.records(), name, "tty", ["x", "c" * 40000, "y"])
+    assert daemon.stop() == 0
+
+
+def test_container_that_lives_under_a_second_is_captured_completely(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    daemon = make_daemon().start()
+    names = []
+    for n in range(3):
+        name = f"brief{n}-{daemon.run_id}"
+        names.append(name)
+        started = time.monotonic()
+        container = containers.run("seq 1 1000", name=name)
+        containers.wait_exit(container)
+        assert time.monotonic() - started < 5
+    wait_records(daemon, 3000)
+    time.sleep(2.5)
+    records = daemon.records()
+    for name in names:
+        assert_exactly_once(records, name, "stdout", [str(i) for i in range(1, 1001)])
+    assert daemon.stop() == 0
+
+
+def test_quiet_longer_than_a_window(make_daemon: Callable[..., Daemon], containers: Containers) -> None:
+    daemon = make_daemon().start()
+    name = f"quiet-{daemon.run_id}"
+    container = containers.run("echo one; sleep 5; echo two >&2; sleep 5; echo three", name=name)
+    time.sleep(4)
+    assert by_stream(daemon.records()).get((name, "stdout")) == ["one"]
+    containers.wait_exit(container)
+    wait_records(daemon, 3)
+    time.sleep(2.5)
+    records = daemon.records()
+    assert_exactly_once(records, name, "stdout", ["one", "three"])
+    assert_exactly_once(records, name, "stderr", ["two"])
+    # The engine never ends a quiet follow stream: our deadline did.
+    assert daemon.metric('log_capturer_stream_windows_total{end="deadline"}') >= 2
+    assert daemon.stop() == 0
+
+
+def test_sigkill_mid_stream_then_restart_delivers_exactly_once(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    daemon = make_daemon()
+    daemon.start()
+    name = f"kill-{daemon.run_id}"
+    container = containers.run(PACED_BOTH, name=name)
+    for _ in range(2):
+        wait_for(lambda: len(daemon.records()) > 200, 30, what="some records")
+        time.sleep(0.7)
+        daemon.kill()  # SIGKILL: no flush, no positions save
+        time.sleep(1.5)  # the container keeps writing meanwhile
+        daemon.start()
+    containers.wait_exit(container)
+    records = wait_records(daemon, 2 * PAIRS)
+    time.sleep(2.5)
+    records = daemon.records()
+    assert_exactly_once(records, name, "stdout", numbered("out", PAIRS))
+    assert_exactly_once(records, name, "stderr", numbered("err", PAIRS))
+    assert daemon.stop() == 0
+
+
+def test_sigterm_exits_zero_quickly_and_saves_positions(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    daemon = make_daemon({"container_monitor": {"stream_window": "30s"}}).start()
+    running = [containers.run("while true; do echo tick; sleep 0.1; done", name=f"t{n}-{daemon.run_id}")
+               for n in range(5)]
+    wait_for(lambda: len({r["container_name"] for r in daemon.records()}) == 5, 30,
+             what="all containers captured")
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 5
+    positions = json.loads((daemon.data / "positions.json").read_text())
+    ids = {c.id for c in running}
+    assert ids <= set(positions["containers"])
+    delivered = {r["container_id"]: r for r in daemon.records()}
+    for cid in ids:
+        saved = positions["containers"][cid]["streams"]["stdout"]["ts"]
+        assert saved == delivered[cid]["ts"]  # positions = exactly what was delivered
+    events = [e["event"] for e in daemon.log_events()]
+    assert "stopped" in events
+
+
+def test_restarted_container_is_captured_across_runs(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    daemon = make_daemon().start()
+    name = f"again-{daemon.run_id}"
+    container = containers.run("seq 1 100", name=name)
+    containers.wait_exit(container)
+    wait_records(daemon, 100)
+    container.start()
+    containers.wait_exit(container)
+    wait_records(daemon, 200)
+    time.sleep(2.5)
+    got = by_stream(daemon.records())[(name, "stdout")]
+    assert got == [str(i) for i in range(1, 101)] * 2
+    assert daemon.stop() == 0
