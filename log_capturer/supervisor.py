@@ -22,6 +22,7 @@ from .monitor.marks import ZERO, Mark
 from .pipeline.dispatcher import Dispatcher
 from .pipeline.queue import RecordQueue
 from .pipeline.record import ControlItem
+from .pipeline.stages.chain import build_stages
 from .positions.store import PositionStore
 from .server.http import StatusServer
 from .sinks.config import build_sinks
@@ -49,7 +50,12 @@ class Supervisor:
         pc = config.pipeline
         self.queue = RecordQueue(pc.queue_records, pc.queue_bytes, pc.when_full == "drop_newest")
         self.dispatcher = Dispatcher(
-            self.queue, self.sinks, self.positions, pc, config.positions.flush_interval
+            self.queue,
+            self.sinks,
+            self.positions,
+            pc,
+            config.positions.flush_interval,
+            stages=build_stages(pc.stages),
         )
         self.filter = ContainerFilter(mc, mc.self_container_id or detect_own_container_id())
         self.watcher = EventWatcher(
@@ -101,8 +107,12 @@ class Supervisor:
         saved = self.positions.load()
         per_sink = [sink.recover(saved.marks, saved.sinks.get(sink.name)) for sink in self.sinks]
         self._resume = _lowest(per_sink)
-        _log.info("starting", containers_with_positions=len(self._resume),
-                  sinks=[s.name for s in self.sinks], self_container=self.filter.self_id[:12])
+        _log.info(
+            "starting",
+            containers_with_positions=len(self._resume),
+            sinks=[s.name for s in self.sinks],
+            self_container=self.filter.self_id[:12],
+        )
         self.server.start()
         self.dispatcher.start()
         self.engine.start_maintenance()
@@ -133,8 +143,11 @@ class Supervisor:
         self.engine.close()
         self.server.stop()
         self._collectors.unregister()
-        _log.info("stopped", seconds=round(time.monotonic() - started, 3),
-                  delivered=self.dispatcher.delivered)
+        _log.info(
+            "stopped",
+            seconds=round(time.monotonic() - started, 3),
+            delivered=self.dispatcher.delivered,
+        )
 
     # -- health ----------------------------------------------------------------------------
 
@@ -238,16 +251,25 @@ class Supervisor:
             if new:
                 self.queue.put_control(ControlItem("start_marks", container_id, (info.name, marks)))
             monitor = ContainerMonitor(
-                info, self.engine, self.queue, self.config.container_monitor, marks,
+                info,
+                self.engine,
+                self.queue,
+                self.config.container_monitor,
+                marks,
                 self._monitor_exited,
             )
             self._monitors[container_id] = monitor
             self._finished.pop(container_id, None)
             self._destroyed.discard(container_id)
             monitor.start()
-        _log.info("monitor_started", container_id=info.short_id, container_name=info.name,
-                  tty=info.tty, running=info.running,
-                  marks={s: (m.ts_ns, m.count) for s, m in marks.items()})
+        _log.info(
+            "monitor_started",
+            container_id=info.short_id,
+            container_name=info.name,
+            tty=info.tty,
+            running=info.running,
+            marks={s: (m.ts_ns, m.count) for s, m in marks.items()},
+        )
 
     def _initial_marks(
         self, info: ContainerInfo, streams: tuple[str, ...], first_listing: bool
@@ -314,7 +336,5 @@ def _lowest(per_sink: list[ContainerMarks]) -> ContainerMarks:
     all_ids = set().union(*per_sink)
     for cid in all_ids:
         streams = set().union(*(m.get(cid, {}) for m in per_sink))
-        result[cid] = {
-            s: min(m.get(cid, {}).get(s, ZERO) for m in per_sink) for s in streams
-        }
+        result[cid] = {s: min(m.get(cid, {}).get(s, ZERO) for m in per_sink) for s in streams}
     return result

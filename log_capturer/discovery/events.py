@@ -8,11 +8,17 @@ import time
 from typing import Any, Protocol
 
 import structlog
-from tenacity import RetryCallState, Retrying, stop_when_event_set, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, stop_when_event_set
 
+from ..backoff import capped_backoff
 from ..docker.engine import DockerEngine
 from ..docker.stream import ManagedResponse
-from ..metrics.registry import DISCOVERY_EVENTS, DISCOVERY_RECONNECTS, DISCOVERY_RELISTS, DISCOVERY_UP
+from ..metrics.registry import (
+    DISCOVERY_EVENTS,
+    DISCOVERY_RECONNECTS,
+    DISCOVERY_RELISTS,
+    DISCOVERY_UP,
+)
 
 _log = structlog.get_logger(__name__)
 
@@ -24,7 +30,10 @@ class DiscoveryHandler(Protocol):
         """A container event (start, die, destroy, rename); may be delivered twice."""
 
     def relist(self, gap_started_ns: int | None) -> None:
-        """List containers and reconcile; ``gap_started_ns`` is set after events may have been lost."""
+        """List containers and reconcile.
+
+        ``gap_started_ns`` is set when events may have been lost since that time.
+        """
 
 
 class EventWatcher:
@@ -49,7 +58,7 @@ class EventWatcher:
         self.engine = engine
         self.handler = handler
         self.relist_interval = relist_interval
-        self._wait = wait_exponential_jitter(initial=initial_backoff, max=max_backoff)
+        self._wait = capped_backoff(initial_backoff, max_backoff)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._current: ManagedResponse | None = None
@@ -161,4 +170,3 @@ class EventWatcher:
         if up:
             self.last_connected = time.monotonic()
         DISCOVERY_UP.set(1 if up else 0)
-

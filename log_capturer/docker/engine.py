@@ -17,9 +17,9 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
+from ..backoff import capped_backoff
 from ..metrics.registry import DOCKER_API_ERRORS, DOCKER_API_RETRIES
 from ..timestamps import format_api_ts
 from .adapter import PooledUnixAdapter
@@ -61,9 +61,7 @@ class DockerEngine:
         self.pool = DockerConnectionPool(config.socket_path, config.pool, timeout=config.timeout)
         self.api = docker.APIClient(
             base_url=f"unix://{config.socket_path}",
-            version=_BOOTSTRAP_API_VERSION
-            if config.api_version == "auto"
-            else config.api_version,
+            version=_BOOTSTRAP_API_VERSION if config.api_version == "auto" else config.api_version,
             timeout=config.timeout,
             max_pool_size=1,
         )
@@ -88,13 +86,17 @@ class DockerEngine:
         def before_sleep(state: RetryCallState) -> None:
             DOCKER_API_RETRIES.labels(operation).inc()
             exc = state.outcome.exception() if state.outcome else None
-            _log.warning("docker_api_retry", operation=operation, attempt=state.attempt_number,
-                         error=repr(exc))
+            _log.warning(
+                "docker_api_retry",
+                operation=operation,
+                attempt=state.attempt_number,
+                error=repr(exc),
+            )
 
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(retry.attempts),
-            wait=wait_exponential_jitter(initial=retry.initial_backoff, max=retry.max_backoff),
+            wait=capped_backoff(retry.initial_backoff, retry.max_backoff),
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -203,7 +205,9 @@ class DockerEngine:
         if self._maintainer is not None:
             return
         self._maintainer = threading.Thread(
-            target=self._maintain_loop, args=(interval,), name="docker-pool-maintenance",
+            target=self._maintain_loop,
+            args=(interval,),
+            name="docker-pool-maintenance",
             daemon=True,
         )
         self._maintainer.start()

@@ -128,3 +128,45 @@ DELIVERY_LAG = Histogram(
 # -- positions ---------------------------------------------------------------------------
 POSITION_SAVES = Counter(f"{PREFIX}_position_saves", "Saves of the positions file.", ["result"])
 POSITIONS_TRACKED = Gauge(f"{PREFIX}_positions_containers", "Containers in the positions file.")
+
+# -- loki --------------------------------------------------------------------------------
+LOKI_REQUEST_SECONDS = Histogram(
+    f"{PREFIX}_loki_request_duration_seconds",
+    "Duration of one push request to Loki, by HTTP status ('error' = no response).",
+    ["status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LOKI_LINES_TRUNCATED = Counter(
+    f"{PREFIX}_loki_lines_truncated",
+    "Lines cut to the Loki sink's max_line_bytes (Loki rejects longer entries).",
+)
+SPOOL_CORRUPT_ENTRIES = Counter(
+    f"{PREFIX}_spool_corrupt_entries",
+    "Spool entries that failed their checksum on read, moved aside as *.corrupt.",
+    ["sink"],
+)
+
+# -- stages ------------------------------------------------------------------------------
+MULTILINE_MERGED = Counter(
+    f"{PREFIX}_multiline_records_merged",
+    "Records the multiline stage built from more than one line.",
+)
+MULTILINE_LINES = Counter(
+    f"{PREFIX}_multiline_lines_merged", "Lines that went into merged multiline records."
+)
+MULTILINE_RELEASES = Counter(
+    f"{PREFIX}_multiline_groups_released",
+    "Multiline groups released, by why (start, timeout, max_lines, max_bytes, flush).",
+    ["reason"],
+)
+MULTILINE_HELD = Gauge(
+    f"{PREFIX}_multiline_groups_held", "Multiline groups waiting for more lines."
+)
+JSON_PARSE = Counter(
+    f"{PREFIX}_json_parse",
+    "Messages seen by the parse_json stage, by result (parsed, not_json, invalid, too_deep).",
+    ["result"],
+)
+REDACTIONS = Counter(
+    f"{PREFIX}_redactions", "Secrets replaced by the redact stage, by rule.", ["rule"]
+)

@@ -13,9 +13,9 @@ from tenacity import (
     Retrying,
     retry_if_not_exception_type,
     stop_when_event_set,
-    wait_exponential_jitter,
 )
 
+from ..backoff import capped_backoff
 from ..discovery.container import ContainerInfo
 from ..docker.engine import DockerEngine
 from ..docker.errors import ContainerGoneError, PoolClosedError
@@ -34,6 +34,7 @@ from ..metrics.registry import (
 )
 from ..pipeline.queue import RecordQueue
 from ..pipeline.record import LogRecord
+from . import faults
 from .config import MonitorConfig
 from .marks import Mark, ReadPlan, StreamDedup, plan_window
 
@@ -134,19 +135,23 @@ class ContainerMonitor:
             log.info("monitor_stopped", reason=self.finished_reason, windows=self.windows)
             self._on_exit(self)
 
-    def _with_retry(self, fn: Callable[[], bool], log: structlog.typing.FilteringBoundLogger) -> bool:
+    def _with_retry(
+        self, fn: Callable[[], bool], log: structlog.typing.FilteringBoundLogger
+    ) -> bool:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             kind = type(exc).__name__
             MONITOR_ERRORS.labels(kind).inc()
-            log.warning("monitor_window_failed", error=str(exc), error_type=kind,
-                        attempt=state.attempt_number)
+            log.warning(
+                "monitor_window_failed",
+                error=str(exc),
+                error_type=kind,
+                attempt=state.attempt_number,
+            )
 
         retrying = Retrying(
             retry=retry_if_not_exception_type((ContainerGoneError, PoolClosedError, _Stopped)),
-            wait=wait_exponential_jitter(
-                initial=self.config.retry_initial_backoff, max=self.config.retry_max_backoff
-            ),
+            wait=capped_backoff(self.config.retry_initial_backoff, self.config.retry_max_backoff),
             stop=stop_when_event_set(self._stop),
             sleep=self._sleep,
             before_sleep=before_sleep,
@@ -181,6 +186,7 @@ class ContainerMonitor:
         deadline = time.monotonic() + window + grace
         until_ns = time.time_ns() + int(window * 1e9) if follow else 0
         self.windows += 1
+        faults.on_window()
         end = "eof"
         for plan in plan_window(self.marks, int(window * 1e9), follow):
             end = self._read(plan, deadline, until_ns if plan.follow else 0)
@@ -232,10 +238,10 @@ class ContainerMonitor:
                     message=line.message.decode("utf-8", "replace"),
                     truncated=line.truncated,
                 )
-                if not self.queue.put(record, len(line.message), self._stop):
-                    if self._stop.is_set():
-                        raise _Stopped
-                    # dropped by the configured drop policy: counted by the queue
+                queued = self.queue.put(record, len(line.message), self._stop)
+                if not queued and self._stop.is_set():
+                    raise _Stopped
+                # not queued and not stopping: dropped by the drop policy (the queue counts it)
                 self.marks[line.stream] = dedup.mark
                 lines[line.stream] += 1
                 sizes[line.stream] += len(line.message)

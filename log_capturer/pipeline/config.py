@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..config.types import ByteSize, Duration, Section
+from .stages.config import StagesConfig
 
 
 class PipelineConfig(Section):
@@ -21,4 +22,10 @@ class PipelineConfig(Section):
         description="block: monitors wait (backpressure, nothing lost); "
         "drop_newest: the new record is dropped and counted.",
     )
-    drain_timeout: Duration = Field(10.0, description="At shutdown, longest time to deliver what is queued.")
+    drain_timeout: Duration = Field(
+        10.0, description="At shutdown, longest time to deliver what is queued."
+    )
+    stages: StagesConfig = Field(
+        default_factory=StagesConfig,
+        description="Multiline merge, JSON parsing and redaction, in that order (all off).",
+    )

@@ -12,9 +12,9 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_when_event_set,
-    wait_exponential_jitter,
 )
 
+from ..backoff import capped_backoff
 from ..metrics.registry import SINK_BATCHES, SINK_RECORDS, SINK_SEND_SECONDS
 from ..positions.store import PositionStore
 from ..sinks.base import Sink, SinkError
@@ -142,12 +142,13 @@ class Dispatcher:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.last_error = f"{sink.name}: {exc}"
-            _log.warning("sink_write_failed", sink=sink.name, attempt=state.attempt_number,
-                         error=str(exc))
+            _log.warning(
+                "sink_write_failed", sink=sink.name, attempt=state.attempt_number, error=str(exc)
+            )
 
         retrying = Retrying(
             retry=retry_if_exception_type(SinkError),
-            wait=wait_exponential_jitter(initial=0.2, max=10.0),
+            wait=capped_backoff(0.2, 10.0),
             stop=stop_when_event_set(self._abandon),
             sleep=self._sleep,
             before_sleep=before_sleep,
@@ -165,8 +166,12 @@ class Dispatcher:
                     SINK_SEND_SECONDS.labels(sink.name).observe(time.monotonic() - started)
         except SinkError as exc:
             SINK_RECORDS.labels(sink.name, "abandoned").inc(len(records))
-            _log.error("sink_batch_abandoned_at_shutdown", sink=sink.name, records=len(records),
-                       error=str(exc))
+            _log.error(
+                "sink_batch_abandoned_at_shutdown",
+                sink=sink.name,
+                records=len(records),
+                error=str(exc),
+            )
             return False
         SINK_BATCHES.labels(sink.name, "accepted").inc()
         SINK_RECORDS.labels(sink.name, "accepted").inc(len(records))
