@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument(
-            "-c", "--config",
+            "-c",
+            "--config",
             default=os.environ.get("LOG_CAPTURER_CONFIG", "config.yaml"),
             help="YAML config file (default: $LOG_CAPTURER_CONFIG or ./config.yaml)",
         )

@@ -11,12 +11,18 @@ from pydantic import Field
 
 from .config.types import Section
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class LoggingConfig(Section):
-    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe level logged."
+    )
     format: Literal["json", "console"] = Field("json", description="json: one object per line.")
 
 

@@ -1,4 +1,4 @@
-"""Docker log timestamps as integer nanoseconds, and the ``since``/``until`` form the engine accepts.
+"""Docker log timestamps as integer nanoseconds, and the engine's ``since``/``until`` form.
 
 Docker writes ``2006-01-02T15:04:05.000000000Z`` (RFC 3339, nine fraction digits, UTC).
 Floats lose precision past about 240 ns at today's epoch, so every position in this

@@ -29,13 +29,13 @@ ENV_PREFIX = "LOG_CAPTURER__"
 
 
 class Config(Section):
-    docker: DockerConfig = Field(default_factory=DockerConfig)  # type: ignore[arg-type]
-    container_monitor: MonitorConfig = Field(default_factory=MonitorConfig)  # type: ignore[arg-type]
-    positions: PositionsConfig = Field(default_factory=PositionsConfig)  # type: ignore[arg-type]
-    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)  # type: ignore[arg-type]
-    sinks: SinksConfig = Field(default_factory=SinksConfig)  # type: ignore[arg-type]
-    server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
+    docker: DockerConfig = Field(default_factory=DockerConfig)
+    container_monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    positions: PositionsConfig = Field(default_factory=PositionsConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    sinks: SinksConfig = Field(default_factory=SinksConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
 class ConfigError(Exception):
@@ -72,12 +72,14 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         raise ConfigError(_describe(exc), source) from exc
 
 
-def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str], source: str) -> dict[str, Any]:
+def apply_env_overrides(
+    data: dict[str, Any], environ: Mapping[str, str], source: str
+) -> dict[str, Any]:
     problems = []
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
             problems.append(f"{name}: empty key in environment override")
             continue

@@ -20,7 +20,7 @@ class PooledUnixAdapter(requests.adapters.HTTPAdapter):
         super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
         self.pool = pool
 
-    def get_connection(self, url: str, proxies: Any = None) -> DockerConnectionPool:
+    def get_connection(self, url: str | bytes, proxies: Any = None) -> DockerConnectionPool:
         return self.pool
 
     def get_connection_with_tls_context(

@@ -8,13 +8,17 @@ from ..config.types import Duration, Section
 
 
 class PoolConfig(Section):
-    """Bounds of the one connection pool every request and stream shares (see DockerConnectionPool)."""
+    """Bounds of the one pool every request and stream shares (see DockerConnectionPool)."""
 
     max_open: int = Field(64, ge=1, description="Hard cap on connections: streams and API calls.")
     max_idle: int = Field(16, ge=0, description="Idle connections kept for reuse; more are closed.")
     max_lifetime: Duration = Field(3600.0, description="Close a connection this old; 0 = never.")
-    max_idle_time: Duration = Field(300.0, description="Close a connection idle this long; 0 = never.")
-    wait_timeout: Duration = Field(10.0, description="How long a caller waits for a free connection.")
+    max_idle_time: Duration = Field(
+        300.0, description="Close a connection idle this long; 0 = never."
+    )
+    wait_timeout: Duration = Field(
+        10.0, description="How long a caller waits for a free connection."
+    )
     health_check_interval: Duration = Field(
         30.0, description="How often idle connections are checked with GET /_ping; 0 = never."
     )
@@ -22,7 +26,9 @@ class PoolConfig(Section):
     @model_validator(mode="after")
     def _idle_within_open(self) -> PoolConfig:
         if self.max_idle > self.max_open:
-            raise ValueError(f"max_idle ({self.max_idle}) must not exceed max_open ({self.max_open})")
+            raise ValueError(
+                f"max_idle ({self.max_idle}) must not exceed max_open ({self.max_open})"
+            )
         return self
 
 
@@ -38,5 +44,5 @@ class DockerConfig(Section):
     socket_path: str = Field("/var/run/docker.sock", description="The engine's unix socket.")
     timeout: Duration = Field(30.0, description="Timeout of non-streaming API calls.")
     api_version: str = Field("auto", description="Engine API version, or 'auto' to negotiate.")
-    pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]
-    retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)

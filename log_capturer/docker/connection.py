@@ -30,7 +30,7 @@ class DockerSocketConnection(urllib3.connection.HTTPConnection):
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(self.timeout)  # type: ignore[arg-type]
+            sock.settimeout(self.timeout)
             sock.connect(self.socket_path)
         except BaseException:
             sock.close()

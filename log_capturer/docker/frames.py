@@ -102,7 +102,7 @@ class FrameDecoder:
             while size - pos >= 8:
                 kind, length = HEADER.unpack_from(buf, pos)
                 if kind not in (0, 1, 2, 3) or buf[pos + 1 : pos + 4] != b"\0\0\0":
-                    raise FrameError(f"bad frame header {bytes(buf[pos:pos + 8])!r}")
+                    raise FrameError(f"bad frame header {bytes(buf[pos : pos + 8])!r}")
                 end = pos + 8 + length
                 if end > size:
                     break

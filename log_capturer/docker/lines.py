@@ -44,7 +44,7 @@ class _Pending:
 
 
 class LineAssembler:
-    """Joins the chunks of lines the engine split, per stream, and caps a line at ``max_line_bytes``.
+    """Joins the chunks of lines the engine split, per stream; caps lines at ``max_line_bytes``.
 
     Only the last chunk of a split line ends with a newline, and all its chunks carry
     the first chunk's timestamp. A line still incomplete when a window closes is

@@ -78,7 +78,7 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
     wait timeouts, closes by reason, health checks by result.
     """
 
-    ConnectionCls = DockerSocketConnection  # type: ignore[assignment]
+    ConnectionCls = DockerSocketConnection
 
     def __init__(self, socket_path: str, config: PoolConfig, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout, maxsize=1, block=False)
@@ -102,15 +102,15 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
 
     # -- the three steps of a connection's life --------------------------------------
 
-    def _new_conn(self) -> DockerSocketConnection:  # type: ignore[override]
+    def _new_conn(self) -> DockerSocketConnection:
         """A fresh, not yet connected connection (it connects on its first request)."""
         with self._cond:
             self._new_connections += 1
         self.num_connections += 1
         return DockerSocketConnection(self.socket_path, self.timeout.connect_timeout)  # type: ignore[arg-type]
 
-    def _get_conn(self, timeout: float | None = None) -> DockerSocketConnection:  # type: ignore[override]
-        """Check a connection out: the most recently used idle one, a new one under the cap, or wait.
+    def _get_conn(self, timeout: float | None = None) -> DockerSocketConnection:
+        """Check out the most recently used idle connection, a new one under the cap, or wait.
 
         Raises only :class:`EmptyPoolError` subclasses, as urllib3 expects: for any other
         error it would hand back ``None`` and the accounting would lose a slot.
@@ -159,7 +159,7 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
         return conn
 
     def _put_conn(self, conn: Any) -> None:
-        """Return a connection: keep it idle, or close it (cap, age, pool closed, or already dead)."""
+        """Take a connection back: keep it idle, or close it (cap, age, pool closed, dead)."""
         reason: str | None = None
         with self._cond:
             self._in_use -= 1
@@ -221,7 +221,7 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
 
     # -- public -----------------------------------------------------------------------
 
-    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         self._local.kind = request_kind(url)
         return super().urlopen(method, url, *args, **kwargs)
 
@@ -254,13 +254,13 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
                 self._cond.notify(len(stale))
         self._close_all(stale)
         for conn in to_check:
-            healthy = _ping(conn, self.timeout.read_timeout or 5.0)  # type: ignore[arg-type]
+            healthy = _ping(conn, self.timeout.read_timeout or 5.0)
             conn.checked_at = time.monotonic()
             if not self._return_checked(conn, healthy):
                 conn.close()
 
     def _return_checked(self, conn: DockerSocketConnection, healthy: bool) -> bool:
-        """Put a health-checked connection back at the cold end of the idle list; False = close it."""
+        """Put a checked connection back at the cold end of the idle list; False = close it."""
         with self._cond:
             self._health["ok" if healthy else "failed"] += 1
             self._in_use -= 1

@@ -160,4 +160,3 @@ class LogStream:
 
     def close(self) -> None:
         self.response.close()
-

@@ -26,10 +26,14 @@ class RuntimeCollector(Collector):
     """Threads and open file descriptors: if either grows over time, something leaks."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily(f"{PREFIX}_threads", "Live Python threads.",
-                                value=threading.active_count())
-        yield GaugeMetricFamily(f"{PREFIX}_file_descriptors_open",
-                                "Open file descriptors of the process.", value=open_fd_count())
+        yield GaugeMetricFamily(
+            f"{PREFIX}_threads", "Live Python threads.", value=threading.active_count()
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_file_descriptors_open",
+            "Open file descriptors of the process.",
+            value=open_fd_count(),
+        )
 
 
 class PoolCollector(Collector):
@@ -45,21 +49,27 @@ class PoolCollector(Collector):
         conns.add_metric(["idle"], s.idle)
         conns.add_metric(["in_use"], s.in_use)
         yield conns
-        yield GaugeMetricFamily(f"{p}_open_connections", "Connections open (idle + in use).",
-                                value=s.open)
+        yield GaugeMetricFamily(
+            f"{p}_open_connections", "Connections open (idle + in use).", value=s.open
+        )
         yield GaugeMetricFamily(f"{p}_max_open", "docker.pool.max_open.", value=s.max_open)
-        yield GaugeMetricFamily(f"{p}_waiting", "Callers waiting for a connection now.",
-                                value=s.waiting)
-        yield CounterMetricFamily(f"{p}_new_connections", "Connections opened.",
-                                  value=s.new_connections)
-        requests = CounterMetricFamily(f"{p}_requests", "Connection checkouts by request kind.",
-                                       labels=["kind"])
-        reuses = CounterMetricFamily(f"{p}_reuses",
-                                     "Checkouts served by an existing connection.",
-                                     labels=["kind"])
-        ratio = GaugeMetricFamily(f"{p}_reuse_ratio",
-                                  "Reuses / checkouts by request kind (1 before any).",
-                                  labels=["kind"])
+        yield GaugeMetricFamily(
+            f"{p}_waiting", "Callers waiting for a connection now.", value=s.waiting
+        )
+        yield CounterMetricFamily(
+            f"{p}_new_connections", "Connections opened.", value=s.new_connections
+        )
+        requests = CounterMetricFamily(
+            f"{p}_requests", "Connection checkouts by request kind.", labels=["kind"]
+        )
+        reuses = CounterMetricFamily(
+            f"{p}_reuses", "Checkouts served by an existing connection.", labels=["kind"]
+        )
+        ratio = GaugeMetricFamily(
+            f"{p}_reuse_ratio",
+            "Reuses / checkouts by request kind (1 before any).",
+            labels=["kind"],
+        )
         for kind in ("api", "stream"):
             requests.add_metric([kind], s.checkouts.get(kind, 0))
             reuses.add_metric([kind], s.reuses.get(kind, 0))
@@ -68,19 +78,32 @@ class PoolCollector(Collector):
         yield reuses
         yield ratio
         yield CounterMetricFamily(f"{p}_waits", "Checkouts that had to wait.", value=s.waits)
-        yield CounterMetricFamily(f"{p}_wait_seconds", "Time spent waiting for a connection.",
-                                  value=s.wait_seconds)
-        yield CounterMetricFamily(f"{p}_wait_timeouts",
-                                  "Checkouts that gave up after wait_timeout.",
-                                  value=s.wait_timeouts)
-        closed = CounterMetricFamily(f"{p}_closed", "Connections closed, by reason.",
-                                     labels=["reason"])
-        for reason in ("max_idle", "max_lifetime", "max_idle_time", "dropped", "health_check",
-                       "broken", "closed_in_use", "pool_closed"):
+        yield CounterMetricFamily(
+            f"{p}_wait_seconds", "Time spent waiting for a connection.", value=s.wait_seconds
+        )
+        yield CounterMetricFamily(
+            f"{p}_wait_timeouts",
+            "Checkouts that gave up after wait_timeout.",
+            value=s.wait_timeouts,
+        )
+        closed = CounterMetricFamily(
+            f"{p}_closed", "Connections closed, by reason.", labels=["reason"]
+        )
+        for reason in (
+            "max_idle",
+            "max_lifetime",
+            "max_idle_time",
+            "dropped",
+            "health_check",
+            "broken",
+            "closed_in_use",
+            "pool_closed",
+        ):
             closed.add_metric([reason], s.closed.get(reason, 0))
         yield closed
-        health = CounterMetricFamily(f"{p}_health_checks", "Idle connection health checks.",
-                                     labels=["result"])
+        health = CounterMetricFamily(
+            f"{p}_health_checks", "Idle connection health checks.", labels=["result"]
+        )
         for result in ("ok", "failed"):
             health.add_metric([result], s.health_checks.get(result, 0))
         yield health

@@ -1,1 +1,1 @@
-"""From monitors to sinks: records, the bounded queue, the dispatcher that acknowledges positions."""
+"""From monitors to sinks: records, the bounded queue, and the dispatcher."""

@@ -92,7 +92,7 @@ class RecordQueue:
                     remaining = fill_deadline - time.monotonic()
                     if remaining <= 0 or not self._cond.wait(remaining):
                         break
-            batch = []
+            batch: list[Any] = []
             while self._items and len(batch) < max_items:
                 item, size = self._items.popleft()
                 self._bytes -= size

@@ -7,6 +7,7 @@ from what was delivered, not from what was read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -63,7 +64,7 @@ class PositionStore:
     # -- loading ---------------------------------------------------------------------
 
     def load(self) -> SavedPositions:
-        """Read the file (absent = empty). A corrupt file is kept aside and reported, never reused."""
+        """Read the file (absent = empty); a corrupt one is set aside and reported, never reused."""
         try:
             raw = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -73,8 +74,9 @@ class PositionStore:
         except (ValueError, KeyError, TypeError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             os.replace(self.path, aside)
-            _log.error("positions_file_corrupt", path=str(self.path), moved_to=str(aside),
-                       error=str(exc))
+            _log.error(
+                "positions_file_corrupt", path=str(self.path), moved_to=str(aside), error=str(exc)
+            )
             return SavedPositions()
         with self._lock:
             self._marks = {cid: dict(streams) for cid, streams in saved.marks.items()}
@@ -100,7 +102,7 @@ class PositionStore:
                     self._dirty = True
 
     def set_start(self, container_id: str, name: str, marks: dict[str, Mark]) -> None:
-        """Record where capture of a new container starts (``start_from: now`` must survive a crash)."""
+        """Record where a new container's capture starts (``start_from: now`` survives a crash)."""
         with self._lock:
             streams = self._marks.setdefault(container_id, {})
             self._names[container_id] = name
@@ -136,7 +138,7 @@ class PositionStore:
     # -- saving ----------------------------------------------------------------------
 
     def save(self, sinks: dict[str, Any], force: bool = False) -> bool:
-        """Write atomically: temp file, fsync, rename, fsync the directory. False if nothing changed."""
+        """Write atomically (temp file, fsync, rename, fsync dir); False if nothing changed."""
         with self._lock:
             if not (self._dirty or force):
                 return False
@@ -165,10 +167,8 @@ def _atomic_write(path: Path, text: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -25,7 +25,7 @@ class ServerConfig(Section):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
+        _, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected host:port, got {value!r}")
         return value
@@ -56,7 +56,7 @@ class StatusServer:
         probes = {"/health": self._health, "/ready": self._ready}
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
@@ -80,8 +80,9 @@ class StatusServer:
         server = ThreadingHTTPServer((host, port), Handler)
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="http-server",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="http-server", daemon=True
+        )
         self._thread.start()
         _log.info("http_server_listening", address=f"{host}:{self.port}")
 

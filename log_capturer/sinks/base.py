@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from typing import Any
-
-import time
 
 from ..metrics.registry import DELIVERY_LAG
 from ..monitor.marks import Mark

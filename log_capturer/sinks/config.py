@@ -11,8 +11,8 @@ from .stdout import StdoutSink, StdoutSinkConfig
 
 
 class SinksConfig(Section):
-    file: FileSinkConfig = Field(default_factory=FileSinkConfig)  # type: ignore[arg-type]
-    stdout: StdoutSinkConfig = Field(default_factory=StdoutSinkConfig)  # type: ignore[arg-type]
+    file: FileSinkConfig = Field(default_factory=FileSinkConfig)
+    stdout: StdoutSinkConfig = Field(default_factory=StdoutSinkConfig)
 
     @model_validator(mode="after")
     def _at_least_one(self) -> SinksConfig:

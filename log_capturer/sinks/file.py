@@ -70,8 +70,12 @@ class FileSink(Sink):
         # the checkpoint was taken (inode None): everything in this file came after it.
         offset = int(state.get("offset", 0)) if stat.st_ino == state.get("inode") else 0
         if offset > stat.st_size:
-            _log.warning("file_sink_shorter_than_checkpoint", path=str(self.path),
-                         checkpoint_offset=offset, size=stat.st_size)
+            _log.warning(
+                "file_sink_shorter_than_checkpoint",
+                path=str(self.path),
+                checkpoint_offset=offset,
+                size=stat.st_size,
+            )
             offset = 0
         marks = {cid: dict(streams) for cid, streams in acked.items()}
         found = 0
@@ -92,8 +96,12 @@ class FileSink(Sink):
                 if before is None or mark > before:
                     self._skip[(cid, stream)] = mark
         if found:
-            _log.info("file_sink_recovered", path=str(self.path), records_after_checkpoint=found,
-                      streams_ahead=len(self._skip))
+            _log.info(
+                "file_sink_recovered",
+                path=str(self.path),
+                records_after_checkpoint=found,
+                streams_ahead=len(self._skip),
+            )
         return marks
 
     # -- writing ---------------------------------------------------------------------
@@ -157,19 +165,18 @@ class FileSink(Sink):
         if self.config.compress:
             if self._compressor is None:
                 self._compressor = ThreadPoolExecutor(1, thread_name_prefix="file-sink-gzip")
+            # One worker: pruning runs after the compression, never under its feet.
             self._compressions.append(self._compressor.submit(_gzip_file, rotated))
-        self._prune_rotated()
+            self._compressions.append(self._compressor.submit(self._prune_rotated))
+        else:
+            self._prune_rotated()
 
     def _prune_rotated(self) -> None:
         rotated = sorted(
-            p for p in self.path.parent.glob(f"{self.path.name}.*")
-            if not p.name.endswith(".tmp")
+            p for p in self.path.parent.glob(f"{self.path.name}.*") if not p.name.endswith(".tmp")
         )
         for old in rotated[: max(0, len(rotated) - self.config.max_files)]:
-            try:
-                old.unlink()
-            except FileNotFoundError:
-                pass
+            old.unlink(missing_ok=True)
 
     # -- durability ------------------------------------------------------------------
 
@@ -252,4 +259,4 @@ def _gzip_file(path: Path) -> None:
     with open(path, "rb") as src, gzip.open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
     os.replace(tmp, path.with_name(path.name + ".gz"))
-    path.unlink()
+    path.unlink(missing_ok=True)

@@ -30,9 +30,7 @@ class StdoutSink(Sink):
         if self.config.format == "json":
             text = "".join(r.to_json() + "\n" for r in batch)
         else:
-            text = "".join(
-                f"{r.ts} {r.container.name} {r.stream}| {r.message}\n" for r in batch
-            )
+            text = "".join(f"{r.ts} {r.container.name} {r.stream}| {r.message}\n" for r in batch)
         try:
             self._out.write(text)
             self._out.flush()

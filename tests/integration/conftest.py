@@ -19,7 +19,9 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client = docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
-        pytest.fail(f"no Docker engine ({exc}); run scripts/ensure_docker.sh (scripts/test.sh does)")
+        pytest.fail(
+            f"no Docker engine ({exc}); run scripts/ensure_docker.sh (scripts/test.sh does)"
+        )
     try:
         client.images.get(TEST_IMAGE)
     except docker.errors.ImageNotFound:
@@ -45,8 +47,11 @@ def make_daemon(tmp_path: Path, run_id: str) -> Iterator[Callable[..., Daemon]]:
     """Build daemons for this test; any still running at the end are killed."""
     daemons: list[Daemon] = []
 
-    def factory(overrides: dict[str, Any] | None = None, workdir: Path | None = None,
-                env: dict[str, str] | None = None) -> Daemon:
+    def factory(
+        overrides: dict[str, Any] | None = None,
+        workdir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Daemon:
         daemon = Daemon(workdir or tmp_path / f"daemon{len(daemons)}", run_id, overrides, env)
         daemons.append(daemon)
         return daemon

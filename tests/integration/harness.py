@@ -7,6 +7,7 @@ label, so tests (and stale containers) never see each other's logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,8 +37,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -61,8 +63,14 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 class Daemon:
     """One log_capturer process (``python -m log_capturer run``) with its own data dir."""
 
-    def __init__(self, workdir: Path, run_id: str, overrides: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        run_id: str,
+        overrides: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        label: str = TEST_LABEL,
+    ) -> None:
         self.workdir = workdir
         self.run_id = run_id
         self.port = free_port()
@@ -72,7 +80,7 @@ class Daemon:
                 "docker": {"pool": {"wait_timeout": "10s"}},
                 "container_monitor": {
                     "stream_window": "2s",
-                    "include_labels": {TEST_LABEL: run_id},
+                    "include_labels": {label: run_id},
                     "retry_initial_backoff": "100ms",
                     "retry_max_backoff": "2s",
                 },
@@ -105,7 +113,10 @@ class Daemon:
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "log_capturer", "run", "-c", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=env,
         )
         log.close()
         if wait_ready:
@@ -116,7 +127,9 @@ class Daemon:
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             return self.http_status("/ready") == 200
 
         wait_for(ready, timeout, what="daemon /ready")
@@ -154,7 +167,9 @@ class Daemon:
         return self.metrics().get(name, default)
 
     def metric_sum(self, prefix: str) -> float:
-        return sum(v for k, v in self.metrics().items() if k == prefix or k.startswith(prefix + "{"))
+        return sum(
+            v for k, v in self.metrics().items() if k == prefix or k.startswith(prefix + "{")
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.proc is not None
@@ -162,10 +177,12 @@ class Daemon:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.log_tail()}")
+            raise AssertionError(
+                f"daemon did not stop within {timeout}s:\n{self.log_tail()}"
+            ) from exc
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -215,8 +232,15 @@ class Containers:
         self.run_id = run_id
         self.created: list[Any] = []
 
-    def run(self, command: str, *, name: str | None = None, tty: bool = False,
-            labels: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    def run(
+        self,
+        command: str,
+        *,
+        name: str | None = None,
+        tty: bool = False,
+        labels: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         container = self.client.containers.run(
             TEST_IMAGE,
             ["sh", "-c", command],
@@ -234,12 +258,11 @@ class Containers:
         return int(result["StatusCode"])
 
     def cleanup(self) -> None:
-        for container in self.client.containers.list(all=True,
-                                                     filters={"label": f"{TEST_LABEL}={self.run_id}"}):
-            try:
+        for container in self.client.containers.list(
+            all=True, filters={"label": f"{TEST_LABEL}={self.run_id}"}
+        ):
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
 
 
 def by_stream(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
@@ -250,8 +273,9 @@ def by_stream(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[s
     return out
 
 
-def assert_exactly_once(records: list[dict[str, Any]], container: str, stream: str,
-                        expected: list[str]) -> None:
+def assert_exactly_once(
+    records: list[dict[str, Any]], container: str, stream: str, expected: list[str]
+) -> None:
     """Every expected line delivered once, nothing else, in order."""
     got = by_stream(records).get((container, stream), [])
     if got == expected:

@@ -16,7 +16,7 @@ from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_fo
 # ~8 s of numbered lines on both streams, a line pair every ~4 ms: crosses 4 windows.
 PAIRS = 2000
 PACED_BOTH = (
-    f"i=0; while [ $i -lt {PAIRS} ]; do i=$((i+1)); echo \"out $i\"; echo \"err $i\" >&2; "
+    f'i=0; while [ $i -lt {PAIRS} ]; do i=$((i+1)); echo "out $i"; echo "err $i" >&2; '
     "if [ $((i % 50)) -eq 0 ]; then sleep 0.2; fi; done"
 )
 
@@ -26,16 +26,20 @@ def numbered(prefix: str, n: int) -> list[str]:
 
 
 def wait_records(daemon: Daemon, count: int, timeout: float = 60) -> list[dict]:  # type: ignore[type-arg]
-    return wait_for(lambda: (r := daemon.records()) and len(r) >= count and r, timeout,
-                    what=f"{count} records")
+    return wait_for(
+        lambda: (r := daemon.records()) and len(r) >= count and r, timeout, what=f"{count} records"
+    )
 
 
 def test_stdout_and_stderr_lines_arrive_exactly_once_in_order(
     make_daemon: Callable[..., Daemon], containers: Containers
 ) -> None:
     daemon = make_daemon().start()
-    labels = {"com.docker.compose.service": "web", "com.docker.compose.project": "shop",
-              "team": "core"}
+    labels = {
+        "com.docker.compose.service": "web",
+        "com.docker.compose.project": "shop",
+        "team": "core",
+    }
     container = containers.run(PACED_BOTH, name=f"both-{daemon.run_id}", labels=labels)
     assert containers.wait_exit(container) == 0
     records = wait_records(daemon, 2 * PAIRS)
@@ -60,7 +64,7 @@ def test_stdout_and_stderr_lines_arrive_exactly_once_in_order(
 def test_tty_container(make_daemon: Callable[..., Daemon], containers: Containers) -> None:
     daemon = make_daemon().start()
     name = f"tty-{daemon.run_id}"
-    script = "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo \"tty $i\"; sleep 0.01; done"
+    script = 'i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "tty $i"; sleep 0.01; done'
     containers.wait_exit(containers.run(script, name=name, tty=True))
     wait_records(daemon, 300)
     time.sleep(2.5)
@@ -69,7 +73,9 @@ def test_tty_container(make_daemon: Callable[..., Daemon], containers: Container
     assert daemon.stop() == 0
 
 
-def test_lines_over_16k_are_joined(make_daemon: Callable[..., Daemon], containers: Containers) -> None:
+def test_lines_over_16k_are_joined(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
     daemon = make_daemon().start()
     name = f"long-{daemon.run_id}"
     script = (
@@ -83,13 +89,16 @@ def test_lines_over_16k_are_joined(make_daemon: Callable[..., Daemon], container
     records = wait_records(daemon, 5)
     time.sleep(2.5)
     records = daemon.records()
-    assert_exactly_once(records, name, "stdout",
-                        ["before", "a" * 20480, "middle", "b" * 204800, "after"])
+    assert_exactly_once(
+        records, name, "stdout", ["before", "a" * 20480, "middle", "b" * 204800, "after"]
+    )
     assert not any(r.get("truncated") for r in records)
     assert daemon.stop() == 0
 
 
-def test_tty_lines_over_16k_are_joined(make_daemon: Callable[..., Daemon], containers: Containers) -> None:
+def test_tty_lines_over_16k_are_joined(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
     daemon = make_daemon().start()
     name = f"ttylong-{daemon.run_id}"
     script = "echo x; head -c 40000 /dev/zero | tr '\\0' c; echo; echo y"
@@ -120,7 +129,9 @@ def test_container_that_lives_under_a_second_is_captured_completely(
     assert daemon.stop() == 0
 
 
-def test_quiet_longer_than_a_window(make_daemon: Callable[..., Daemon], containers: Containers) -> None:
+def test_quiet_longer_than_a_window(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
     daemon = make_daemon().start()
     name = f"quiet-{daemon.run_id}"
     container = containers.run("echo one; sleep 5; echo two >&2; sleep 5; echo three", name=name)
@@ -163,10 +174,15 @@ def test_sigterm_exits_zero_quickly_and_saves_positions(
     make_daemon: Callable[..., Daemon], containers: Containers
 ) -> None:
     daemon = make_daemon({"container_monitor": {"stream_window": "30s"}}).start()
-    running = [containers.run("while true; do echo tick; sleep 0.1; done", name=f"t{n}-{daemon.run_id}")
-               for n in range(5)]
-    wait_for(lambda: len({r["container_name"] for r in daemon.records()}) == 5, 30,
-             what="all containers captured")
+    running = [
+        containers.run("while true; do echo tick; sleep 0.1; done", name=f"t{n}-{daemon.run_id}")
+        for n in range(5)
+    ]
+    wait_for(
+        lambda: len({r["container_name"] for r in daemon.records()}) == 5,
+        30,
+        what="all containers captured",
+    )
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5

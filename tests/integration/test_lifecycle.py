@@ -21,8 +21,10 @@ def leak_sample(daemon: Daemon, samples: int = 5) -> tuple[int, int]:
     for _ in range(samples):
         m = daemon.metrics()
         threads.append(int(m["log_capturer_threads"]))
-        fds.append(int(m["log_capturer_file_descriptors_open"])
-                   - int(m["log_capturer_docker_pool_open_connections"]))
+        fds.append(
+            int(m["log_capturer_file_descriptors_open"])
+            - int(m["log_capturer_docker_pool_open_connections"])
+        )
         time.sleep(0.2)
     return min(threads), min(fds)
 
@@ -34,17 +36,23 @@ def test_threads_and_fds_return_to_baseline_after_20_windows_on_10_containers(
     # Baseline: the daemon after it delivered a first record (its output file is open).
     containers.wait_exit(containers.run("echo warm-up", name=f"warm-{daemon.run_id}"))
     wait_for(lambda: daemon.records(), 30, what="the warm-up line")
-    wait_for(lambda: daemon.metric("log_capturer_containers_monitored") == 0, 30,
-             what="the warm-up monitor to finish")
-    fds_before = sorted(os.readlink(f"/proc/{daemon.pid}/fd/{fd}")
-                        for fd in os.listdir(f"/proc/{daemon.pid}/fd"))
+    wait_for(
+        lambda: daemon.metric("log_capturer_containers_monitored") == 0,
+        30,
+        what="the warm-up monitor to finish",
+    )
+    fds_before = sorted(
+        os.readlink(f"/proc/{daemon.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{daemon.pid}/fd")
+    )
     baseline = leak_sample(daemon)
     busy = "while true; do echo busy; sleep 0.1; done"
     quiet = "echo hello; while true; do sleep 60; done"  # windows end by our deadline
-    running = [containers.run(busy if n % 2 else quiet, name=f"leak{n}-{daemon.run_id}")
-               for n in range(10)]
-    wait_for(lambda: daemon.metric("log_capturer_containers_monitored") == 10, 30,
-             what="10 monitors")
+    running = [
+        containers.run(busy if n % 2 else quiet, name=f"leak{n}-{daemon.run_id}") for n in range(10)
+    ]
+    wait_for(
+        lambda: daemon.metric("log_capturer_containers_monitored") == 10, 30, what="10 monitors"
+    )
     start = windows(daemon)
     wait_for(lambda: windows(daemon) >= start + 30, 60, what="3 windows each")
     warm = leak_sample(daemon)
@@ -55,14 +63,18 @@ def test_threads_and_fds_return_to_baseline_after_20_windows_on_10_containers(
     assert warm[0] == baseline[0] + 10  # one thread per monitored container
     for container in running:
         container.remove(force=True)
-    wait_for(lambda: daemon.metric("log_capturer_containers_monitored") == 0, 30,
-             what="monitors to exit")
+    wait_for(
+        lambda: daemon.metric("log_capturer_containers_monitored") == 0, 30, what="monitors to exit"
+    )
     time.sleep(1)
     final = leak_sample(daemon)
-    fds_after = sorted(os.readlink(f"/proc/{daemon.pid}/fd/{fd}")
-                       for fd in os.listdir(f"/proc/{daemon.pid}/fd"))
-    assert final == baseline, (f"baseline {baseline}, after containers went away {final}\n"
-                               f"fds before {fds_before}\nfds after {fds_after}")
+    fds_after = sorted(
+        os.readlink(f"/proc/{daemon.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{daemon.pid}/fd")
+    )
+    assert final == baseline, (
+        f"baseline {baseline}, after containers went away {final}\n"
+        f"fds before {fds_before}\nfds after {fds_after}"
+    )
     assert daemon.metric('log_capturer_stream_windows_total{end="deadline"}') > 0
     assert daemon.metric('log_capturer_stream_windows_total{end="eof"}') > 0
     assert daemon.stop() == 0
@@ -71,11 +83,13 @@ def test_threads_and_fds_return_to_baseline_after_20_windows_on_10_containers(
 def test_more_containers_than_connections_take_turns_without_loss(
     make_daemon: Callable[..., Daemon], containers: Containers
 ) -> None:
-    daemon = make_daemon({
-        "docker": {"pool": {"max_open": 3, "max_idle": 3, "wait_timeout": "1s"}},
-        "container_monitor": {"stream_window": "1s"},
-    }).start()
-    script = "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo \"n $i\"; sleep 0.02; done"
+    daemon = make_daemon(
+        {
+            "docker": {"pool": {"max_open": 3, "max_idle": 3, "wait_timeout": "1s"}},
+            "container_monitor": {"stream_window": "1s"},
+        }
+    ).start()
+    script = 'i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "n $i"; sleep 0.02; done'
     names = [f"turn{n}-{daemon.run_id}" for n in range(6)]
     running = [containers.run(script, name=name) for name in names]
     for container in running:
@@ -96,19 +110,26 @@ def test_filters_and_never_capturing_itself(
 ) -> None:
     run = containers.run
     self_like = run("echo self; sleep 30", name=f"selfish-{containers.run_id}")
-    daemon = make_daemon({"container_monitor": {
-        "exclude_names": ["skip-*"],
-        "exclude_labels": {"io.log_capturer.exclude": "true"},
-        "include_images": ["log-capturer-test/*"],
-        "self_container_id": self_like.id[:12],
-    }})
+    daemon = make_daemon(
+        {
+            "container_monitor": {
+                "exclude_names": ["skip-*"],
+                "exclude_labels": {"io.log_capturer.exclude": "true"},
+                "include_images": ["log-capturer-test/*"],
+                "self_container_id": self_like.id[:12],
+            }
+        }
+    )
     daemon.start()
     run("echo kept", name=f"keep-{daemon.run_id}")
     run("echo skipped", name=f"skip-{daemon.run_id}")
     run("echo labelled", name=f"lab-{daemon.run_id}", labels={"io.log_capturer.exclude": "true"})
     containers.client.containers.run(  # no run label at all
-        "log-capturer-test/busybox:1", ["sh", "-c", "echo stranger"], name=f"other-{daemon.run_id}",
-        detach=True, labels={"log-capturer-test": "someone-else"},
+        "log-capturer-test/busybox:1",
+        ["sh", "-c", "echo stranger"],
+        name=f"other-{daemon.run_id}",
+        detach=True,
+        labels={"log-capturer-test": "someone-else"},
     )
     try:
         wait_for(lambda: daemon.records(), 30, what="the kept container")
@@ -128,11 +149,17 @@ def test_positions_of_destroyed_containers_are_pruned(
     containers.wait_exit(container)
     wait_for(lambda: daemon.records(), 30, what="the line")
     positions = daemon.data / "positions.json"
-    wait_for(lambda: container.id in json.loads(positions.read_text())["containers"], 10,
-             what="positions saved")
+    wait_for(
+        lambda: container.id in json.loads(positions.read_text())["containers"],
+        10,
+        what="positions saved",
+    )
     container.remove()
-    wait_for(lambda: container.id not in json.loads(positions.read_text())["containers"], 15,
-             what="positions pruned")
+    wait_for(
+        lambda: container.id not in json.loads(positions.read_text())["containers"],
+        15,
+        what="positions pruned",
+    )
     assert daemon.stop() == 0
 
 
@@ -140,13 +167,16 @@ def test_start_from_now_skips_history_and_survives_a_crash(
     make_daemon: Callable[..., Daemon], containers: Containers
 ) -> None:
     name = f"now-{containers.run_id}"
-    script = ("echo old1; echo old2; sleep 4; "
-              "i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo \"new $i\"; sleep 0.03; done; sleep 60")
+    script = (
+        "echo old1; echo old2; sleep 4; "
+        'i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo "new $i"; sleep 0.03; done; sleep 60'
+    )
     containers.run(script, name=name)
     time.sleep(1.5)  # the old lines are written before the daemon starts
     daemon = make_daemon({"container_monitor": {"start_from": "now"}}).start()
-    wait_for(lambda: any(r["message"].startswith("new") for r in daemon.records()), 30,
-             what="new lines")
+    wait_for(
+        lambda: any(r["message"].startswith("new") for r in daemon.records()), 30, what="new lines"
+    )
     daemon.kill()
     daemon.start()
     wait_for(lambda: len(daemon.records()) >= 100, 30, what="all new lines")
@@ -156,8 +186,9 @@ def test_start_from_now_skips_history_and_survives_a_crash(
 
 
 def test_health_and_ready_tell_the_truth(make_daemon: Callable[..., Daemon], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    daemon = make_daemon({"docker": {"socket_path": str(tmp_path / "no-engine.sock"),
-                                     "retry": {"attempts": 1}}})
+    daemon = make_daemon(
+        {"docker": {"socket_path": str(tmp_path / "no-engine.sock"), "retry": {"attempts": 1}}}
+    )
     daemon.start(wait_ready=False)
     wait_for(lambda: daemon.http_status("/health") == 200, 20, what="/health")
     status, body = daemon.get_json("/ready")
@@ -166,16 +197,23 @@ def test_health_and_ready_tell_the_truth(make_daemon: Callable[..., Daemon], tmp
 
     live = make_daemon().start()
     status, body = live.get_json("/ready")
-    assert status == 200 and body == {"status": "ok", "engine": True, "discovery": True,
-                                      "monitors": 0}
+    assert status == 200 and body == {
+        "status": "ok",
+        "engine": True,
+        "discovery": True,
+        "monitors": 0,
+    }
     text = live.metrics_text()
     for name in (
-        "log_capturer_threads", "log_capturer_file_descriptors_open",
+        "log_capturer_threads",
+        "log_capturer_file_descriptors_open",
         'log_capturer_docker_pool_connections{state="idle"}',
         'log_capturer_docker_pool_connections{state="in_use"}',
         "log_capturer_docker_pool_new_connections_total",
-        "log_capturer_docker_pool_requests_total", "log_capturer_docker_pool_waits_total",
-        "log_capturer_docker_pool_reuse_ratio", "log_capturer_containers_monitored",
+        "log_capturer_docker_pool_requests_total",
+        "log_capturer_docker_pool_waits_total",
+        "log_capturer_docker_pool_reuse_ratio",
+        "log_capturer_containers_monitored",
         "process_open_fds",
     ):
         assert name in text, name
@@ -183,7 +221,9 @@ def test_health_and_ready_tell_the_truth(make_daemon: Callable[..., Daemon], tmp
 
 
 def test_by_stream_helper_groups_per_container_and_stream() -> None:
-    records = [{"container_name": "a", "stream": "stdout", "message": "1"},
-               {"container_name": "a", "stream": "stderr", "message": "2"},
-               {"container_name": "a", "stream": "stdout", "message": "3"}]
+    records = [
+        {"container_name": "a", "stream": "stdout", "message": "1"},
+        {"container_name": "a", "stream": "stderr", "message": "2"},
+        {"container_name": "a", "stream": "stdout", "message": "3"},
+    ]
     assert by_stream(records) == {("a", "stdout"): ["1", "3"], ("a", "stderr"): ["2"]}

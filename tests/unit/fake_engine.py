@@ -6,6 +6,7 @@ tested against the real engine (tests/integration).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import threading
@@ -20,7 +21,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         url = urlparse(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         path = url.path.split("/", 2)[-1] if url.path.startswith("/v1.") else url.path.lstrip("/")
@@ -106,8 +107,6 @@ class FakeEngine:
         self.server.shutdown()
         self.server.server_close()
         for conn in list(self.server.live):
-            try:
+            with contextlib.suppress(OSError):  # already closed by its handler
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by its handler
         self.thread.join(5)

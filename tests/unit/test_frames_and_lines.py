@@ -90,10 +90,17 @@ def test_line_without_timestamp_keeps_the_previous_one_and_is_counted() -> None:
 def test_tty_raw_stream_lines_and_split_lines(step: int) -> None:
     long = b"x" * 20000
     body = (
-        TS1 + b" first\r\n"
-        + TS2 + b" " + long[:16384]
-        + TS2 + b" " + long[16384:] + b"\r\n"
-        + TS2 + b" progress\rbar\r\n"
+        TS1
+        + b" first\r\n"
+        + TS2
+        + b" "
+        + long[:16384]
+        + TS2
+        + b" "
+        + long[16384:]
+        + b"\r\n"
+        + TS2
+        + b" progress\rbar\r\n"
     )
     lines = decode_all(RawDecoder(), body, step)
     assert [(ln.stream, ln.message) for ln in lines] == [
@@ -115,7 +122,11 @@ def test_tty_flush_returns_last_line_without_newline() -> None:
 def test_assembler_truncates_and_marks() -> None:
     assembler = LineAssembler(max_line_bytes=10)
     decoder = FrameDecoder()
-    body = frame(1, TS1 + b" " + b"a" * 16384) + frame(1, TS1 + b" bbb\n") + frame(1, TS2 + b" 0123456789AB\n")
+    body = (
+        frame(1, TS1 + b" " + b"a" * 16384)
+        + frame(1, TS1 + b" bbb\n")
+        + frame(1, TS2 + b" 0123456789AB\n")
+    )
     lines = [ln for c in decoder.feed(body) for ln in assembler.add(c)]
     assert [(ln.message, ln.truncated) for ln in lines] == [
         (b"a" * 10, True),
@@ -126,7 +137,9 @@ def test_assembler_truncates_and_marks() -> None:
 def test_incomplete_line_is_discarded_for_reread_unless_flushed() -> None:
     assembler = LineAssembler(10**6)
     decoder = FrameDecoder()
-    lines = [ln for c in decoder.feed(frame(1, TS1 + b" " + b"z" * 16384)) for ln in assembler.add(c)]
+    lines = [
+        ln for c in decoder.feed(frame(1, TS1 + b" " + b"z" * 16384)) for ln in assembler.add(c)
+    ]
     assert lines == []
     assert assembler.pending_bytes == 16384
     assert assembler.discard() == 1

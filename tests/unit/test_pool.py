@@ -28,8 +28,9 @@ def fake(tmp_path: Path) -> Iterator[FakeEngine]:
 
 
 def make_engine(fake: FakeEngine, **pool: object) -> DockerEngine:
-    config = DockerConfig(socket_path=fake.path, timeout=5, api_version="1.41",
-                          pool=PoolConfig(**pool))  # type: ignore[arg-type]
+    config = DockerConfig(
+        socket_path=fake.path, timeout=5, api_version="1.41", pool=PoolConfig(**pool)
+    )  # type: ignore[arg-type]
     return DockerEngine(config, negotiate_version=False)
 
 
@@ -71,8 +72,9 @@ def test_streams_with_different_urls_share_the_pool(fake: FakeEngine) -> None:
     try:
         for since in range(5):
             url = engine.api._url("/containers/{0}/logs", f"c{since}")
-            with ManagedResponse(engine.api._get(url, params={"since": since, "lines": 2},
-                                                 stream=True)) as stream:
+            with ManagedResponse(
+                engine.api._get(url, params={"since": since, "lines": 2}, stream=True)
+            ) as stream:
                 drain(stream)
                 assert stream.end_reason == "eof"
         stats = engine.pool.stats()
@@ -274,7 +276,7 @@ def test_closing_the_pool_fails_waiters_and_new_callers(fake: FakeEngine) -> Non
     def wait_for_connection() -> None:
         try:
             engine.api.ping()
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:
             errors.append(exc)
 
     waiter = threading.Thread(target=wait_for_connection)

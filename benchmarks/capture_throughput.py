@@ -1,0 +1,152 @@
+"""Capture speed as a ratio against ``docker logs`` reading the same container, same run.
+
+Usage: .venv/bin/python benchmarks/capture_throughput.py [--lines 200000] [--repeat 3]
+
+A container writes N numbered lines on stdout (and every 10th also on stderr) and
+exits. Then, alternating, best of ``--repeat``:
+
+* reference: ``docker logs --timestamps <id>`` to /dev/null (the Go CLI over the API);
+* stream:    this project's reading path alone: one non-follow request through the
+             pooled client, frames decoded, lines joined, deduplicated, records built
+             and serialized to JSON (what the file sink writes);
+* daemon:    the whole daemon (python -m log_capturer run), from start until the file
+             sink holds every line: discovery, monitor, queue, dispatcher, fsync.
+
+Ratios above 1 mean slower than ``docker logs``. No wall-clock thresholds: compare
+ratios between commits on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from log_capturer.discovery.container import ContainerInfo  # noqa: E402
+from log_capturer.docker.config import DockerConfig  # noqa: E402
+from log_capturer.docker.engine import DockerEngine  # noqa: E402
+from log_capturer.docker.stream import LogStream  # noqa: E402
+from log_capturer.monitor.marks import ZERO, StreamDedup  # noqa: E402
+from log_capturer.pipeline.record import LogRecord  # noqa: E402
+from tests.integration.harness import Daemon, wait_for  # noqa: E402
+
+LABEL = "log-capturer-bench"
+
+
+def reference(container_id: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        ["docker", "logs", "--timestamps", container_id],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def stream_path(engine: DockerEngine, info: ContainerInfo, expected: int) -> float:
+    started = time.perf_counter()
+    response = engine.open_logs(info.id, stdout=True, stderr=True, follow=False)
+    count = 0
+    with response:
+        stream = LogStream(response, tty=False, deadline=None, max_line_bytes=1 << 20)
+        dedups = {"stdout": StreamDedup(ZERO), "stderr": StreamDedup(ZERO)}
+        for line in stream.lines(flush_at_eof=True):
+            seq = dedups[line.stream].admit(line.ts_ns)
+            if seq is None:
+                continue
+            record = LogRecord(
+                info,
+                line.stream,
+                line.ts_ns,
+                seq,
+                line.ts_text.decode(),
+                line.message.decode("utf-8", "replace"),
+                line.truncated,
+            )
+            record.to_json()
+            count += 1
+    elapsed = time.perf_counter() - started
+    assert count == expected, (count, expected)
+    return elapsed
+
+
+def daemon_path(run_id: str, expected: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = Daemon(
+            Path(tmp),
+            run_id,
+            {"container_monitor": {"stream_window": "30s"}, "pipeline": {"batch_size": 2000}},
+            label=LABEL,
+        )
+        started = time.perf_counter()
+        daemon.start(wait_ready=False)
+        path = daemon.data / "logs.jsonl"
+
+        def done() -> bool:
+            try:
+                with open(path, "rb") as fh:
+                    return sum(1 for _ in fh) >= expected
+            except FileNotFoundError:
+                return False
+
+        wait_for(done, 600, interval=0.05, what="all lines in the file sink")
+        elapsed = time.perf_counter() - started
+        daemon.stop()
+        return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    client = docker.from_env()
+    run_id = f"bench{int(time.time())}"
+    script = (
+        f"awk 'BEGIN {{ for (i = 1; i <= {args.lines}; i++) {{ "
+        f'printf "line %d of the benchmark, some payload to look like a real log\\n", i; '
+        f'if (i % 10 == 0) printf "err %d\\n", i > "/dev/stderr" }} }}\''
+    )
+    container = client.containers.run(
+        "log-capturer-test/busybox:1", ["sh", "-c", script], detach=True, labels={LABEL: run_id}
+    )
+    try:
+        container.wait(timeout=300)
+        expected = args.lines + args.lines // 10
+        engine = DockerEngine(DockerConfig())
+        info = ContainerInfo.from_inspect(engine.inspect_container(container.id))
+        ref, ours = [], []
+        for _ in range(args.repeat):
+            ref.append(reference(container.id))
+            ours.append(stream_path(engine, info, expected))
+        engine.close()
+        whole = daemon_path(run_id, expected)
+        best_ref = min(ref)
+        result = {
+            "lines": expected,
+            "docker_logs_s": round(best_ref, 3),
+            "stream_s": round(min(ours), 3),
+            "daemon_s": round(whole, 3),
+            "stream_ratio": round(min(ours) / best_ref, 2),
+            "daemon_ratio": round(whole / best_ref, 2),
+            "stream_lines_per_s": round(expected / min(ours)),
+            "daemon_lines_per_s": round(expected / whole),
+        }
+        print(json.dumps(result, indent=1))
+    finally:
+        container.remove(force=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

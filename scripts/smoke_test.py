@@ -1,0 +1,497 @@
+"""The soak test users run before a release (see scripts/smoke_test.sh for usage).
+
+It runs load containers that write numbered lines at a steady rate and churns
+short-lived containers, samples the daemon's metrics at every checkpoint, and at the
+end fails, naming the criterion, unless: file descriptors and threads do not grow
+(least-squares slope after warm-up under 0.5/min each), API requests reuse pooled
+connections (ratio >= 0.9 after warm-up), the daemon never crashed or restarted, and
+every line each container wrote (as the engine's own log has it) was delivered
+exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from log_capturer.config.types import parse_duration  # noqa: E402
+from tests.integration.harness import Daemon, wait_for  # noqa: E402
+
+LABEL = "log-capturer-smoke"
+FD_SLOPE_MAX = 0.5  # per minute
+THREAD_SLOPE_MAX = 0.5
+REUSE_MIN = 0.9
+
+
+@dataclass
+class Checkpoint:
+    """One sample. Slopes use ``base_threads`` (threads minus one per monitored container)
+    and ``base_fds`` (FDs minus pooled Docker connections): what a leak grows, while the
+    raw counts also move with how many churned containers are alive at that instant."""
+
+    at_s: float
+    threads: float
+    fds: float
+    monitors: float
+    pool_open: float
+    base_threads: float
+    base_fds: float
+    lines: float
+    api_requests: float
+    api_reuses: float
+    start_time: float
+
+
+@dataclass
+class Summary:
+    run_id: str
+    duration_s: float
+    containers: int
+    churn_per_min: float
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    fd_slope_per_min: float = 0.0
+    thread_slope_per_min: float = 0.0
+    api_reuse_ratio: float = 0.0
+    restarts: int = 0
+    crashed: bool = False
+    lines_expected: int = 0
+    lines_delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    containers_audited: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="smoke_test.sh",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--duration", default="30m", help="how long to run (default 30m)")
+    p.add_argument("--interval", default="2m", help="time between checkpoints (default 2m)")
+    p.add_argument("--containers", type=int, default=50, help="load containers (default 50)")
+    p.add_argument(
+        "--churn-per-min",
+        type=float,
+        default=20,
+        help="short-lived containers started per minute (default 20)",
+    )
+    p.add_argument("--rate", type=float, default=10, help="lines/s per load container (default 10)")
+    p.add_argument(
+        "--warmup",
+        default="",
+        help="checkpoints before this are not used for slopes "
+        "(default: the larger of one interval and 10%% of the duration)",
+    )
+    p.add_argument("--stream-window", default="5s", help="stream_window of the daemon it starts")
+    p.add_argument(
+        "--metrics-url",
+        default="",
+        help="use a running daemon's /metrics instead "
+        "of starting one (then --output-file is required for the audit)",
+    )
+    p.add_argument("--output-file", default="", help="the file sink output to audit")
+    p.add_argument(
+        "--output-dir",
+        default="",
+        help="where the summary and chart go (default smoke-output/<time>)",
+    )
+    p.add_argument("--image", default=os.environ.get("TEST_IMAGE", "log-capturer-test/busybox:1"))
+    p.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the daemon it starts (repeatable)",
+    )
+    args = p.parse_args(argv)
+    try:
+        args.duration_s = parse_duration(args.duration)
+        args.interval_s = parse_duration(args.interval)
+        args.warmup_s = (
+            parse_duration(args.warmup)
+            if args.warmup
+            else max(args.interval_s, 0.1 * args.duration_s)
+        )
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.metrics_url and not args.output_file:
+        p.error("--metrics-url needs --output-file (the sink output to audit)")
+    if args.interval_s <= 0 or args.duration_s < 2 * args.interval_s:
+        p.error("--duration must cover at least two --interval")
+    return args
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=15) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def slope_per_min(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per minute."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return 0.0
+    return 60 * sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+class Load:
+    """Owns the load and churn containers; removes all of them at the end, even on interrupt."""
+
+    def __init__(self, client: docker.DockerClient, image: str, run_id: str) -> None:
+        self.client = client
+        self.image = image
+        self.run_id = run_id
+        self.stop = threading.Event()
+        self.churned: list[str] = []
+        self.churn_errors = 0
+        self._churn: threading.Thread | None = None
+
+    def start_load(self, count: int, rate: float) -> list[str]:
+        pause = f"{1 / rate:.3f}"
+        script = (
+            'i=0; while true; do i=$((i+1)); echo "$i"; '
+            'if [ $((i % 10)) -eq 0 ]; then echo "e $i" >&2; fi; sleep ' + pause + "; done"
+        )
+        names = []
+        for n in range(count):
+            name = f"smoke-load{n}-{self.run_id}"
+            self._run(script, name)
+            names.append(name)
+        return names
+
+    def start_churn(self, per_min: float) -> None:
+        if per_min <= 0:
+            return
+        self._churn = threading.Thread(
+            target=self._churn_loop, args=(60 / per_min,), name="churn", daemon=True
+        )
+        self._churn.start()
+
+    def _churn_loop(self, every: float) -> None:
+        n = 0
+        while not self.stop.wait(every):
+            name = f"smoke-churn{n}-{self.run_id}"
+            try:
+                self._run("seq 1 200; echo done >&2", name)
+                self.churned.append(name)
+            except docker.errors.DockerException as exc:
+                self.churn_errors += 1
+                print(f"churn container failed to start: {exc}", file=sys.stderr)
+            n += 1
+
+    def _run(self, script: str, name: str) -> None:
+        self.client.containers.run(
+            self.image,
+            ["sh", "-c", script],
+            name=name,
+            detach=True,
+            labels={LABEL: self.run_id},
+            log_config=docker.types.LogConfig(type="json-file", config={"max-size": "50m"}),
+        )
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self._churn is not None:
+            self._churn.join(30)
+
+    def kill_all(self) -> None:
+        for container in self.client.containers.list(filters={"label": f"{LABEL}={self.run_id}"}):
+            with contextlib.suppress(docker.errors.APIError):  # already exited
+                container.kill()
+
+    def remove_all(self) -> None:
+        for container in self.client.containers.list(
+            all=True, filters={"label": f"{LABEL}={self.run_id}"}
+        ):
+            try:
+                container.remove(force=True)
+            except docker.errors.APIError as exc:
+                print(f"could not remove {container.name}: {exc}", file=sys.stderr)
+
+
+def engine_lines(client: docker.DockerClient, name: str) -> dict[str, list[str]]:
+    """What the container wrote, per stream, as the engine's own log has it."""
+    container = client.containers.get(name)
+    out = {}
+    for stream, flags in (
+        ("stdout", {"stdout": True, "stderr": False}),
+        ("stderr", {"stdout": False, "stderr": True}),
+    ):
+        text = container.logs(**flags).decode("utf-8", "replace")
+        out[stream] = text.splitlines()
+    return out
+
+
+def audit(client: docker.DockerClient, names: list[str], output: Path, summary: Summary) -> None:
+    delivered: dict[tuple[str, str], list[str]] = {}
+    with open(output, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                continue
+            record = json.loads(raw)
+            delivered.setdefault((record["container_name"], record["stream"]), []).append(
+                record["message"]
+            )
+    for name in names:
+        expected = engine_lines(client, name)
+        for stream, lines in expected.items():
+            got = delivered.get((name, stream), [])
+            want = Counter(lines)
+            have = Counter(got)
+            summary.lines_expected += len(lines)
+            summary.lines_delivered += len(got)
+            summary.lost += sum((want - have).values())
+            summary.duplicated += sum((have - want).values())
+            if stream == "stdout" and name.startswith("smoke-load"):
+                numbers = [int(x) for x in lines if x.isdigit()]
+                if numbers != list(range(1, len(numbers) + 1)):
+                    summary.failures.append(f"{name}: the engine's own log is not 1..N")
+        summary.containers_audited += 1
+
+
+def write_chart(summary: Summary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [c.at_s / 60 for c in summary.checkpoints]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    for ax, keys, title in (
+        (axes[0], ("threads", "base_threads"), "threads"),
+        (axes[1], ("fds", "base_fds"), "open FDs"),
+        (axes[2], ("lines",), "lines captured"),
+    ):
+        for key in keys:
+            label = "without monitors/pool" if key.startswith("base_") else "total"
+            ax.plot(
+                minutes, [getattr(c, key) for c in summary.checkpoints], marker="o", label=label
+            )
+        if len(keys) > 1:
+            ax.legend(loc="upper left", fontsize="small")
+        ax.set_ylabel(title)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_title(
+        f"log_capturer soak {summary.run_id}: fd slope "
+        f"{summary.fd_slope_per_min:+.2f}/min, thread slope "
+        f"{summary.thread_slope_per_min:+.2f}/min"
+    )
+    axes[2].set_xlabel("minutes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_id = uuid.uuid4().hex[:10]
+    out_dir = Path(args.output_dir or REPO / "smoke-output" / time.strftime("%Y%m%dT%H%M%S"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    client = docker.from_env()
+    load = Load(client, args.image, run_id)
+    summary = Summary(run_id, args.duration_s, args.containers, args.churn_per_min)
+    daemon: Daemon | None = None
+    interrupted = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        interrupted.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if args.metrics_url:
+            metrics_url, output = args.metrics_url, Path(args.output_file)
+        else:
+            env = dict(kv.split("=", 1) for kv in args.daemon_env)
+            daemon = Daemon(
+                out_dir / "daemon",
+                run_id,
+                {
+                    "container_monitor": {"stream_window": args.stream_window},
+                    "positions": {"flush_interval": "1s"},
+                    "pipeline": {"batch_wait": "200ms"},
+                },
+                env=env,
+                label=LABEL,
+            )
+            daemon.start()
+            metrics_url = daemon.url + "/metrics"
+            output = Path(args.output_file) if args.output_file else daemon.data / "logs.jsonl"
+        load_names = load.start_load(args.containers, args.rate)
+        load.start_churn(args.churn_per_min)
+        print(
+            f"smoke {run_id}: {args.containers} load containers at {args.rate:g} lines/s, "
+            f"churn {args.churn_per_min:g}/min, {args.duration} with checkpoints every "
+            f"{args.interval}; output {out_dir}",
+            flush=True,
+        )
+        started = time.monotonic()
+        total = int(args.duration_s // args.interval_s)
+        for n in range(1, total + 1):
+            if interrupted.wait(max(0.0, started + n * args.interval_s - time.monotonic())):
+                summary.failures.append("interrupted")
+                break
+            try:
+                m = scrape(metrics_url)
+            except OSError as exc:
+                summary.crashed = True
+                summary.failures.append(f"daemon not answering /metrics: {exc}")
+                break
+            threads = m.get("log_capturer_threads", 0)
+            fds = m.get("log_capturer_file_descriptors_open", 0)
+            monitors = m.get("log_capturer_containers_monitored", 0)
+            pool_open = m.get("log_capturer_docker_pool_open_connections", 0)
+            cp = Checkpoint(
+                at_s=time.monotonic() - started,
+                threads=threads,
+                fds=fds,
+                monitors=monitors,
+                pool_open=pool_open,
+                base_threads=threads - monitors,
+                base_fds=fds - pool_open,
+                lines=sum(
+                    v for k, v in m.items() if k.startswith("log_capturer_lines_captured_total")
+                ),
+                api_requests=m.get('log_capturer_docker_pool_requests_total{kind="api"}', 0),
+                api_reuses=m.get('log_capturer_docker_pool_reuses_total{kind="api"}', 0),
+                start_time=m.get("process_start_time_seconds", 0),
+            )
+            summary.checkpoints.append(cp)
+            first = summary.checkpoints[0]
+            minutes = cp.at_s / 60
+            ratio = (cp.api_reuses / cp.api_requests) if cp.api_requests else 1.0
+            when = f"{minutes:.0f}m" if args.interval_s >= 60 else f"{minutes:.1f}m"
+            print(
+                f"[{n}/{total}] {when}: threads={cp.threads:.0f} "
+                f"({cp.base_threads - first.base_threads:+.0f}, "
+                f"{slope_now(summary, 'base_threads', args):+.2f}/min) "
+                f"fds={cp.fds:.0f} ({cp.base_fds - first.base_fds:+.0f}, "
+                f"{slope_now(summary, 'base_fds', args):+.2f}/min) "
+                f"reuse={ratio:.3f} lines={cp.lines:.0f} monitors={cp.monitors:.0f}",
+                flush=True,
+            )
+            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is not None:
+                summary.crashed = True
+                summary.failures.append(f"daemon exited with {daemon.proc.returncode}")
+                break
+        load.finish()
+        load.kill_all()
+        finish_and_audit(args, client, load, load_names, output, summary, daemon, metrics_url)
+    finally:
+        load.finish()
+        load.remove_all()
+        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+            code = daemon.stop()
+            if code != 0:
+                summary.failures.append(f"daemon exit code {code} on SIGTERM")
+    (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    if summary.checkpoints:
+        write_chart(summary, out_dir / "chart.png")
+    print(json.dumps({k: v for k, v in asdict(summary).items() if k != "checkpoints"}, indent=1))
+    if summary.failures:
+        print("SMOKE TEST FAILED: " + "; ".join(summary.failures), flush=True)
+        return 1
+    print(f"SMOKE TEST PASSED ({out_dir})", flush=True)
+    return 0
+
+
+def slope_now(summary: Summary, key: str, args: argparse.Namespace) -> float:
+    points = [(c.at_s, getattr(c, key)) for c in summary.checkpoints if c.at_s >= args.warmup_s]
+    return slope_per_min(points)
+
+
+def finish_and_audit(
+    args: argparse.Namespace,
+    client: docker.DockerClient,
+    load: Load,
+    load_names: list[str],
+    output: Path,
+    summary: Summary,
+    daemon: Daemon | None,
+    metrics_url: str,
+) -> None:
+    names = load_names + list(load.churned)
+    expected_total = 0
+    for name in names:
+        expected_total += sum(len(v) for v in engine_lines(client, name).values())
+
+    def delivered() -> int:
+        try:
+            with open(output, "rb") as fh:
+                return sum(1 for line in fh if line.endswith(b"\n"))
+        except FileNotFoundError:
+            return 0
+
+    try:  # the daemon drains what the stopped containers left (a window or two)
+        wait_for(lambda: delivered() >= expected_total, 120, interval=1, what="delivery")
+    except AssertionError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+    time.sleep(3)  # anything extra (a duplicate) would show up now
+    audit(client, names, output, summary)
+    warm = [c for c in summary.checkpoints if c.at_s >= args.warmup_s]
+    summary.fd_slope_per_min = slope_per_min([(c.at_s, c.base_fds) for c in warm])
+    summary.thread_slope_per_min = slope_per_min([(c.at_s, c.base_threads) for c in warm])
+    final = scrape(metrics_url)
+    if warm:
+        requests = (
+            final.get('log_capturer_docker_pool_requests_total{kind="api"}', 0)
+            - warm[0].api_requests
+        )
+        reuses = (
+            final.get('log_capturer_docker_pool_reuses_total{kind="api"}', 0) - warm[0].api_reuses
+        )
+        summary.api_reuse_ratio = reuses / requests if requests else 1.0
+    starts = {c.start_time for c in summary.checkpoints} | {
+        final.get("process_start_time_seconds", 0)
+    }
+    summary.restarts = len(starts) - 1
+    if len(warm) < 2:
+        summary.failures.append("fewer than two checkpoints after warm-up: no slope")
+    if summary.fd_slope_per_min >= FD_SLOPE_MAX:
+        summary.failures.append(f"fd growth {summary.fd_slope_per_min:.2f}/min >= {FD_SLOPE_MAX}")
+    if summary.thread_slope_per_min >= THREAD_SLOPE_MAX:
+        summary.failures.append(
+            f"thread growth {summary.thread_slope_per_min:.2f}/min >= {THREAD_SLOPE_MAX}"
+        )
+    if summary.api_reuse_ratio < REUSE_MIN:
+        summary.failures.append(f"api connection reuse {summary.api_reuse_ratio:.3f} < {REUSE_MIN}")
+    if summary.restarts or summary.crashed:
+        summary.failures.append(f"daemon crashed or restarted ({summary.restarts} restarts)")
+    if summary.lost:
+        summary.failures.append(f"{summary.lost} lines lost")
+    if summary.duplicated:
+        summary.failures.append(f"{summary.duplicated} lines duplicated")
+
+
+if __name__ == "__main__":
+    sys.exit(run(parse_args(sys.argv[1:])))
