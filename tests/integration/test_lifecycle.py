@@ -6,8 +6,10 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_for
+from .socket_proxy import EngineProxy
 
 
 def windows(daemon: Daemon) -> float:
@@ -227,3 +229,43 @@ def test_by_stream_helper_groups_per_container_and_stream() -> None:
         {"container_name": "a", "stream": "stdout", "message": "3"},
     ]
     assert by_stream(records) == {("a", "stdout"): ["1", "3"], ("a", "stderr"): ["2"]}
+
+
+def test_engine_going_away_and_coming_back_loses_nothing(
+    make_daemon: Callable[..., Daemon], containers: Containers, tmp_path: Path
+) -> None:
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    proxy.up()
+    daemon = make_daemon(
+        {
+            "docker": {
+                "socket_path": proxy.path,
+                "retry": {"attempts": 2, "initial_backoff": "100ms", "max_backoff": "500ms"},
+            },
+            "container_monitor": {"retry_max_backoff": "1s"},
+        }
+    ).start()
+    name = f"outage-{daemon.run_id}"
+    script = (
+        'i=0; while [ $i -lt 1500 ]; do i=$((i+1)); echo "out $i"; '
+        'if [ $((i % 10)) -eq 0 ]; then echo "err $i" >&2; sleep 0.08; fi; done'
+    )
+    container = containers.run(script, name=name)
+    wait_for(lambda: len(daemon.records()) > 100, 30, what="first records")
+    proxy.down()  # the engine "restarts": streams reset, connections refused
+    wait_for(lambda: daemon.http_status("/ready") == 503, 20, what="/ready to say not ready")
+    time.sleep(4)  # the container keeps logging
+    assert daemon.http_status("/health") == 200  # the process itself is fine
+    proxy.up()
+    wait_for(lambda: daemon.http_status("/ready") == 200, 60, what="/ready again")
+    containers.wait_exit(container)
+    wait_for(lambda: len(daemon.records()) >= 1650, 60, what="every line")
+    time.sleep(2.5)
+    records = daemon.records()
+    assert_exactly_once(records, name, "stdout", [f"out {i}" for i in range(1, 1501)])
+    assert_exactly_once(records, name, "stderr", [f"err {i}" for i in range(10, 1501, 10)])
+    metrics = daemon.metrics()
+    assert metrics["log_capturer_discovery_event_stream_reconnects_total"] >= 1
+    assert sum(v for k, v in metrics.items() if k.startswith("log_capturer_monitor_errors")) >= 1
+    assert daemon.stop() == 0
+    proxy.down()
