@@ -10,6 +10,7 @@ from typing import Any
 import requests
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from .chunked import ChunkedBodyError, ChunkedDecoder
 from .connection import DockerSocketConnection
 from .errors import StreamBrokenError
 from .frames import ChunkParseStats, FrameDecoder, RawDecoder
@@ -42,6 +43,12 @@ class ManagedResponse:
             conn if isinstance(conn, DockerSocketConnection) else None
         )
         self._lease = self._conn.lease if self._conn is not None else -1
+        # A chunked body (every log and event stream) is decoded here, from the
+        # connection's buffered reader: see chunked.py for why.
+        http_response = getattr(self._raw, "_fp", None)
+        self._http: Any = http_response if getattr(http_response, "chunked", False) else None
+        self._chunks = ChunkedDecoder() if self._http is not None else None
+        self._body_done = False
         self._close_lock = threading.Lock()
         self._closed = False
         self.interrupted = False
@@ -75,11 +82,11 @@ class ManagedResponse:
         elif conn is not None and conn.sock is not None:
             conn.sock.settimeout(None)
         try:
-            data: bytes = self._raw.read1(READ_SIZE)
-        except ReadTimeoutError:
+            data = self._read_body()
+        except (ReadTimeoutError, TimeoutError):
             self.end_reason = "deadline"
             return b""
-        except (ProtocolError, OSError) as exc:
+        except (ProtocolError, OSError, ChunkedBodyError) as exc:
             if self.interrupted:
                 self.end_reason = "interrupted"
                 return b""
@@ -87,6 +94,30 @@ class ManagedResponse:
         if not data:
             self.end_reason = "interrupted" if self.interrupted else "eof"
         return data
+
+    def _read_body(self) -> bytes:
+        if self._chunks is None:
+            data: bytes = self._raw.read1(READ_SIZE)
+            return data
+        while not self._body_done:
+            raw = self._http.fp.read1(READ_SIZE)
+            if not raw:
+                if self.interrupted:
+                    return b""
+                raise ChunkedBodyError("the engine closed the connection before the body ended")
+            data = self._chunks.feed(raw)
+            if self._chunks.done:
+                self._complete()
+            if data:
+                return data
+        return b""
+
+    def _complete(self) -> None:
+        """The engine ended the body: mark the response complete and give the connection
+        back to the pool, as urllib3 does when it reads a body to its end."""
+        self._body_done = True
+        self._http.close()  # http.client: the response is done; the socket stays open
+        self._raw.release_conn()
 
     def interrupt(self) -> None:
         """Wake the reader from another thread; it will see the end and close."""
