@@ -106,7 +106,9 @@ SINK_SEND_SECONDS = Histogram(
     ["sink"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-SINK_RETRIES = Counter(f"{PREFIX}_sink_retries", "Send retries after a transient failure.", ["sink"])
+SINK_RETRIES = Counter(
+    f"{PREFIX}_sink_retries", "Send retries after a transient failure.", ["sink"]
+)
 SINK_UP = Gauge(f"{PREFIX}_sink_up", "1 while the sink's last send succeeded, else 0.", ["sink"])
 SPOOL_BYTES = Gauge(f"{PREFIX}_spool_bytes", "Bytes held in a sink's disk spool.", ["sink"])
 SPOOL_RECORDS = Gauge(f"{PREFIX}_spool_records", "Records held in a sink's disk spool.", ["sink"])

@@ -7,12 +7,14 @@ from pydantic import Field, model_validator
 from ..config.types import Section
 from .base import Sink
 from .file import FileSink, FileSinkConfig
+from .loki import LokiSink, LokiSinkConfig
 from .stdout import StdoutSink, StdoutSinkConfig
 
 
 class SinksConfig(Section):
     file: FileSinkConfig = Field(default_factory=FileSinkConfig)
     stdout: StdoutSinkConfig = Field(default_factory=StdoutSinkConfig)
+    loki: LokiSinkConfig = Field(default_factory=LokiSinkConfig)
 
     @model_validator(mode="after")
     def _at_least_one(self) -> SinksConfig:
@@ -29,4 +31,6 @@ def build_sinks(config: SinksConfig) -> list[Sink]:
         sinks.append(FileSink(config.file))
     if config.stdout.enabled:
         sinks.append(StdoutSink(config.stdout))
+    if config.loki.enabled:
+        sinks.append(LokiSink(config.loki))
     return sinks
