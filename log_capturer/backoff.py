@@ -16,7 +16,7 @@ def backoff_seconds(attempt: int, initial: float, maximum: float) -> float:
     return nominal / 2 + random.uniform(0, nominal / 2)
 
 
-class capped_backoff(wait_base):  # noqa: N801 - named like tenacity's own wait strategies
+class capped_backoff(wait_base):
     """:func:`backoff_seconds` as a tenacity wait strategy."""
 
     def __init__(self, initial: float, maximum: float) -> None:

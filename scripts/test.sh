@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/ensure_docker.sh
+scripts/ensure_tools.sh
 scripts/make_test_image.sh
 exec .venv/bin/python -m pytest "$@"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +13,9 @@ from typing import Any
 import docker
 import pytest
 
-from .harness import TEST_IMAGE, Containers, Daemon
+from .harness import REPO, TEST_IMAGE, Containers, Daemon
+
+DAEMON_IMAGE = "log-capturer:local"
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +33,28 @@ def docker_client() -> Iterator[docker.DockerClient]:
         pytest.fail(f"test image {TEST_IMAGE} missing; run scripts/make_test_image.sh")
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def daemon_image(docker_client: docker.DockerClient) -> str:
+    """log-capturer:local, built offline by scripts/build_image.sh (seconds when cached;
+    the first build on a machine also makes the local base image, about a minute)."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(REPO / "scripts" / "build_image.sh")],
+        env={**os.environ, "IMAGE": DAEMON_IMAGE},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"scripts/build_image.sh failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
+    print(f"\n{result.stdout.strip()}\n(image ready in {time.monotonic() - started:.1f}s)")
+    return DAEMON_IMAGE
 
 
 @pytest.fixture
