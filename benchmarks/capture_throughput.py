@@ -134,6 +134,7 @@ def main() -> int:
         container.wait(timeout=300)
         expected = args.lines + args.lines // 10
         engine = DockerEngine(DockerConfig())
+        engine.ensure_api_version()
         info = ContainerInfo.from_inspect(engine.inspect_container(container.id))
         ref, ours = [], []
         for _ in range(args.repeat):

@@ -44,7 +44,7 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         mc = config.container_monitor
-        self.engine = DockerEngine(config.docker, negotiate_version=False)
+        self.engine = DockerEngine(config.docker)
         self.positions = PositionStore(config.positions.path)
         self.sinks = build_sinks(config.sinks)
         pc = config.pipeline
@@ -72,7 +72,6 @@ class Supervisor:
         self._finished: dict[str, str] = {}
         self._destroyed: set[str] = set()
         self._listed_once = False
-        self._version_ready = False
         self._stop = threading.Event()
         self._stopping = False
         self.started = False
@@ -182,11 +181,7 @@ class Supervisor:
             self._refresh(container_id)
 
     def relist(self, gap_started_ns: int | None) -> None:
-        if not self._version_ready:
-            self.engine.api._version = self.engine.call(
-                "version", lambda: self.engine.api.version(api_version=False)["ApiVersion"]
-            )
-            self._version_ready = True
+        self.engine.ensure_api_version()
         first = not self._listed_once
         containers = self.engine.list_containers(all=True)
         present = {c["Id"] for c in containers}

@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -27,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from log_capturer.config.types import parse_duration  # noqa: E402
-from tests.integration.harness import Daemon, wait_for  # noqa: E402
+from tests.integration.harness import Daemon, scrape, wait_for  # noqa: E402
 
 LABEL = "log-capturer-smoke"
 FD_SLOPE_MAX = 0.5  # per minute
@@ -139,17 +137,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.interval_s <= 0 or args.duration_s < 2 * args.interval_s:
         p.error("--duration must cover at least two --interval")
     return args
-
-
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=15) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
 
 
 def slope_per_min(points: list[tuple[float, float]]) -> float:

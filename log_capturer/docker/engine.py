@@ -56,7 +56,7 @@ class DockerEngine:
     :class:`ManagedResponse`.
     """
 
-    def __init__(self, config: DockerConfig, negotiate_version: bool = True) -> None:
+    def __init__(self, config: DockerConfig) -> None:
         self.config = config
         self.pool = DockerConnectionPool(config.socket_path, config.pool, timeout=config.timeout)
         self.api = docker.APIClient(
@@ -72,10 +72,19 @@ class DockerEngine:
         stock_adapter.close()  # never used: it would open a pool per URL
         self._stop = threading.Event()
         self._maintainer: threading.Thread | None = None
-        if negotiate_version and config.api_version == "auto":
+        self._version_known = config.api_version != "auto"
+
+    def ensure_api_version(self) -> str:
+        """With ``api_version: auto``, ask the engine once (retried like any API call).
+
+        Not done in the constructor: building the daemon must not need the engine.
+        """
+        if not self._version_known:
             self.api._version = self.call(
                 "version", lambda: self.api.version(api_version=False)["ApiVersion"]
             )
+            self._version_known = True
+        return str(self.api._version)
 
     # -- API calls with retry ------------------------------------------------------------
 

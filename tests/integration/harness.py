@@ -50,6 +50,22 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text as ``name{label="v",...}`` (labels sorted) -> value."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def scrape(url: str, timeout: float = 15) -> dict[str, float]:
+    """GET a /metrics URL and parse it."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return parse_metrics(response.read().decode())
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
@@ -155,13 +171,7 @@ class Daemon:
             return response.read().decode()
 
     def metrics(self) -> dict[str, float]:
-        """Samples as ``name{label="v",...}`` (labels sorted) -> value."""
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(self.metrics_text()):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return out
+        return parse_metrics(self.metrics_text())
 
     def metric(self, name: str, default: float = 0.0) -> float:
         return self.metrics().get(name, default)

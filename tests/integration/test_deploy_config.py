@@ -65,6 +65,19 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
     return (result.stdout + result.stderr).strip()
 
 
+def assert_promtool_lints_clean(metrics_text: str) -> None:
+    """``promtool check metrics``: exit 0 and not a single warning."""
+    result = subprocess.run(
+        [tool("promtool"), "check", "metrics"],
+        input=metrics_text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0 and output(result) == "", output(result)
+
+
 def alert_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
@@ -478,15 +491,7 @@ def test_live_metrics_pass_promtool_lint_and_cover_every_query(
     # the harness daemon only captures containers labelled with this test's run id: none
     daemon = make_daemon().start()
     text = daemon.metrics_text()
-    result = subprocess.run(
-        [tool("promtool"), "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0 and output(result) == "", output(result)
+    assert_promtool_lints_clean(text)
 
     exposed = exposed_families(text)
     referenced = set()
@@ -509,15 +514,7 @@ def test_live_metrics_with_traffic_pass_promtool_lint(
     text = daemon.metrics_text()
     assert "log_capturer_delivery_lag_seconds_bucket{" in text
     assert 'log_capturer_lines_captured_total{stream="stderr"}' in text
-    result = subprocess.run(
-        [tool("promtool"), "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0 and output(result) == "", output(result)
+    assert_promtool_lints_clean(text)
     assert daemon.stop() == 0
 
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import docker
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import TEST_LABEL, Containers, assert_exactly_once, free_port, wait_for
+from .harness import TEST_LABEL, Containers, assert_exactly_once, free_port, scrape, wait_for
 
 # A cold build (wheelhouse download, debootstrap of the base image) takes a few minutes
 # on 2 busy cores; the fixture that does it runs inside the first test's timeout.
@@ -72,17 +71,6 @@ def health_status(container: Any) -> str:
             f"{logs_tail(container)}"
         )
     return str(state.get("Health", {}).get("Status", "none"))
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
 
 
 def sink_records(container: Any) -> list[dict[str, Any]]:
@@ -192,7 +180,7 @@ def test_image_captures_a_sibling_container_and_stops_cleanly(
     assert_exactly_once(records, name, "stderr", [f"err {i}" for i in range(1, ERR_LINES + 1)])
     assert {r["container_name"] for r in records} == {name}, "captured outside the label filter"
 
-    metrics = scrape(port)
+    metrics = scrape(f"http://127.0.0.1:{port}/metrics", timeout=5)
     assert metrics['log_capturer_lines_captured_total{stream="stdout"}'] == LINES
     assert metrics['log_capturer_lines_captured_total{stream="stderr"}'] == ERR_LINES
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:

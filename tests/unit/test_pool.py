@@ -31,7 +31,7 @@ def make_engine(fake: FakeEngine, **pool: object) -> DockerEngine:
     config = DockerConfig(
         socket_path=fake.path, timeout=5, api_version="1.41", pool=PoolConfig(**pool)
     )  # type: ignore[arg-type]
-    return DockerEngine(config, negotiate_version=False)
+    return DockerEngine(config)
 
 
 def hold(engine: DockerEngine, seconds: float, lines: int = 0) -> ManagedResponse:
