@@ -288,6 +288,13 @@ class Supervisor:
             prune = monitor.finished_reason == "gone" or cid in self._destroyed
             if prune:
                 self._forget_locked(cid)
+        if monitor.finished_reason == "exited" and not prune:
+            # A restart while this monitor drained found it still alive and did nothing:
+            # look once more, so the new run is not left to the next relist.
+            try:
+                self.ensure_monitor(cid)
+            except Exception as exc:
+                _log.warning("recheck_after_exit_failed", container_id=cid[:12], error=repr(exc))
 
     def _forget(self, container_id: str) -> None:
         """The container was destroyed: prune its positions once its monitor has finished."""

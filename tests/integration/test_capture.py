@@ -212,3 +212,25 @@ def test_restarted_container_is_captured_across_runs(
     got = by_stream(daemon.records())[(name, "stdout")]
     assert got == [str(i) for i in range(1, 101)] * 2
     assert daemon.stop() == 0
+
+
+def test_quick_restarts_by_a_restart_policy_are_all_captured(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    """Four runs of one container, restarted by the engine 100-400 ms apart."""
+    daemon = make_daemon().start()  # relist_interval stays 60 s: no help from re-listing
+    name = f"crashy-{daemon.run_id}"
+    script = (
+        "n=$(cat /tmp/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /tmp/n; "
+        'seq 1 50 | sed "s/^/run $n line /"; exit 1'
+    )
+    container = containers.run(
+        script, name=name, restart_policy={"Name": "on-failure", "MaximumRetryCount": 3}
+    )
+    expected = [f"run {n} line {i}" for n in range(1, 5) for i in range(1, 51)]
+    wait_for(lambda: len(daemon.records()) >= 200, 30, what="all four runs")
+    container.reload()
+    assert container.attrs["RestartCount"] == 3
+    time.sleep(2.5)
+    assert_exactly_once(daemon.records(), name, "stdout", expected)
+    assert daemon.stop() == 0
