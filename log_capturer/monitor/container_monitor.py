@@ -180,22 +180,29 @@ class ContainerMonitor:
 
     def _window(self, follow: bool) -> bool:
         """Run one window. True if the engine ended it before ``until`` (or it was a drain
-        that reached the end), which is how a stopped container shows."""
+        that reached the end), which is how a stopped container shows.
+
+        Each request has its own deadline, and the follow request runs even when a
+        catch-up read was cut: on a huge log the engine's scan for a lagging stream can
+        outlast a window, and it must not keep the busy stream from being read.
+        """
         window = self.config.stream_window
         grace = min(1.0, window * 0.25)
-        deadline = time.monotonic() + window + grace
-        until_ns = time.time_ns() + int(window * 1e9) if follow else 0
         self.windows += 1
         faults.on_window()
+        complete = True
         end = "eof"
+        until_ns = 0
         for plan in plan_window(self.marks, int(window * 1e9), follow):
-            end = self._read(plan, deadline, until_ns if plan.follow else 0)
+            deadline = time.monotonic() + window + grace
+            until_ns = time.time_ns() + int(window * 1e9) if plan.follow else 0
+            end = self._read(plan, deadline, until_ns)
             if end == "interrupted" or self._stop.is_set():
                 raise _Stopped
             if end != "eof" and not plan.follow:
-                return False  # a catch-up or drain read was cut: not at the end yet
+                complete = False  # a catch-up or drain read was cut: not at the end yet
         if not follow:
-            return end == "eof"
+            return complete
         return end == "eof" and time.time_ns() < until_ns
 
     def _read(self, plan: ReadPlan, deadline: float, until_ns: int) -> str:

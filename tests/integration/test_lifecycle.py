@@ -12,6 +12,14 @@ from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_fo
 from .socket_proxy import EngineProxy
 
 
+def saved_containers(daemon: Daemon) -> dict[str, object]:
+    """The containers in the positions file ({} before its first save)."""
+    try:
+        return dict(json.loads((daemon.data / "positions.json").read_text())["containers"])
+    except FileNotFoundError:
+        return {}
+
+
 def windows(daemon: Daemon) -> float:
     return daemon.metric_sum("log_capturer_stream_windows_total")
 
@@ -150,15 +158,14 @@ def test_positions_of_destroyed_containers_are_pruned(
     container = containers.run("echo bye", name=f"gone-{daemon.run_id}")
     containers.wait_exit(container)
     wait_for(lambda: daemon.records(), 30, what="the line")
-    positions = daemon.data / "positions.json"
     wait_for(
-        lambda: container.id in json.loads(positions.read_text())["containers"],
+        lambda: container.id in saved_containers(daemon),
         10,
         what="positions saved",
     )
     container.remove()
     wait_for(
-        lambda: container.id not in json.loads(positions.read_text())["containers"],
+        lambda: container.id not in saved_containers(daemon),
         15,
         what="positions pruned",
     )
