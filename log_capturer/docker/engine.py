@@ -160,9 +160,12 @@ class DockerEngine:
         follow: bool,
         since_ns: int = 0,
         until_ns: int = 0,
+        tail: int = 0,
         deadline: float | None = None,
     ) -> ManagedResponse:
-        """Open ``/containers/{id}/logs`` with timestamps; the caller owns the response."""
+        """Open ``/containers/{id}/logs`` with timestamps; the caller owns the response.
+
+        ``tail`` > 0: only the last ``tail`` lines of the log (before ``since`` applies)."""
         params: dict[str, Any] = {
             "stdout": int(stdout),
             "stderr": int(stderr),
@@ -173,6 +176,8 @@ class DockerEngine:
             params["since"] = format_api_ts(since_ns)
         if until_ns > 0:
             params["until"] = format_api_ts(until_ns)
+        if tail > 0:
+            params["tail"] = tail
         read_timeout = None if deadline is None else max(0.05, deadline - time.monotonic())
         url = self.api._url("/containers/{0}/logs", container_id)
         return self._open_stream(url, params, read_timeout, container_id)

@@ -45,12 +45,14 @@ class Chunk:
 
 
 class ChunkParseStats:
-    """Counts lines whose timestamp could not be read (they keep the stream's last timestamp)."""
+    """Counts the engine's messages (``chunks``: a split line is several) and the lines
+    whose timestamp could not be read (they keep the stream's last timestamp)."""
 
-    __slots__ = ("bad_timestamps",)
+    __slots__ = ("bad_timestamps", "chunks")
 
     def __init__(self) -> None:
         self.bad_timestamps = 0
+        self.chunks = 0
 
 
 def _split_ts(segment: bytes) -> tuple[bytes, bytes] | None:
@@ -68,6 +70,7 @@ class _ChunkMaker:
         self._last: dict[str, tuple[int, bytes]] = {}
 
     def make(self, stream: str, segment: bytes, complete: bool) -> Chunk:
+        self._stats.chunks += 1
         parts = _split_ts(segment)
         if parts is not None:
             try:

@@ -86,6 +86,10 @@ class LineAssembler:
         for item in pending.values():
             yield item.finish()
 
+    def pending_ts(self) -> dict[str, int]:
+        """Per stream, the timestamp of a line still incomplete (not yet delivered)."""
+        return {stream: p.ts_ns for stream, p in self._pending.items()}
+
     def discard(self) -> int:
         """Drop incomplete lines; returns how many were dropped (they will be re-read)."""
         dropped = len(self._pending)

@@ -159,6 +159,9 @@ class LogStream:
         self.assembler = LineAssembler(max_line_bytes)
         self.bytes_read = 0
         self.partial_lines_discarded = 0
+        self.first_data_ns = 0  # wall clock when the body's first bytes arrived
+        self.last_data_ns = 0  # ... and its last
+        self.pending_ts: dict[str, int] = {}  # incomplete lines dropped at the end
 
     @property
     def end_reason(self) -> str | None:
@@ -175,6 +178,9 @@ class LogStream:
             data = self.response.read(self.deadline)
             if not data:
                 break
+            self.last_data_ns = time.time_ns()
+            if not self.first_data_ns:
+                self.first_data_ns = self.last_data_ns
             self.bytes_read += len(data)
             for chunk in self._decoder.feed(data):
                 yield from self.assembler.add(chunk)
@@ -184,6 +190,7 @@ class LogStream:
                     yield from self.assembler.add(chunk)
             yield from self.assembler.flush()
         else:
+            self.pending_ts = self.assembler.pending_ts()
             self.partial_lines_discarded += self.assembler.discard()
 
     def interrupt(self) -> None:

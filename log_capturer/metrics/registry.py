@@ -59,6 +59,17 @@ LINES_DEDUPLICATED = Counter(
 LINES_TRUNCATED = Counter(
     f"{PREFIX}_lines_truncated", "Lines longer than max_line_bytes, cut and marked truncated."
 )
+TAIL_FALLBACKS = Counter(
+    f"{PREFIX}_stream_tail_fallbacks",
+    "Reopens with a bounded tail that could not be proven gap-free and were read with a "
+    "plain since instead (full: the tail came back full; unproven: the window ended before "
+    "the check; held_bytes: too much held back while checking).",
+    ["reason"],
+)
+TAIL_READS = Counter(
+    f"{PREFIX}_stream_tail_reads",
+    "Log requests sent with since plus a bounded tail (the cheap reopen).",
+)
 PARTIAL_LINES_REREAD = Counter(
     f"{PREFIX}_partial_lines_reread",
     "Split lines still incomplete when a window closed; re-read whole by the next window.",

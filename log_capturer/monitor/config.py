@@ -43,6 +43,26 @@ class MonitorConfig(Section):
     )
     retry_initial_backoff: Duration = Field(0.5, description="First wait after a stream error.")
     retry_max_backoff: Duration = Field(30.0, description="Longest wait after stream errors.")
+    resume_tail_lines: int = Field(
+        1000,
+        ge=0,
+        description="Reopen with since plus a bounded tail of this many lines (more for a busy "
+        "container), so the engine need not re-read a big log file from its start; a tail "
+        "that comes back full falls back to a plain since read. 0 = always plain since.",
+    )
+    resume_tail_max_lines: int = Field(
+        100_000, ge=1, description="The largest tail asked for a busy container."
+    )
+    reorder_tolerance: Duration = Field(
+        1.0,
+        ge=0,
+        description="How far the engine may write stdout and stderr lines out of timestamp "
+        "order (measured: about 1 ms); resumed reads overlap by this much.",
+    )
+    tail_hold_max_bytes: ByteSize = Field(
+        64 * 1024 * 1024,
+        description="Lines held back while a tail read is checked; more falls back to since.",
+    )
     relist_interval: Duration = Field(
         60.0, gt=0, description="The event stream is reopened and containers re-listed this often."
     )

@@ -19,6 +19,7 @@ from ..backoff import capped_backoff
 from ..discovery.container import ContainerInfo
 from ..docker.engine import DockerEngine
 from ..docker.errors import ContainerGoneError, PoolClosedError
+from ..docker.lines import LogLine
 from ..docker.stream import LogStream
 from ..metrics.registry import (
     BYTES_CAPTURED,
@@ -30,6 +31,8 @@ from ..metrics.registry import (
     MONITOR_ERRORS,
     PARTIAL_LINES_REREAD,
     STREAM_WINDOWS,
+    TAIL_FALLBACKS,
+    TAIL_READS,
     TIMESTAMP_ERRORS,
 )
 from ..pipeline.queue import RecordQueue
@@ -37,6 +40,7 @@ from ..pipeline.record import LogRecord
 from . import faults
 from .config import MonitorConfig
 from .marks import Mark, ReadPlan, StreamDedup, plan_window
+from .resume import GAP, PENDING, PROVEN, Checked, TailCheck, tail_lines
 
 _log = structlog.get_logger(__name__)
 
@@ -50,7 +54,9 @@ class ContainerMonitor:
 
     Each window opens a log stream with ``since`` = the stream's mark and ``until``
     = now + ``stream_window``, reads until the engine ends it or the deadline passes,
-    closes it and reopens. A running container's stream that the engine ends early
+    closes it and reopens. Reopens add a bounded ``tail`` so the engine does not
+    re-read a big log from its start, and prove the tail skipped nothing (resume.py).
+    A running container's stream that the engine ends early
     means it stopped: the monitor then reads to the end of the log (no follow) and
     exits. Marks advance only for lines that entered the queue, so a window cut
     anywhere resumes without loss or repeat. Errors other than "container gone" are
@@ -71,6 +77,10 @@ class ContainerMonitor:
         self.queue = queue
         self.config = config
         self.marks = dict(marks)
+        self.checked = Checked(self.marks, int(config.reorder_tolerance * 1e9))
+        self._plain_next = False  # the last tail read could not be checked: no tail once
+        self._rate = 0.0  # engine messages per second in the last read (sizes the tail)
+        self._last_read_end = time.monotonic()
         self._on_exit = on_exit
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -193,10 +203,12 @@ class ContainerMonitor:
         complete = True
         end = "eof"
         until_ns = 0
-        for plan in plan_window(self.marks, int(window * 1e9), follow):
+        for plan in plan_window(self.checked.ts, int(window * 1e9), follow):
             deadline = time.monotonic() + window + grace
             until_ns = time.time_ns() + int(window * 1e9) if plan.follow else 0
-            end = self._read(plan, deadline, until_ns)
+            end = self._read(plan, deadline, until_ns, self._tail_for(plan))
+            if end == GAP:  # the tail may have skipped lines: read this plan in full
+                end = self._read(plan, deadline, until_ns, 0)
             if end == "interrupted" or self._stop.is_set():
                 raise _Stopped
             if end != "eof" and not plan.follow:
@@ -205,16 +217,47 @@ class ContainerMonitor:
             return complete
         return end == "eof" and time.time_ns() < until_ns
 
-    def _read(self, plan: ReadPlan, deadline: float, until_ns: int) -> str:
+    def _tail_for(self, plan: ReadPlan) -> int:
+        """The ``tail`` for this request, 0 for a plain ``since`` read.
+
+        Only a reopen of all the container's streams (the tail counts both) from a
+        known point is worth it; a lagging stream read alone, a container read from its
+        beginning, or the read after an unchecked tail go plain.
+        """
+        base = self.config.resume_tail_lines
+        if base <= 0 or plan.since_ns <= 0 or len(plan.streams) != len(self.checked.ts):
+            return 0
+        if self._plain_next:
+            self._plain_next = False
+            return 0
+        gap = time.monotonic() - self._last_read_end
+        return tail_lines(
+            base,
+            self.config.resume_tail_max_lines,
+            self._rate,
+            gap,
+            self.config.reorder_tolerance,
+        )
+
+    def _read(self, plan: ReadPlan, deadline: float, until_ns: int, tail: int) -> str:
+        """One request. Returns how it ended, or ``GAP`` when a tail read must be redone
+        plain (nothing of it was delivered then)."""
         info = self.info
         tty = info.tty
+        since_ns = plan.since_ns
+        if tail:
+            since_ns = max(1, since_ns - int(self.config.reorder_tolerance * 1e9))
+            TAIL_READS.inc()
+        request_ns = time.time_ns()
+        started = time.monotonic()
         response = self.engine.open_logs(
             info.id,
-            stdout=tty or "stdout" in plan.streams,
-            stderr=tty or "stderr" in plan.streams,
+            stdout=tty or bool(tail) or "stdout" in plan.streams,
+            stderr=tty or bool(tail) or "stderr" in plan.streams,
             follow=plan.follow,
-            since_ns=plan.since_ns,
+            since_ns=since_ns,
             until_ns=until_ns,
+            tail=tail,
             deadline=deadline,
         )
         stream = LogStream(
@@ -228,35 +271,81 @@ class ContainerMonitor:
         lines: Counter[str] = Counter()
         sizes: Counter[str] = Counter()
         truncated = 0
+        check = TailCheck(tail) if tail else None
+        held: list[LogLine] = []
+        held_bytes = 0
+        last_ts = 0
+        result: str | None = None
+
+        def deliver(line: LogLine) -> None:
+            nonlocal truncated
+            dedup = dedups.get(line.stream)
+            if dedup is None:
+                return  # a stream this request did not ask for
+            seq = dedup.admit(line.ts_ns)
+            if seq is None:
+                return
+            record = LogRecord(
+                container=self.info,
+                stream=line.stream,
+                ts_ns=line.ts_ns,
+                seq=seq,
+                ts=line.ts_text.decode("ascii", "replace"),
+                message=line.message.decode("utf-8", "replace"),
+                truncated=line.truncated,
+            )
+            queued = self.queue.put(record, len(line.message), self._stop)
+            if not queued and self._stop.is_set():
+                raise _Stopped
+            # not queued and not stopping: dropped by the drop policy (the queue counts it)
+            self.marks[line.stream] = dedup.mark
+            lines[line.stream] += 1
+            sizes[line.stream] += len(line.message)
+            truncated += line.truncated
+
         try:
             for line in stream.lines(flush_at_eof=not plan.follow):
-                dedup = dedups.get(line.stream)
-                if dedup is None:
-                    continue  # a stream this request did not ask for
-                seq = dedup.admit(line.ts_ns)
-                if seq is None:
-                    continue
-                record = LogRecord(
-                    container=self.info,
-                    stream=line.stream,
-                    ts_ns=line.ts_ns,
-                    seq=seq,
-                    ts=line.ts_text.decode("ascii", "replace"),
-                    message=line.message.decode("utf-8", "replace"),
-                    truncated=line.truncated,
-                )
-                queued = self.queue.put(record, len(line.message), self._stop)
-                if not queued and self._stop.is_set():
-                    raise _Stopped
-                # not queued and not stopping: dropped by the drop policy (the queue counts it)
-                self.marks[line.stream] = dedup.mark
-                lines[line.stream] += 1
-                sizes[line.stream] += len(line.message)
-                truncated += line.truncated
+                last_ts = line.ts_ns
+                if check is not None and check.state == PENDING:
+                    state = check.on_line(
+                        line.ts_ns, stream.parse_stats.chunks, stream.first_data_ns
+                    )
+                    if state == PENDING:
+                        held.append(line)
+                        held_bytes += len(line.message)
+                        if held_bytes > self.config.tail_hold_max_bytes:
+                            TAIL_FALLBACKS.labels("held_bytes").inc()
+                            result = GAP
+                            break
+                        continue
+                    if state == GAP:
+                        TAIL_FALLBACKS.labels("full").inc()
+                        result = GAP
+                        break
+                    for earlier in held:  # PROVEN: what was held goes first, in order
+                        deliver(earlier)
+                    held = []
+                deliver(line)
+            if check is not None and result is None and check.state == PENDING:
+                state = check.at_end(stream.end_reason == "eof", stream.parse_stats.chunks)
+                if state == PROVEN:
+                    for earlier in held:
+                        deliver(earlier)
+                elif state == GAP:
+                    TAIL_FALLBACKS.labels("full").inc()
+                    result = GAP
+                elif stream.end_reason != "interrupted" and self._holds_new_lines(held):
+                    # Cut by the deadline before the check: the next request goes plain.
+                    TAIL_FALLBACKS.labels("unproven").inc()
+                    self._plain_next = True
         finally:
             with self._lock:
                 self._current = None
             stream.close()
+            closed_ns = time.time_ns()
+            elapsed = max(time.monotonic() - started, 1e-3)
+            self._rate = stream.parse_stats.chunks / elapsed
+            self._last_read_end = time.monotonic()
             STREAM_WINDOWS.labels(stream.end_reason or "error").inc()
             for name, count in lines.items():
                 LINES_CAPTURED.labels(name).inc(count)
@@ -272,4 +361,34 @@ class ContainerMonitor:
                 PARTIAL_LINES_REREAD.inc(stream.partial_lines_discarded)
             if stream.parse_stats.bad_timestamps:
                 TIMESTAMP_ERRORS.inc(stream.parse_stats.bad_timestamps)
+        for name in plan.streams:
+            self.checked.observe_mark(name, self.marks[name])
+        if result is not None:
+            return result
+        if check is None or check.state == PROVEN:
+            # Gap-free: every line not seen comes after the last one received; after
+            # the request if the engine ended the body. A follow stream that was idle
+            # for the tolerance before its deadline had caught up (the engine sends a
+            # followed line as it is written): what it did not send came later.
+            reference = last_ts
+            tolerance = int(self.config.reorder_tolerance * 1e9)
+            if stream.end_reason == "eof":
+                reference = max(reference, request_ns)
+            elif (
+                stream.end_reason == "deadline"
+                and plan.follow
+                and closed_ns - max(stream.last_data_ns, request_ns) >= tolerance
+            ):
+                reference = max(reference, closed_ns - tolerance)
+            if reference > 0:
+                self.checked.after_gap_free_read(plan.streams, reference, stream.pending_ts)
         return stream.end_reason or "error"
+
+    def _holds_new_lines(self, held: list[LogLine]) -> bool:
+        """Whether lines held back by an unchecked tail read include any not delivered."""
+        dedups = {s: StreamDedup(m) for s, m in self.marks.items()}
+        for line in held:
+            dedup = dedups.get(line.stream)
+            if dedup is not None and dedup.admit(line.ts_ns) is not None:
+                return True
+        return False

@@ -10,6 +10,7 @@ so each has its own mark.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 STREAMS = ("stdout", "stderr")
@@ -75,21 +76,22 @@ class ReadPlan:
     follow: bool
 
 
-def plan_window(marks: dict[str, Mark], lag_threshold_ns: int, follow: bool) -> list[ReadPlan]:
-    """The requests of one window.
+def plan_window(checked: Mapping[str, int], lag_threshold_ns: int, follow: bool) -> list[ReadPlan]:
+    """The requests of one window, from each stream's checked time (see resume.Checked;
+    at least its mark's timestamp).
 
-    Streams whose marks are within ``lag_threshold_ns`` of the newest are read
-    together, from the oldest of their marks (re-sent lines are dropped by dedup).
-    A stream further behind (typically a quiet stderr) is read on its own, without
-    following, from its own mark: a shared ``since`` would re-send the other stream's
-    whole history every window, and moving its mark forward without having read it
-    could skip a line the engine wrote late.
+    Streams within ``lag_threshold_ns`` of the newest are read together, from the
+    oldest of their times (re-sent lines are dropped by dedup). A stream further
+    behind (a quiet stderr after a restart) is read on its own, without following,
+    from its own time: a shared ``since`` would re-send the other stream's whole
+    history every window, and moving its time forward without having read it could
+    skip a line the engine wrote late.
     """
-    if not marks:
+    if not checked:
         return []
-    newest = max(m.ts_ns for m in marks.values())
-    behind = tuple(s for s, m in marks.items() if newest - m.ts_ns > lag_threshold_ns)
-    together = tuple(s for s in marks if s not in behind)
-    plans = [ReadPlan((s,), marks[s].ts_ns, follow=False) for s in behind]
-    plans.append(ReadPlan(together, min(marks[s].ts_ns for s in together), follow=follow))
+    newest = max(checked.values())
+    behind = tuple(s for s, ts in checked.items() if newest - ts > lag_threshold_ns)
+    together = tuple(s for s in checked if s not in behind)
+    plans = [ReadPlan((s,), checked[s], follow=False) for s in behind]
+    plans.append(ReadPlan(together, min(checked[s] for s in together), follow=follow))
     return plans

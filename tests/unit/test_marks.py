@@ -54,19 +54,19 @@ def test_clock_stepping_back_inside_a_window_keeps_the_lines() -> None:
 
 
 def test_plan_reads_close_streams_together_from_the_older_mark() -> None:
-    marks = {"stdout": Mark(100 * S, 1), "stderr": Mark(99 * S, 3)}
-    assert plan_window(marks, 30 * S, follow=True) == [
+    checked = {"stdout": 100 * S, "stderr": 99 * S}
+    assert plan_window(checked, 30 * S, follow=True) == [
         ReadPlan(("stdout", "stderr"), 99 * S, follow=True)
     ]
 
 
 def test_plan_reads_a_lagging_stream_alone_without_follow() -> None:
-    marks = {"stdout": Mark(1000 * S, 1), "stderr": Mark(0, 0)}
-    assert plan_window(marks, 30 * S, follow=True) == [
+    checked = {"stdout": 1000 * S, "stderr": 0}
+    assert plan_window(checked, 30 * S, follow=True) == [
         ReadPlan(("stderr",), 0, follow=False),
         ReadPlan(("stdout",), 1000 * S, follow=True),
     ]
 
 
 def test_plan_for_a_single_tty_stream() -> None:
-    assert plan_window({"tty": Mark(7, 1)}, S, follow=False) == [ReadPlan(("tty",), 7, False)]
+    assert plan_window({"tty": 7}, S, follow=False) == [ReadPlan(("tty",), 7, False)]

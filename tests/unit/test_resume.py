@@ -1,0 +1,82 @@
+"""The gap check of tail reopens, and the checked times that keep a quiet stream cheap."""
+
+from __future__ import annotations
+
+from log_capturer.monitor.marks import Mark
+from log_capturer.monitor.resume import GAP, PENDING, PROVEN, Checked, TailCheck, tail_lines
+
+MS = 1_000_000
+FIRST_DATA = 1_000 * MS  # when the body's first bytes arrived
+
+
+def test_a_line_written_after_the_tail_was_taken_proves_a_short_tail() -> None:
+    check = TailCheck(limit=10)
+    assert check.on_line(FIRST_DATA - 5 * MS, 1, FIRST_DATA) == PENDING
+    assert check.on_line(FIRST_DATA - 4 * MS, 2, FIRST_DATA) == PENDING
+    assert check.on_line(FIRST_DATA + 1, 3, FIRST_DATA) == PROVEN
+
+
+def test_a_tail_that_reaches_its_limit_is_a_possible_gap() -> None:
+    check = TailCheck(limit=3)
+    check.on_line(FIRST_DATA - 3, 1, FIRST_DATA)
+    check.on_line(FIRST_DATA - 2, 2, FIRST_DATA)
+    assert check.on_line(FIRST_DATA - 1, 3, FIRST_DATA) == GAP
+    assert check.on_line(FIRST_DATA + 9, 4, FIRST_DATA) == GAP  # a verdict is final
+
+
+def test_the_line_after_a_full_tail_is_a_gap_even_if_written_later() -> None:
+    # 3 tail messages then a later line: 4 messages so far, the tail (<= 3) was full.
+    check = TailCheck(limit=3)
+    assert check.on_line(FIRST_DATA + 1, 4, FIRST_DATA) == GAP
+    # ... but with room to spare it is proven.
+    assert TailCheck(limit=4).on_line(FIRST_DATA + 1, 4, FIRST_DATA) == PROVEN
+
+
+def test_split_lines_count_every_message() -> None:
+    check = TailCheck(limit=10)
+    # One joined line of 12 engine messages (a 190 KiB line): the tail may be full.
+    assert check.on_line(FIRST_DATA - 1, 12, FIRST_DATA) == GAP
+
+
+def test_the_end_of_the_body_settles_the_count() -> None:
+    ended = TailCheck(limit=5)
+    ended.on_line(FIRST_DATA - 1, 4, FIRST_DATA)
+    assert ended.at_end(engine_ended=True, messages=4) == PROVEN
+    full = TailCheck(limit=4)
+    full.on_line(FIRST_DATA - 2, 3, FIRST_DATA)
+    assert full.at_end(engine_ended=True, messages=4) == GAP
+
+
+def test_a_window_cut_before_any_proof_stays_unproven() -> None:
+    check = TailCheck(limit=5)
+    check.on_line(FIRST_DATA - 1, 1, FIRST_DATA)
+    assert check.at_end(engine_ended=False, messages=1) == PENDING
+
+
+def test_checked_starts_at_the_marks_and_never_goes_back() -> None:
+    checked = Checked({"stdout": Mark(50 * MS, 1), "stderr": Mark(0, 0)}, tolerance_ns=10 * MS)
+    assert checked.ts == {"stdout": 50 * MS, "stderr": 0}
+    checked.after_gap_free_read(("stdout", "stderr"), 40 * MS, {})
+    # stderr moves up to (last line - tolerance); stdout keeps its later mark.
+    assert checked.ts == {"stdout": 50 * MS, "stderr": 30 * MS}
+    checked.after_gap_free_read(("stdout", "stderr"), 35 * MS, {})
+    assert checked.ts == {"stdout": 50 * MS, "stderr": 30 * MS}
+
+
+def test_an_incomplete_line_caps_its_stream() -> None:
+    checked = Checked({"stdout": Mark(0, 0), "stderr": Mark(0, 0)}, tolerance_ns=MS)
+    checked.after_gap_free_read(("stdout", "stderr"), 100 * MS, {"stderr": 20 * MS})
+    assert checked.ts == {"stdout": 99 * MS, "stderr": 20 * MS}
+
+
+def test_only_the_streams_read_move() -> None:
+    checked = Checked({"stdout": Mark(0, 0), "stderr": Mark(0, 0)}, tolerance_ns=0)
+    checked.after_gap_free_read(("stdout",), 100, {})
+    checked.observe_mark("stderr", Mark(7, 1))
+    assert checked.ts == {"stdout": 100, "stderr": 7}
+
+
+def test_tail_size_grows_with_the_write_rate_up_to_the_maximum() -> None:
+    assert tail_lines(1000, 100_000, rate_per_s=0, gap_s=0.01, tolerance_s=1) == 1000
+    assert tail_lines(1000, 100_000, rate_per_s=5000, gap_s=0.5, tolerance_s=1) == 26_000
+    assert tail_lines(1000, 100_000, rate_per_s=1e6, gap_s=0.5, tolerance_s=1) == 100_000
