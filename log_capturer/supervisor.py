@@ -19,6 +19,7 @@ from .docker.errors import ContainerGoneError
 from .metrics.collectors import register_runtime_collectors
 from .monitor.container_monitor import ContainerMonitor
 from .monitor.marks import ZERO, Mark
+from .monitor.turns import TurnKeeper
 from .pipeline.dispatcher import Dispatcher
 from .pipeline.queue import RecordQueue
 from .pipeline.record import ControlItem
@@ -74,6 +75,11 @@ class Supervisor:
         self._listed_once = False
         self._stop = threading.Event()
         self._stopping = False
+        self.turns = TurnKeeper(
+            self.engine.pool,
+            lambda: self.monitors.values(),
+            min_turn=config.container_monitor.contended_window,
+        )
         self.started = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -115,6 +121,7 @@ class Supervisor:
         self.server.start()
         self.dispatcher.start()
         self.engine.start_maintenance()
+        self.turns.start()
         self.watcher.start()
         self.started = True
 
@@ -126,6 +133,7 @@ class Supervisor:
             monitors = list(self._monitors.values())
         started = time.monotonic()
         _log.info("stopping", monitors=len(monitors), queued=len(self.queue))
+        self.turns.stop()
         self.watcher.stop()
         for monitor in monitors:
             monitor.stop()

@@ -162,10 +162,13 @@ class DockerEngine:
         until_ns: int = 0,
         tail: int = 0,
         deadline: float | None = None,
+        priority: bool = False,
+        wait_timeout: float = 0,
     ) -> ManagedResponse:
         """Open ``/containers/{id}/logs`` with timestamps; the caller owns the response.
 
-        ``tail`` > 0: only the last ``tail`` lines of the log (before ``since`` applies)."""
+        ``tail`` > 0: only the last ``tail`` lines of the log (before ``since`` applies).
+        ``priority``/``wait_timeout``: how this request waits for a pooled connection."""
         params: dict[str, Any] = {
             "stdout": int(stdout),
             "stderr": int(stderr),
@@ -180,14 +183,16 @@ class DockerEngine:
             params["tail"] = tail
         read_timeout = None if deadline is None else max(0.05, deadline - time.monotonic())
         url = self.api._url("/containers/{0}/logs", container_id)
-        return self._open_stream(url, params, read_timeout, container_id)
+        with self.pool.checkout(priority=priority, wait_timeout=wait_timeout):
+            return self._open_stream(url, params, read_timeout, container_id)
 
     def open_events(self, since_ns: int, filters: dict[str, list[str]]) -> ManagedResponse:
         """Open ``/events`` (JSON objects, one per line) replaying from ``since_ns``."""
         params: dict[str, Any] = {"filters": json.dumps(filters)}
         if since_ns > 0:
             params["since"] = format_api_ts(since_ns)
-        return self._open_stream(self.api._url("/events"), params, None, None)
+        with self.pool.checkout(priority=True):  # discovery goes before taking turns
+            return self._open_stream(self.api._url("/events"), params, None, None)
 
     def _open_stream(
         self,

@@ -6,6 +6,8 @@ import re
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +62,10 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
       A caller that finds no idle connection and ``max_open`` reached waits, first
       come first served, up to ``wait_timeout`` for one to be returned, then gets
       :class:`PoolExhaustedError`. A new connection is made only under the cap.
+      API calls and callers marked ``priority`` (see :meth:`checkout`: the event
+      stream, a container's first read) are served before waiting log streams, so a
+      new container is not queued behind hundreds of monitors taking turns
+      (monitor/turns.py ends long-held streams while anyone waits).
     * ``max_idle``: at most this many idle connections are kept; one returned beyond
       that is closed.
     * ``max_lifetime``: a connection older than this is closed when returned or found
@@ -84,11 +90,14 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
         super().__init__("localhost", timeout=timeout, maxsize=1, block=False)
         self.socket_path = socket_path
         self.config = config
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._priority_cond = threading.Condition(lock)  # the same lock: one state
         self._idle: deque[DockerSocketConnection] = deque()
         self._open = 0
         self._in_use = 0
         self._waiting = 0
+        self._priority_waiting = 0
         self._closed = False
         self._local = threading.local()
         self._new_connections = 0
@@ -116,8 +125,14 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
         error it would hand back ``None`` and the accounting would lose a slot.
         """
         kind = getattr(self._local, "kind", "api")
-        wait = self.config.wait_timeout if timeout is None else timeout
+        # Short API calls (inspect, list, ping) go first: they hand the connection back
+        # at once, while a stream may hold one for a whole window.
+        priority: bool = kind == "api" or getattr(self._local, "priority", False)
+        wait = getattr(self._local, "wait_timeout", None) or self.config.wait_timeout
+        if timeout is not None:
+            wait = timeout
         deadline = time.monotonic() + wait
+        cond = self._priority_cond if priority else self._cond
         stale: list[tuple[DockerSocketConnection, str]] = []
         conn: DockerSocketConnection | None = None
         with self._cond:
@@ -126,9 +141,10 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
                 while True:
                     if self._closed:
                         raise PoolClosedError(self, "the Docker connection pool is closed")
-                    conn = self._take_idle_locked(stale)
-                    if conn is not None or self._open < self.config.max_open:
-                        break
+                    if priority or not self._priority_waiting:
+                        conn = self._take_idle_locked(stale)
+                        if conn is not None or self._open < self.config.max_open:
+                            break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         self._wait_timeouts += 1
@@ -141,11 +157,15 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
                         wait_started = time.monotonic()
                         self._waits += 1
                         self._waiting += 1
-                    self._cond.wait(remaining)
+                        self._priority_waiting += priority
+                    cond.wait(remaining)
             finally:
                 if wait_started is not None:
                     self._waiting -= 1
+                    self._priority_waiting -= priority
                     self._wait_seconds += time.monotonic() - wait_started
+                    if priority and not self._priority_waiting:
+                        self._cond.notify()  # others may go again
             if conn is None:
                 self._open += 1  # reserve the slot before creating outside the lock
             else:
@@ -167,7 +187,7 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
                 # urllib3 discarded it after an error (None), or its user closed it.
                 self._open -= 1
                 self._closed_by["broken" if conn is None else "closed_in_use"] += 1
-                self._cond.notify()
+                self._notify_locked()
                 return
             conn.new_lease()
             now = time.monotonic()
@@ -183,11 +203,35 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
             else:
                 self._open -= 1
                 self._closed_by[reason] += 1
-            self._cond.notify()
+            self._notify_locked()
         if reason is not None:
             conn.close()
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _notify_locked(self, n: int = 1) -> None:
+        """A connection or a slot came free: wake a priority waiter first."""
+        if self._priority_waiting:
+            self._priority_cond.notify(n)
+        else:
+            self._cond.notify(n)
+
+    @contextmanager
+    def checkout(self, *, priority: bool = False, wait_timeout: float = 0) -> Iterator[None]:
+        """Options for the checkouts this thread makes inside the block: served before
+        non-priority waiters; wait up to ``wait_timeout`` (0 = the pool's)."""
+        self._local.priority = priority
+        self._local.wait_timeout = wait_timeout
+        try:
+            yield
+        finally:
+            self._local.priority = False
+            self._local.wait_timeout = 0
+
+    @property
+    def contended(self) -> bool:
+        """Someone is waiting for a connection right now."""
+        return self._waiting > 0
 
     def _expired(self, conn: DockerSocketConnection, now: float, idle: bool) -> str | None:
         lifetime = self.config.max_lifetime
@@ -251,7 +295,7 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
                     keep.append(conn)
             self._idle = keep
             if stale:
-                self._cond.notify(len(stale))
+                self._notify_locked(len(stale))
         self._close_all(stale)
         for conn in to_check:
             healthy = _ping(conn, self.timeout.read_timeout or 5.0)
@@ -270,7 +314,7 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
             else:
                 self._open -= 1
                 self._closed_by["pool_closed" if healthy else "health_check"] += 1
-            self._cond.notify()
+            self._notify_locked()
             return keep
 
     def stats(self) -> PoolStats:
@@ -301,6 +345,7 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
             self._open -= len(idle)
             self._closed_by["pool_closed"] += len(idle)
             self._cond.notify_all()
+            self._priority_cond.notify_all()
         for conn in idle:
             conn.close()
 

@@ -52,7 +52,9 @@ class ManagedResponse:
         self._close_lock = threading.Lock()
         self._closed = False
         self.interrupted = False
-        self.end_reason: str | None = None  # "eof", "deadline", "interrupted"
+        self.turn_over = False  # interrupted to give the connection to a waiter
+        self.stopped = False  # interrupted to stop
+        self.end_reason: str | None = None  # "eof", "deadline", "interrupted", "turn"
 
     def __enter__(self) -> ManagedResponse:
         return self
@@ -69,7 +71,7 @@ class ManagedResponse:
         if self.end_reason is not None:
             return b""
         if self.interrupted:
-            self.end_reason = "interrupted"
+            self.end_reason = self._cut_reason()
             return b""
         conn = self._conn
         if deadline is not None:
@@ -88,11 +90,11 @@ class ManagedResponse:
             return b""
         except (ProtocolError, OSError, ChunkedBodyError) as exc:
             if self.interrupted:
-                self.end_reason = "interrupted"
+                self.end_reason = self._cut_reason()
                 return b""
             raise StreamBrokenError(f"stream broke: {exc!r}") from exc
         if not data:
-            self.end_reason = "interrupted" if self.interrupted else "eof"
+            self.end_reason = self._cut_reason() if self.interrupted else "eof"
         return data
 
     def _read_body(self) -> bytes:
@@ -119,8 +121,20 @@ class ManagedResponse:
         self._http.close()  # http.client: the response is done; the socket stays open
         self._raw.release_conn()
 
+    def _cut_reason(self) -> str:
+        return "turn" if self.turn_over and not self.stopped else "interrupted"
+
+    def yield_turn(self) -> None:
+        """Like :meth:`interrupt`, but the reader sees ``turn``: end this window only."""
+        self.turn_over = True
+        self._cut(stop=False)
+
     def interrupt(self) -> None:
         """Wake the reader from another thread; it will see the end and close."""
+        self._cut(stop=True)
+
+    def _cut(self, stop: bool) -> None:
+        self.stopped = self.stopped or stop
         self.interrupted = True
         if self._conn is not None:
             self._conn.shutdown_if_leased(self._lease)
@@ -195,6 +209,9 @@ class LogStream:
 
     def interrupt(self) -> None:
         self.response.interrupt()
+
+    def yield_turn(self) -> None:
+        self.response.yield_turn()
 
     def close(self) -> None:
         self.response.close()

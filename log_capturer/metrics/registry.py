@@ -59,6 +59,10 @@ LINES_DEDUPLICATED = Counter(
 LINES_TRUNCATED = Counter(
     f"{PREFIX}_lines_truncated", "Lines longer than max_line_bytes, cut and marked truncated."
 )
+STREAM_TURNS_YIELDED = Counter(
+    f"{PREFIX}_stream_turns_yielded",
+    "Log streams ended before their window because others waited for a Docker connection.",
+)
 TAIL_FALLBACKS = Counter(
     f"{PREFIX}_stream_tail_fallbacks",
     "Reopens with a bounded tail that could not be proven gap-free and were read with a "

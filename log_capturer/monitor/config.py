@@ -43,6 +43,13 @@ class MonitorConfig(Section):
     )
     retry_initial_backoff: Duration = Field(0.5, description="First wait after a stream error.")
     retry_max_backoff: Duration = Field(30.0, description="Longest wait after stream errors.")
+    contended_window: Duration = Field(
+        2.0,
+        gt=0,
+        description="While others wait for a Docker connection (more containers than "
+        "docker.pool.max_open), log streams held this long are ended, oldest first, so "
+        "connections take turns.",
+    )
     resume_tail_lines: int = Field(
         1000,
         ge=0,

@@ -81,10 +81,12 @@ class ContainerMonitor:
         self._plain_next = False  # the last tail read could not be checked: no tail once
         self._rate = 0.0  # engine messages per second in the last read (sizes the tail)
         self._last_read_end = time.monotonic()
+        self._reads = 0
         self._on_exit = on_exit
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._current: LogStream | None = None
+        self._current_opened = 0.0
         self.finished_reason: str | None = None
         self.windows = 0
         self.thread = threading.Thread(
@@ -115,6 +117,21 @@ class ContainerMonitor:
     @property
     def alive(self) -> bool:
         return self.thread.is_alive()
+
+    def stream_age(self) -> float | None:
+        """How long the current log stream has held its connection; None if none."""
+        with self._lock:
+            if self._current is None:
+                return None
+            return time.monotonic() - self._current_opened
+
+    def yield_turn(self) -> bool:
+        """End the current window early (its connection goes to a waiter); see turns.py."""
+        with self._lock:
+            if self._current is None or self._stop.is_set():
+                return False
+            self._current.yield_turn()
+            return True
 
     def update_info(self, info: ContainerInfo) -> None:
         """A rename: later records carry the new name."""
@@ -259,12 +276,18 @@ class ContainerMonitor:
             until_ns=until_ns,
             tail=tail,
             deadline=deadline,
+            # A container never read yet goes before monitors taking turns; the others
+            # wait as long as a turn of every monitor may take, not the API timeout.
+            priority=self._reads == 0,
+            wait_timeout=self.config.stream_window + self.engine.config.pool.wait_timeout,
         )
+        self._reads += 1
         stream = LogStream(
             response, tty=tty, deadline=deadline, max_line_bytes=self.config.max_line_bytes
         )
         with self._lock:
             self._current = stream
+            self._current_opened = time.monotonic()
         if self._stop.is_set():
             stream.interrupt()
         dedups = {s: StreamDedup(self.marks[s]) for s in plan.streams}
@@ -375,7 +398,7 @@ class ContainerMonitor:
             if stream.end_reason == "eof":
                 reference = max(reference, request_ns)
             elif (
-                stream.end_reason == "deadline"
+                stream.end_reason in ("deadline", "turn")
                 and plan.follow
                 and closed_ns - max(stream.last_data_ns, request_ns) >= tolerance
             ):

@@ -115,6 +115,37 @@ def test_more_containers_than_connections_take_turns_without_loss(
     assert daemon.stop() == 0
 
 
+def test_with_connections_scarce_quiet_monitors_take_short_turns_and_newcomers_go_first(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    # Eight quiet containers, two connections for their streams (the event stream holds
+    # the third), 30 s windows: without short turns the last of them would wait minutes.
+    daemon = make_daemon(
+        {
+            "docker": {"pool": {"max_open": 3, "max_idle": 3, "wait_timeout": "5s"}},
+            "container_monitor": {"stream_window": "30s", "contended_window": "1s"},
+        }
+    ).start()
+    names = [f"quiet{n}-{daemon.run_id}" for n in range(8)]
+    for name in names:
+        containers.run(f"echo hello {name}; sleep 120", name=name)
+    wait_for(lambda: len(daemon.records()) >= 8, 40, what="every quiet container's line")
+    late = f"late-{daemon.run_id}"
+    started = time.monotonic()
+    containers.run(f"echo hello {late}; sleep 120", name=late)
+    wait_for(lambda: len(daemon.records()) >= 9, 30, interval=0.05, what="the newcomer's line")
+    first_line_s = time.monotonic() - started
+    records = daemon.records()
+    for name in [*names, late]:
+        assert_exactly_once(records, name, "stdout", [f"hello {name}"])
+    metrics = daemon.metrics()
+    assert metrics["log_capturer_docker_pool_open_connections"] <= 3
+    assert metrics["log_capturer_docker_pool_waits_total"] > 0
+    print(f"TURNS newcomer first line after {first_line_s:.2f}s")
+    assert first_line_s < 10, first_line_s
+    assert daemon.stop() == 0
+
+
 def test_filters_and_never_capturing_itself(
     make_daemon: Callable[..., Daemon], containers: Containers
 ) -> None:

@@ -122,6 +122,70 @@ def test_a_returned_connection_goes_to_the_waiter(fake: FakeEngine) -> None:
         engine.close()
 
 
+def test_a_priority_waiter_is_served_before_earlier_waiters(fake: FakeEngine) -> None:
+    engine = make_engine(fake, max_open=1, max_idle=1, wait_timeout=5)
+    first = hold(engine, 0.4, lines=1)
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def wait(name: str, priority: bool) -> None:
+        with engine.pool.checkout(priority=priority):
+            stream = hold(engine, 0.05, lines=1)
+        with lock:
+            order.append(name)
+        drain(stream)
+        stream.close()
+
+    normal = threading.Thread(target=wait, args=("normal", False))
+    normal.start()
+    time.sleep(0.1)  # the normal caller waits first
+    urgent = threading.Thread(target=wait, args=("urgent", True))
+    urgent.start()
+    time.sleep(0.1)
+    assert engine.pool.stats().waiting == 2 and engine.pool.contended
+    drain(first)
+    first.close()
+    normal.join(5)
+    urgent.join(5)
+    try:
+        assert order == ["urgent", "normal"]
+        assert not engine.pool.contended
+    finally:
+        engine.close()
+
+
+def test_a_checkout_may_wait_longer_than_the_pool_default(fake: FakeEngine) -> None:
+    engine = make_engine(fake, max_open=1, max_idle=1, wait_timeout=0.2)
+    first = hold(engine, 0.6, lines=1)
+    pings: list[bool] = []
+    result: list[bool] = []
+
+    def patient() -> None:
+        with engine.pool.checkout(wait_timeout=3):
+            stream = hold(engine, 0.05, lines=1)
+        drain(stream)
+        stream.close()
+        result.append(True)
+
+    def impatient() -> None:
+        pings.append(engine.ping())  # False: no connection within the pool's 0.2 s
+
+    threads = [threading.Thread(target=patient), threading.Thread(target=impatient)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.4)
+    drain(first)
+    first.close()
+    for thread in threads:
+        thread.join(5)
+    try:
+        assert result == [True]
+        assert pings == [False]
+        assert engine.pool.stats().wait_timeouts == 1
+    finally:
+        engine.close()
+
+
 def test_max_idle_closes_the_surplus(fake: FakeEngine) -> None:
     engine = make_engine(fake, max_open=5, max_idle=1)
     try:
