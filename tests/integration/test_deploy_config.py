@@ -330,7 +330,9 @@ def test_compose_generators_run_with_rotated_numbered_logs(
 
 
 def compose_records(container: Any) -> list[dict[str, Any]]:
-    result = container.exec_run(["cat", "/var/lib/log_capturer/logs.jsonl"])
+    # Rotated files first (their names sort by time): on a busy host the sink rotates.
+    script = "cd /var/lib/log_capturer && cat $(ls logs.jsonl.* 2>/dev/null | sort) logs.jsonl"
+    result = container.exec_run(["sh", "-c", script])
     assert result.exit_code == 0, result.output
     lines = result.output.decode().splitlines(keepends=True)
     return [json.loads(line) for line in lines if line.endswith("\n")]  # skip a partial one
