@@ -174,7 +174,7 @@ class LogStream:
         self.bytes_read = 0
         self.partial_lines_discarded = 0
         self.first_data_ns = 0  # wall clock when the body's first bytes arrived
-        self.last_data_ns = 0  # ... and its last
+        self.idle_at_end_ns = 0  # how long the last read waited for bytes in vain
         self.pending_ts: dict[str, int] = {}  # incomplete lines dropped at the end
 
     @property
@@ -189,12 +189,15 @@ class LogStream:
         the end and re-read by the next window.
         """
         while True:
+            waiting_since = time.time_ns()
             data = self.response.read(self.deadline)
             if not data:
+                # Idle only if the read itself waited: a reader held up elsewhere (a full
+                # queue) finds the deadline passed at once, with bytes still unread.
+                self.idle_at_end_ns = time.time_ns() - waiting_since
                 break
-            self.last_data_ns = time.time_ns()
             if not self.first_data_ns:
-                self.first_data_ns = self.last_data_ns
+                self.first_data_ns = time.time_ns()
             self.bytes_read += len(data)
             for chunk in self._decoder.feed(data):
                 yield from self.assembler.add(chunk)

@@ -390,8 +390,8 @@ class ContainerMonitor:
             return result
         if check is None or check.state == PROVEN:
             # Gap-free: every line not seen comes after the last one received; after
-            # the request if the engine ended the body. A follow stream that was idle
-            # for the tolerance before its deadline had caught up (the engine sends a
+            # the request if the engine ended the body. A follow stream whose last read
+            # waited the tolerance for bytes in vain had caught up (the engine sends a
             # followed line as it is written): what it did not send came later.
             reference = last_ts
             tolerance = int(self.config.reorder_tolerance * 1e9)
@@ -400,7 +400,7 @@ class ContainerMonitor:
             elif (
                 stream.end_reason in ("deadline", "turn")
                 and plan.follow
-                and closed_ns - max(stream.last_data_ns, request_ns) >= tolerance
+                and stream.idle_at_end_ns >= tolerance
             ):
                 reference = max(reference, closed_ns - tolerance)
             if reference > 0:
