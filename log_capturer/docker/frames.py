@@ -93,6 +93,10 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def note_last(self, last: dict[str, tuple[int, bytes]]) -> None:
+        """Lines decoded elsewhere (bulk.py): their timestamps are the streams' last."""
+        self._maker._last.update(last)
+
     def feed(self, data: bytes) -> Iterator[Chunk]:
         buf = self._buf
         buf += data

@@ -33,8 +33,8 @@ from ..metrics.registry import (
     TIMESTAMP_ERRORS,
 )
 from ..pipeline.queue import RecordQueue
-from ..pipeline.record import LogRecord
 from . import faults
+from .admit import admit_batch
 from .config import MonitorConfig
 from .marks import Mark, ReadPlan, StreamDedup, plan_window
 
@@ -229,30 +229,15 @@ class ContainerMonitor:
         sizes: Counter[str] = Counter()
         truncated = 0
         try:
-            for line in stream.lines(flush_at_eof=not plan.follow):
-                dedup = dedups.get(line.stream)
-                if dedup is None:
-                    continue  # a stream this request did not ask for
-                seq = dedup.admit(line.ts_ns)
-                if seq is None:
+            for batch in stream.batches(flush_at_eof=not plan.follow):
+                admitted = admit_batch(batch, dedups, self.info)
+                if not admitted.records:
                     continue
-                record = LogRecord(
-                    container=self.info,
-                    stream=line.stream,
-                    ts_ns=line.ts_ns,
-                    seq=seq,
-                    ts=line.ts_text.decode("ascii", "replace"),
-                    message=line.message.decode("utf-8", "replace"),
-                    truncated=line.truncated,
-                )
-                queued = self.queue.put(record, len(line.message), self._stop)
-                if not queued and self._stop.is_set():
-                    raise _Stopped
-                # not queued and not stopping: dropped by the drop policy (the queue counts it)
-                self.marks[line.stream] = dedup.mark
-                lines[line.stream] += 1
-                sizes[line.stream] += len(line.message)
-                truncated += line.truncated
+                # Handled = queued, or dropped by the drop policy (the queue counts it).
+                handled = self.queue.put_many(admitted.records, admitted.sizes, self._stop)
+                truncated += admitted.commit(handled, dedups, self.marks, lines, sizes)
+                if handled < len(admitted.records):
+                    raise _Stopped  # put_many stops short only when asked to stop
         finally:
             with self._lock:
                 self._current = None
