@@ -44,9 +44,11 @@ _MATCH_OVERHEAD = 44  # chunk overhead + CRLF after the size + CRLF after the da
 _STREAMS = {b"\x01": "stdout", b"\x02": "stderr"}
 _NS = 1_000_000_000
 _new_line = partial(tuple.__new__, LogLine)
-# Each attempt splits the rest of the read: after this many gaps (chunks the fast path
-# does not take) the rest goes the general way, so a mix cannot cost quadratic time.
-_FAST_TRIES = 4
+# re.split scans at most this much at a time (larger than any one-line chunk), and after
+# this many chunks the fast path does not take, the rest of a read goes the general way:
+# a read of mixed chunks costs at most _MAX_GAPS fruitless scans of _WINDOW bytes.
+_WINDOW = 64 * 1024
+_MAX_GAPS = 16
 
 
 class BulkLineDecoder:
@@ -73,23 +75,28 @@ class BulkLineDecoder:
         out: list[LogLine] = []
         pos = 0
         size = len(data)
-        tries = _FAST_TRIES
+        gaps = _MAX_GAPS
         while pos < size:
-            if not (tries and self._can_go_fast()):
-                self._slow(data[pos:] if pos else data, out)
+            if not self._chunks.at_chunk_start:
+                self._slow(data[pos:], out)  # in the middle of a chunk
                 break
-            tries -= 1
-            lines, used = self._fast(data[pos:] if pos else data)
-            if used:
-                out.extend(lines)
-                pos += used
-                if pos == size:
-                    break
+            if self._can_go_fast():
+                lines, used = self._fast(data[pos : pos + _WINDOW])
+                if used:
+                    out.extend(lines)
+                    pos += used
+                    continue
             extent = self._chunk_extent(data, pos)
             if extent is None:
                 self._rest = data[pos:]  # wait for the rest of this chunk
                 break
-            self._slow(data[pos : pos + extent], out)  # one chunk the fast path does not take
+            if not gaps:
+                self._slow(data[pos:], out)
+                break
+            gaps -= 1
+            # One chunk the fast path does not take, or cannot yet (a frame or line is
+            # open): the general decoders, chunk by chunk until they hold nothing.
+            self._slow(data[pos : pos + extent], out)
             pos += extent
         return out
 
@@ -173,8 +180,8 @@ class BulkLineDecoder:
                 ),
             )
         )
-        self._frames.note_last(
-            {_STREAMS[kind]: (ts_ns[i], ts_text[i]) for i, kind in _last_of_each(kinds)}
+        self._frames.note_bulk(
+            count, {_STREAMS[kind]: (ts_ns[i], ts_text[i]) for i, kind in _last_of_each(kinds)}
         )
         self.fast_lines += count
         used = sum(map(len, sizes[:count])) + sum(lengths[:count]) + _MATCH_OVERHEAD * count

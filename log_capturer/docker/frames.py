@@ -45,12 +45,14 @@ class Chunk:
 
 
 class ChunkParseStats:
-    """Counts lines whose timestamp could not be read (they keep the stream's last timestamp)."""
+    """Counts the engine's messages (``chunks``: a split line is several) and the lines
+    whose timestamp could not be read (they keep the stream's last timestamp)."""
 
-    __slots__ = ("bad_timestamps",)
+    __slots__ = ("bad_timestamps", "chunks")
 
     def __init__(self) -> None:
         self.bad_timestamps = 0
+        self.chunks = 0
 
 
 def _split_ts(segment: bytes) -> tuple[bytes, bytes] | None:
@@ -68,6 +70,7 @@ class _ChunkMaker:
         self._last: dict[str, tuple[int, bytes]] = {}
 
     def make(self, stream: str, segment: bytes, complete: bool) -> Chunk:
+        self._stats.chunks += 1
         parts = _split_ts(segment)
         if parts is not None:
             try:
@@ -93,8 +96,10 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def note_last(self, last: dict[str, tuple[int, bytes]]) -> None:
-        """Lines decoded elsewhere (bulk.py): their timestamps are the streams' last."""
+    def note_bulk(self, count: int, last: dict[str, tuple[int, bytes]]) -> None:
+        """``count`` one-chunk lines were decoded elsewhere (bulk.py): count them, and
+        their timestamps are the streams' last."""
+        self._maker._stats.chunks += count
         self._maker._last.update(last)
 
     def feed(self, data: bytes) -> Iterator[Chunk]:

@@ -18,6 +18,14 @@ from .frames import ChunkParseStats, FrameDecoder, RawDecoder
 from .lines import LineAssembler, LogLine
 
 READ_SIZE = 256 * 1024  # a backlog arrives as fast as we read: fewer, larger reads
+# After a read this small (the engine sends a backlog in pieces as small as one line
+# when we keep up), wait a moment so the next read takes what arrived meanwhile: each
+# read costs tens of microseconds of Python whatever its size. 2 ms of latency at most.
+COALESCE_BELOW = 16 * 1024
+COALESCE_DELAY = 0.002
+# A read may block this much past the deadline rather than set the socket's timeout
+# (two fcntl calls) before every read of a busy stream.
+TIMEOUT_SLACK = 0.01
 
 
 class ManagedResponse:
@@ -99,8 +107,10 @@ class ManagedResponse:
                 self.end_reason = "deadline"
                 return b""
             if conn is not None and conn.sock is not None:
-                conn.sock.settimeout(remaining)
-        elif conn is not None and conn.sock is not None:
+                current = conn.sock.gettimeout()
+                if current is None or not remaining <= current <= remaining + TIMEOUT_SLACK:
+                    conn.sock.settimeout(remaining)
+        elif conn is not None and conn.sock is not None and conn.sock.gettimeout() is not None:
             conn.sock.settimeout(None)
         try:
             data = reader()
@@ -230,6 +240,8 @@ class LogStream:
                     raise StreamBrokenError(f"stream broke: {exc!r}") from exc
                 if bulk.done:
                     self.response.body_ended()
+                elif len(data) < COALESCE_BELOW:
+                    time.sleep(COALESCE_DELAY)
             else:
                 data = self.response.read(self.deadline)
                 if not data:

@@ -6,10 +6,19 @@ batch (hundreds of lines) and the queue is entered once per batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from itertools import compress, repeat
+from operator import attrgetter, countOf, eq, itemgetter
+
 from ..discovery.container import ContainerInfo
 from ..docker.lines import LogLine
 from ..pipeline.record import LogRecord
 from .marks import Mark, StreamDedup
+
+_stream_of = attrgetter("stream")
+_stream_of_line = itemgetter(0)
+_ts_of_line = itemgetter(1)
+_truncated_of = attrgetter("truncated")
 
 
 class AdmittedBatch:
@@ -44,29 +53,53 @@ class AdmittedBatch:
                 mark = marks[record.stream]
                 if not mark.covers(record.ts_ns, record.seq):
                     marks[record.stream] = Mark(record.ts_ns, record.seq)
-        truncated = 0
-        for record, size in zip(taken, self.sizes, strict=False):
-            lines[record.stream] = lines.get(record.stream, 0) + 1
-            sizes[record.stream] = sizes.get(record.stream, 0) + size
-            truncated += record.truncated
-        return truncated
+        # Counted per stream with C-level passes over the batch, not a loop per record.
+        streams = list(map(_stream_of, taken))
+        for stream in dedups:
+            count = countOf(streams, stream)
+            if count:
+                lines[stream] = lines.get(stream, 0) + count
+                sizes[stream] = sizes.get(stream, 0) + sum(
+                    compress(self.sizes, map(eq, streams, repeat(stream)))
+                )
+        return sum(map(_truncated_of, taken))
 
 
 def admit_batch(
     batch: list[LogLine], dedups: dict[str, StreamDedup], container: ContainerInfo
 ) -> AdmittedBatch:
     """Records for the lines of ``batch`` that ``dedups`` admit (streams not asked for
-    are skipped), in order."""
+    are skipped), in order.
+
+    Each stream's dedup sees only its own lines, in order, so it can take them all at
+    once (:meth:`StreamDedup.admit_all`); the sequence numbers are then merged back
+    into the batch's order.
+    """
     out = AdmittedBatch()
+    streams = list(map(_stream_of_line, batch))
+    present = set(streams)
+    if len(present) == 1:
+        (only,) = present
+        dedup = dedups.get(only)
+        if dedup is None:
+            return out  # a stream this request did not ask for
+        seqs: Iterable[int | None] = dedup.admit_all(list(map(_ts_of_line, batch)))
+    else:
+        per_stream: dict[str, Iterator[int | None]] = {}
+        for stream in present:
+            dedup = dedups.get(stream)
+            if dedup is None:
+                per_stream[stream] = repeat(None)
+                continue
+            mine = list(map(eq, streams, repeat(stream)))
+            timestamps = list(compress(map(_ts_of_line, batch), mine))
+            per_stream[stream] = iter(dedup.admit_all(timestamps))
+        seqs = [next(per_stream[stream]) for stream in streams]
     records = out.records
     sizes = out.sizes
     append_record = records.append
     append_size = sizes.append
-    for stream, ts_ns, ts_text, message, truncated in batch:
-        dedup = dedups.get(stream)
-        if dedup is None:
-            continue  # a stream this request did not ask for
-        seq = dedup.admit(ts_ns)
+    for (stream, ts_ns, ts_text, message, truncated), seq in zip(batch, seqs, strict=False):
         if seq is None:
             continue
         append_record(

@@ -33,6 +33,7 @@ class RecordQueue:
         self._items: deque[tuple[Any, int]] = deque()
         self._bytes = 0
         self._cond = threading.Condition()
+        self._fill_target = 0  # how many items get_batch is waiting for (0: not waiting)
         QUEUE_CAPACITY_RECORDS.set(max_records)
         QUEUE_CAPACITY_BYTES.set(max_bytes)
 
@@ -124,7 +125,10 @@ class RecordQueue:
     def _published(self) -> None:
         QUEUE_RECORDS.set(len(self._items))
         QUEUE_BYTES.set(self._bytes)
-        self._cond.notify_all()
+        # Wake the consumer only once what it waits for is there, not at every batch
+        # put (each wake-up is a thread switch and a GIL hand-over).
+        if self._fill_target and len(self._items) >= self._fill_target:
+            self._cond.notify_all()
 
     def put_control(self, item: Any) -> None:
         with self._cond:
@@ -140,16 +144,21 @@ class RecordQueue:
     def get_batch(self, max_items: int, max_wait: float, timeout: float) -> list[Any]:
         """Up to ``max_items``: waits up to ``timeout`` for the first, then ``max_wait`` to fill."""
         with self._cond:
-            if not self._items and timeout > 0:
-                self._cond.wait_for(lambda: bool(self._items), timeout)
-            if not self._items:
-                return []
-            if len(self._items) < max_items and max_wait > 0:
-                fill_deadline = time.monotonic() + max_wait
-                while len(self._items) < max_items:
-                    remaining = fill_deadline - time.monotonic()
-                    if remaining <= 0 or not self._cond.wait(remaining):
-                        break
+            try:
+                if not self._items and timeout > 0:
+                    self._fill_target = 1
+                    self._cond.wait_for(lambda: bool(self._items), timeout)
+                if not self._items:
+                    return []
+                if len(self._items) < max_items and max_wait > 0:
+                    self._fill_target = max_items
+                    fill_deadline = time.monotonic() + max_wait
+                    while len(self._items) < max_items:
+                        remaining = fill_deadline - time.monotonic()
+                        if remaining <= 0 or not self._cond.wait(remaining):
+                            break
+            finally:
+                self._fill_target = 0
             items = self._items
             if len(items) <= max_items:
                 pairs = list(items)
