@@ -62,3 +62,22 @@ def test_admit_batch_equals_admitting_line_by_line(seed: int) -> None:
             assert marks[stream] == expected
             assert counts.get(stream, 0) == len(taken)
         assert truncated == sum(r.truncated for r in want[:handled])
+
+
+def test_admit_all_matches_admit_line_by_line() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        timestamps = sorted(rng.randrange(20) for _ in range(rng.randrange(30)))
+        if rng.random() < 0.3 and timestamps:  # the clock stepped back
+            timestamps.insert(rng.randrange(len(timestamps)), rng.randrange(20))
+        mark = Mark(rng.randrange(22), rng.randrange(4))
+        one, many = StreamDedup(mark), StreamDedup(mark)
+        cut = rng.randrange(len(timestamps) + 1)  # two runs: the state carries over
+        want = [one.admit(ts) for ts in timestamps]
+        got = many.admit_all(timestamps[:cut]) + many.admit_all(timestamps[cut:])
+        assert got == want
+        assert (many.mark, many.dropped, many.clock_backwards) == (
+            one.mark,
+            one.dropped,
+            one.clock_backwards,
+        )

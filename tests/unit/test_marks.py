@@ -70,26 +70,3 @@ def test_plan_reads_a_lagging_stream_alone_without_follow() -> None:
 
 def test_plan_for_a_single_tty_stream() -> None:
     assert plan_window({"tty": Mark(7, 1)}, S, follow=False) == [ReadPlan(("tty",), 7, False)]
-
-
-def test_admit_all_matches_admit_line_by_line() -> None:
-    import random
-
-    from log_capturer.monitor.marks import Mark, StreamDedup
-
-    rng = random.Random(7)
-    for _ in range(200):
-        timestamps = sorted(rng.randrange(20) for _ in range(rng.randrange(30)))
-        if rng.random() < 0.3 and timestamps:  # the clock stepped back
-            timestamps.insert(rng.randrange(len(timestamps)), rng.randrange(20))
-        mark = Mark(rng.randrange(22), rng.randrange(4))
-        one, many = StreamDedup(mark), StreamDedup(mark)
-        cut = rng.randrange(len(timestamps) + 1)  # two runs: the state carries over
-        want = [one.admit(ts) for ts in timestamps]
-        got = many.admit_all(timestamps[:cut]) + many.admit_all(timestamps[cut:])
-        assert got == want
-        assert (many.mark, many.dropped, many.clock_backwards) == (
-            one.mark,
-            one.dropped,
-            one.clock_backwards,
-        )
