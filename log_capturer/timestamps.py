@@ -38,6 +38,18 @@ def parse_docker_ts(raw: bytes) -> int:
     return _parse_generic(raw)
 
 
+def seconds_of(prefix: bytes) -> int:
+    """Seconds since the epoch of a ``YYYY-MM-DDTHH:MM:SS`` prefix (cached: a burst of
+    lines shares a handful of seconds)."""
+    secs = _seconds_cache.get(prefix)
+    if secs is None:
+        secs = _parse_seconds(prefix)
+        if len(_seconds_cache) >= _CACHE_LIMIT:
+            _seconds_cache.clear()
+        _seconds_cache[prefix] = secs
+    return secs
+
+
 def _parse_seconds(prefix: bytes) -> int:
     try:
         return calendar.timegm(time.strptime(prefix.decode("ascii"), "%Y-%m-%dT%H:%M:%S"))

@@ -24,6 +24,11 @@ class ChunkedDecoder:
         self._state = "size"  # size -> data -> crlf -> size ... -> trailer
         self.done = False
 
+    @property
+    def at_chunk_start(self) -> bool:
+        """Nothing buffered and the next byte starts a chunk (the bulk decoder may take over)."""
+        return self._state == "size" and not self._buf and not self.done
+
     def feed(self, data: bytes) -> bytes:
         buf = self._buf
         buf += data

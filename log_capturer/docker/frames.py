@@ -96,6 +96,12 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def note_bulk(self, count: int, last: dict[str, tuple[int, bytes]]) -> None:
+        """``count`` one-chunk lines were decoded elsewhere (bulk.py): count them, and
+        their timestamps are the streams' last."""
+        self._maker._stats.chunks += count
+        self._maker._last.update(last)
+
     def feed(self, data: bytes) -> Iterator[Chunk]:
         buf = self._buf
         buf += data

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .frames import Chunk
 
 
-@dataclass(slots=True)
-class LogLine:
-    """One complete line of one stream, with the Docker timestamp of its first byte."""
+class LogLine(NamedTuple):
+    """One complete line of one stream, with the Docker timestamp of its first byte.
+
+    A tuple: the bulk decoder (bulk.py) builds hundreds per socket read in C
+    (``tuple.__new__`` over zipped columns), and unpacking one is cheap.
+    """
 
     stream: str
     ts_ns: int
@@ -58,6 +61,11 @@ class LineAssembler:
     @property
     def pending_bytes(self) -> int:
         return sum(p.size for p in self._pending.values())
+
+    @property
+    def has_pending(self) -> bool:
+        """A split line is being joined (the bulk decoder's fast path must wait)."""
+        return bool(self._pending)
 
     def add(self, chunk: Chunk) -> Iterator[LogLine]:
         pending = self._pending.get(chunk.stream)

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from .bulk import BulkLineDecoder
 from .chunked import ChunkedBodyError, ChunkedDecoder
 from .connection import DockerSocketConnection
 from .errors import StreamBrokenError
 from .frames import ChunkParseStats, FrameDecoder, RawDecoder
 from .lines import LineAssembler, LogLine
 
-READ_SIZE = 64 * 1024
+READ_SIZE = 256 * 1024  # a backlog arrives as fast as we read: fewer, larger reads
+# After a read this small (the engine sends a backlog in pieces as small as one line
+# when we keep up), wait a moment so the next read takes what arrived meanwhile: each
+# read costs tens of microseconds of Python whatever its size. 2 ms of latency at most.
+COALESCE_BELOW = 16 * 1024
+COALESCE_DELAY = 0.002
+# A read may block this much past the deadline rather than set the socket's timeout
+# (two fcntl calls) before every read of a busy stream.
+TIMEOUT_SLACK = 0.01
 
 
 class ManagedResponse:
@@ -67,7 +76,27 @@ class ManagedResponse:
         return self._closed
 
     def read(self, deadline: float | None) -> bytes:
-        """Up to 64 KiB as soon as any arrive; ``b""`` at the end (see ``end_reason``)."""
+        """Up to ``READ_SIZE`` body bytes as soon as any arrive; ``b""`` at the end (see
+        ``end_reason``)."""
+        return self._guarded(deadline, self._read_body)
+
+    @property
+    def chunked(self) -> bool:
+        """The body is chunked: :meth:`read_raw` then returns it still chunk-encoded."""
+        return self._chunks is not None
+
+    def read_raw(self, deadline: float | None) -> bytes:
+        """Like :meth:`read`, but a chunked body comes as it is on the wire, for a caller
+        that decodes the chunks itself (bulk.py) and calls :meth:`body_ended` when it
+        sees the last one."""
+        return self._guarded(deadline, self._read_wire)
+
+    def body_ended(self) -> None:
+        """The caller of :meth:`read_raw` saw the body's last chunk."""
+        if not self._body_done and self._http is not None:
+            self._complete()
+
+    def _guarded(self, deadline: float | None, reader: Callable[[], bytes]) -> bytes:
         if self.end_reason is not None:
             return b""
         if self.interrupted:
@@ -80,11 +109,13 @@ class ManagedResponse:
                 self.end_reason = "deadline"
                 return b""
             if conn is not None and conn.sock is not None:
-                conn.sock.settimeout(remaining)
-        elif conn is not None and conn.sock is not None:
+                current = conn.sock.gettimeout()
+                if current is None or not remaining <= current <= remaining + TIMEOUT_SLACK:
+                    conn.sock.settimeout(remaining)
+        elif conn is not None and conn.sock is not None and conn.sock.gettimeout() is not None:
             conn.sock.settimeout(None)
         try:
-            data = self._read_body()
+            data = reader()
         except (ReadTimeoutError, TimeoutError):
             self.end_reason = "deadline"
             return b""
@@ -96,6 +127,17 @@ class ManagedResponse:
         if not data:
             self.end_reason = self._cut_reason() if self.interrupted else "eof"
         return data
+
+    def _read_wire(self) -> bytes:
+        if self._chunks is None:
+            data: bytes = self._raw.read1(READ_SIZE)
+            return data
+        if self._body_done:
+            return b""
+        raw: bytes = self._http.fp.read1(READ_SIZE)
+        if not raw and not self.interrupted:
+            raise ChunkedBodyError("the engine closed the connection before the body ended")
+        return raw
 
     def _read_body(self) -> bytes:
         if self._chunks is None:
@@ -171,6 +213,12 @@ class LogStream:
             RawDecoder(self.parse_stats) if tty else FrameDecoder(self.parse_stats)
         )
         self.assembler = LineAssembler(max_line_bytes)
+        # A chunked multiplexed body (the usual case) is decoded in bulk from the wire.
+        self._bulk = (
+            BulkLineDecoder(self._decoder, self.assembler)
+            if isinstance(self._decoder, FrameDecoder) and response.chunked
+            else None
+        )
         self.bytes_read = 0
         self.partial_lines_discarded = 0
         self.first_data_ns = 0  # wall clock when the body's first bytes arrived
@@ -188,9 +236,18 @@ class LogStream:
         line without a newline is complete. Otherwise an incomplete line is dropped at
         the end and re-read by the next window.
         """
+        for batch in self.batches(flush_at_eof):
+            yield from batch
+
+    def batches(self, flush_at_eof: bool = False) -> Iterator[list[LogLine]]:
+        """:meth:`lines`, a non-empty list per socket read (hundreds of lines in a backlog)."""
+        bulk = self._bulk
         while True:
             waiting_since = time.time_ns()
-            data = self.response.read(self.deadline)
+            if bulk is not None:
+                data = self.response.read_raw(self.deadline)
+            else:
+                data = self.response.read(self.deadline)
             if not data:
                 # Idle only if the read itself waited: a reader held up elsewhere (a full
                 # queue) finds the deadline passed at once, with bytes still unread.
@@ -199,16 +256,36 @@ class LogStream:
             if not self.first_data_ns:
                 self.first_data_ns = time.time_ns()
             self.bytes_read += len(data)
-            for chunk in self._decoder.feed(data):
-                yield from self.assembler.add(chunk)
+            if bulk is not None:
+                try:
+                    batch = bulk.feed(data)
+                except ChunkedBodyError as exc:
+                    if self.response.interrupted:
+                        self.response.end_reason = self.response._cut_reason()
+                        break
+                    raise StreamBrokenError(f"stream broke: {exc!r}") from exc
+                if bulk.done:
+                    self.response.body_ended()
+                elif len(data) < COALESCE_BELOW:
+                    time.sleep(COALESCE_DELAY)
+            else:
+                batch = []
+                add = self.assembler.add
+                for chunk in self._decoder.feed(data):
+                    batch.extend(add(chunk))
+            if batch:
+                yield batch
+        batch = []
         if flush_at_eof and self.response.end_reason == "eof":
             if isinstance(self._decoder, RawDecoder):
                 for chunk in self._decoder.flush():
-                    yield from self.assembler.add(chunk)
-            yield from self.assembler.flush()
+                    batch.extend(self.assembler.add(chunk))
+            batch.extend(self.assembler.flush())
         else:
             self.pending_ts = self.assembler.pending_ts()
             self.partial_lines_discarded += self.assembler.discard()
+        if batch:
+            yield batch
 
     def interrupt(self) -> None:
         self.response.interrupt()

@@ -19,6 +19,7 @@ from ..backoff import capped_backoff
 from ..discovery.container import ContainerInfo
 from ..docker.engine import DockerEngine
 from ..docker.errors import ContainerGoneError, PoolClosedError
+from ..docker.frames import ENGINE_CHUNK_BYTES
 from ..docker.lines import LogLine
 from ..docker.stream import LogStream
 from ..metrics.registry import (
@@ -36,8 +37,8 @@ from ..metrics.registry import (
     TIMESTAMP_ERRORS,
 )
 from ..pipeline.queue import RecordQueue
-from ..pipeline.record import LogRecord
 from . import faults
+from .admit import admit_batch
 from .config import MonitorConfig
 from .marks import Mark, ReadPlan, StreamDedup, plan_window
 from .resume import GAP, PENDING, PROVEN, Checked, TailCheck, tail_lines
@@ -300,60 +301,44 @@ class ContainerMonitor:
         last_ts = 0
         result: str | None = None
 
-        def deliver(line: LogLine) -> None:
+        def deliver(batch: list[LogLine]) -> None:
             nonlocal truncated
-            dedup = dedups.get(line.stream)
-            if dedup is None:
-                return  # a stream this request did not ask for
-            seq = dedup.admit(line.ts_ns)
-            if seq is None:
+            admitted = admit_batch(batch, dedups, self.info)
+            if not admitted.records:
                 return
-            record = LogRecord(
-                container=self.info,
-                stream=line.stream,
-                ts_ns=line.ts_ns,
-                seq=seq,
-                ts=line.ts_text.decode("ascii", "replace"),
-                message=line.message.decode("utf-8", "replace"),
-                truncated=line.truncated,
-            )
-            queued = self.queue.put(record, len(line.message), self._stop)
-            if not queued and self._stop.is_set():
-                raise _Stopped
-            # not queued and not stopping: dropped by the drop policy (the queue counts it)
-            self.marks[line.stream] = dedup.mark
-            lines[line.stream] += 1
-            sizes[line.stream] += len(line.message)
-            truncated += line.truncated
+            # Handled = queued, or dropped by the drop policy (the queue counts it).
+            handled = self.queue.put_many(admitted.records, admitted.sizes, self._stop)
+            truncated += admitted.commit(handled, dedups, self.marks, lines, sizes)
+            if handled < len(admitted.records):
+                raise _Stopped  # put_many stops short only when asked to stop
 
         try:
-            for line in stream.lines(flush_at_eof=not plan.follow):
-                last_ts = line.ts_ns
-                if check is not None and check.state == PENDING:
-                    state = check.on_line(
-                        line.ts_ns, stream.parse_stats.chunks, stream.first_data_ns
-                    )
-                    if state == PENDING:
-                        held.append(line)
-                        held_bytes += len(line.message)
-                        if held_bytes > self.config.tail_hold_max_bytes:
-                            TAIL_FALLBACKS.labels("held_bytes").inc()
-                            result = GAP
-                            break
-                        continue
-                    if state == GAP:
-                        TAIL_FALLBACKS.labels("full").inc()
+            chunks_seen = 0
+            for batch in stream.batches(flush_at_eof=not plan.follow):
+                last_ts = batch[-1].ts_ns
+                if check is None or check.state != PENDING:
+                    deliver(batch)
+                    continue
+                state = self._check_batch(check, batch, chunks_seen, stream)
+                chunks_seen = stream.parse_stats.chunks
+                if state == PENDING:
+                    held.extend(batch)
+                    held_bytes += sum(len(line.message) for line in batch)
+                    if held_bytes > self.config.tail_hold_max_bytes:
+                        TAIL_FALLBACKS.labels("held_bytes").inc()
                         result = GAP
                         break
-                    for earlier in held:  # PROVEN: what was held goes first, in order
-                        deliver(earlier)
+                elif state == GAP:
+                    TAIL_FALLBACKS.labels("full").inc()
+                    result = GAP
+                    break
+                else:  # PROVEN: what was held goes first, in order
+                    deliver(held + batch)
                     held = []
-                deliver(line)
             if check is not None and result is None and check.state == PENDING:
                 state = check.at_end(stream.end_reason == "eof", stream.parse_stats.chunks)
                 if state == PROVEN:
-                    for earlier in held:
-                        deliver(earlier)
+                    deliver(held)
                 elif state == GAP:
                     TAIL_FALLBACKS.labels("full").inc()
                     result = GAP
@@ -406,6 +391,23 @@ class ContainerMonitor:
             if reference > 0:
                 self.checked.after_gap_free_read(plan.streams, reference, stream.pending_ts)
         return stream.end_reason or "error"
+
+    @staticmethod
+    def _check_batch(
+        check: TailCheck, batch: list[LogLine], chunks_before: int, stream: LogStream
+    ) -> str:
+        """Feed a batch's lines to the tail check, each with the engine messages counted
+        up to it: one for a short line; for a joined or cut one, all of the batch's."""
+        chunks_after = stream.parse_stats.chunks
+        running = chunks_before
+        state = check.state
+        for line in batch:
+            short = len(line.message) < ENGINE_CHUNK_BYTES and not line.truncated
+            running = running + 1 if short else max(running + 1, chunks_after)
+            state = check.on_line(line.ts_ns, running, stream.first_data_ns)
+            if state != PENDING:
+                break
+        return state
 
     def _holds_new_lines(self, held: list[LogLine]) -> bool:
         """Whether lines held back by an unchecked tail read include any not delivered."""

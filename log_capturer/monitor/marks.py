@@ -66,6 +66,39 @@ class StreamDedup:
             self.mark = Mark(ts_ns, seq)
         return seq
 
+    def admit_all(self, timestamps: list[int]) -> list[int | None]:
+        """:meth:`admit` for each of a run of this stream's lines, in order (the same
+        results and state), without a call and a :class:`Mark` per line."""
+        out: list[int | None] = []
+        append = out.append
+        cur_ts = self._cur_ts
+        seen = self._cur_seen
+        caught_up = self._caught_up
+        mark_ts = self.mark.ts_ns
+        mark_count = self.mark.count
+        for ts_ns in timestamps:
+            if ts_ns != cur_ts:
+                if ts_ns < cur_ts:
+                    self.clock_backwards += 1
+                cur_ts = ts_ns
+                seen = 0
+            seen += 1
+            if ts_ns > mark_ts or (ts_ns == mark_ts and seen > mark_count):
+                mark_ts = ts_ns  # not covered by the mark: new, and the mark moves
+                mark_count = seen
+                caught_up = True
+            elif not caught_up:
+                self.dropped += 1
+                append(None)
+                continue
+            append(seen)
+        self._cur_ts = cur_ts
+        self._cur_seen = seen
+        self._caught_up = caught_up
+        if mark_ts != self.mark.ts_ns or mark_count != self.mark.count:
+            self.mark = Mark(mark_ts, mark_count)
+        return out
+
 
 @dataclass(frozen=True)
 class ReadPlan:

@@ -88,17 +88,29 @@ class PositionStore:
 
     def ack(self, records: Iterable[Any]) -> None:
         """Advance marks past accepted records (to the last source line each one holds)."""
+        # The furthest position per (container, stream) first, with plain tuples: one
+        # Mark per stream and batch instead of one per record.
+        furthest: dict[tuple[str, str], tuple[int, int]] = {}
+        names: dict[str, str] = {}
+        for record in records:
+            key = (record.container.id, record.stream)
+            position = (record.end_ts_ns, record.end_seq)
+            best = furthest.get(key)
+            if best is None:
+                furthest[key] = position
+                names.setdefault(key[0], record.container.name)
+            elif position > best:
+                furthest[key] = position
         with self._lock:
-            for record in records:
-                cid = record.container.id
+            for (cid, stream), (ts_ns, count) in furthest.items():
                 streams = self._marks.get(cid)
                 if streams is None:
                     streams = self._marks[cid] = {}
-                    self._names[cid] = record.container.name
-                current = streams.get(record.stream)
-                position = Mark(record.end_ts_ns, record.end_seq)
-                if current is None or position > current:
-                    streams[record.stream] = position
+                    self._names[cid] = names[cid]
+                current = streams.get(stream)
+                mark = Mark(ts_ns, count)
+                if current is None or mark > current:
+                    streams[stream] = mark
                     self._dirty = True
 
     def set_start(self, container_id: str, name: str, marks: dict[str, Mark]) -> None:

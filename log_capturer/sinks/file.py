@@ -23,7 +23,7 @@ from pydantic import Field
 
 from ..config.types import ByteSize, Section
 from ..monitor.marks import Mark
-from ..pipeline.record import LogRecord
+from ..pipeline.record import LogRecord, records_jsonl
 from ..timestamps import TimestampError, parse_docker_ts
 from .base import Marks, Sink, SinkError, observe_delivered
 
@@ -107,10 +107,10 @@ class FileSink(Sink):
     # -- writing ---------------------------------------------------------------------
 
     def write(self, batch: list[LogRecord]) -> None:
-        lines = [r.to_json() for r in self._unskipped(batch)]
-        if not lines:
+        text = records_jsonl(self._unskipped(batch) if self._skip else batch)
+        if not text:
             return
-        data = ("\n".join(lines) + "\n").encode("utf-8")
+        data = text.encode("utf-8")
         try:
             if self._rotate_pending:
                 self._rotate()
@@ -126,17 +126,16 @@ class FileSink(Sink):
         if self.config.max_bytes and self._size >= self.config.max_bytes:
             self._rotate_pending = True
 
-    def _unskipped(self, batch: list[LogRecord]) -> Iterator[LogRecord]:
-        if not self._skip:
-            yield from batch
-            return
+    def _unskipped(self, batch: list[LogRecord]) -> list[LogRecord]:
+        out: list[LogRecord] = []
         for record in batch:
             mark = self._skip.get(record.key)
             if mark is not None:
                 if mark.covers(*record.end_position):
                     continue  # written before the crash, after the last checkpoint
                 del self._skip[record.key]
-            yield record
+            out.append(record)
+        return out
 
     def _open(self) -> IO[bytes]:
         if self._fh is None:

@@ -8,7 +8,7 @@ from typing import Literal, TextIO
 from pydantic import Field
 
 from ..config.types import Section
-from ..pipeline.record import LogRecord
+from ..pipeline.record import LogRecord, records_jsonl
 from .base import Sink, SinkError, observe_delivered
 
 
@@ -28,7 +28,7 @@ class StdoutSink(Sink):
 
     def write(self, batch: list[LogRecord]) -> None:
         if self.config.format == "json":
-            text = "".join(r.to_json() + "\n" for r in batch)
+            text = records_jsonl(batch)
         else:
             text = "".join(f"{r.ts} {r.container.name} {r.stream}| {r.message}\n" for r in batch)
         try:

@@ -1,0 +1,208 @@
+"""Whole log lines straight from the raw chunked body, many per socket read, in C loops.
+
+The engine writes every log message as its own HTTP chunk holding one frame:
+``<hex size>\\r\\n`` + ``[1|2, 0, 0, 0, length]`` + ``<30-byte RFC 3339> <message>\\n``
++ ``\\r\\n``. Decoding that chunk by chunk, frame by frame, line by line in Python
+costs several microseconds a line. Here one ``re.split`` over a socket read cuts
+every such chunk into its columns (size, stream, length, timestamp, message) in C;
+the sizes and lengths are then checked against the message lengths, also in C, so a
+chunk is only taken when its size, its frame and its single trailing newline agree
+exactly with what the chunked, frame and line decoders would have made of it.
+
+Anything else (a line the engine split at 16 KiB, a frame across two chunks, a
+chunk extension, a message with no timestamp, an over-long line, the last chunk) and
+everything after it in the same read goes through those general decoders, which stay
+the reference; the fast path resumes once they hold nothing (no partial chunk, frame
+or split line).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import partial
+from itertools import repeat
+from operator import add, mul
+
+from ..timestamps import TimestampError, seconds_of
+from .chunked import ChunkedBodyError, ChunkedDecoder
+from .frames import FrameDecoder
+from .lines import LineAssembler, LogLine
+
+# One chunk = one frame = one line. Groups: size, stream kind, frame length,
+# timestamp (with its seconds and fraction), message. DOTALL: the length is binary.
+_CHUNK_LINE = re.compile(
+    rb"([0-9a-fA-F]{1,8})\r\n([\x01\x02])\x00\x00\x00(.{4})"
+    rb"((\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{9})Z) ([^\n]*)\n\r\n",
+    re.DOTALL,
+)
+_GROUPS = 7
+_STEP = _GROUPS + 1  # re.split: the text before each match, then its groups
+_CHUNK_OVERHEAD = 40  # 8 header + 30 timestamp + space + newline, beyond the message
+_FRAME_OVERHEAD = 32  # timestamp + space + newline
+_MATCH_OVERHEAD = 44  # chunk overhead + CRLF after the size + CRLF after the data
+_STREAMS = {b"\x01": "stdout", b"\x02": "stderr"}
+_NS = 1_000_000_000
+_new_line = partial(tuple.__new__, LogLine)
+# re.split scans at most this much at a time (larger than any one-line chunk), and after
+# this many chunks the fast path does not take, the rest of a read goes the general way:
+# a read of mixed chunks costs at most _MAX_GAPS fruitless scans of _WINDOW bytes.
+_WINDOW = 64 * 1024
+_MAX_GAPS = 16
+
+
+class BulkLineDecoder:
+    """Feed raw bytes of a chunked multiplexed log body, get whole lines.
+
+    ``frames``/``assembler`` are the general decoders (their state is shared, so
+    the two paths hand over exactly); ``done`` once the body's last chunk passed.
+    """
+
+    def __init__(self, frames: FrameDecoder, assembler: LineAssembler) -> None:
+        self._frames = frames
+        self._assembler = assembler
+        self._chunks = ChunkedDecoder()
+        self._rest = b""  # the start of a chunk not complete yet
+        self.fast_lines = 0  # lines taken by the fast path (for tests and profiling)
+
+    @property
+    def done(self) -> bool:
+        return self._chunks.done
+
+    def feed(self, raw: bytes) -> list[LogLine]:
+        data = self._rest + raw if self._rest else raw
+        self._rest = b""
+        out: list[LogLine] = []
+        pos = 0
+        size = len(data)
+        gaps = _MAX_GAPS
+        while pos < size:
+            if not self._chunks.at_chunk_start:
+                self._slow(data[pos:], out)  # in the middle of a chunk
+                break
+            if self._can_go_fast():
+                lines, used = self._fast(data[pos : pos + _WINDOW])
+                if used:
+                    out.extend(lines)
+                    pos += used
+                    continue
+            extent = self._chunk_extent(data, pos)
+            if extent is None:
+                self._rest = data[pos:]  # wait for the rest of this chunk
+                break
+            if not gaps:
+                self._slow(data[pos:], out)
+                break
+            gaps -= 1
+            # One chunk the fast path does not take, or cannot yet (a frame or line is
+            # open): the general decoders, chunk by chunk until they hold nothing.
+            self._slow(data[pos : pos + extent], out)
+            pos += extent
+        return out
+
+    def _slow(self, data: bytes, out: list[LogLine]) -> None:
+        for chunk in self._frames.feed(self._chunks.feed(data)):
+            out.extend(self._assembler.add(chunk))
+
+    def _can_go_fast(self) -> bool:
+        return (
+            self._chunks.at_chunk_start
+            and not self._frames.buffered
+            and not self._assembler.has_pending
+        )
+
+    @staticmethod
+    def _chunk_extent(data: bytes, pos: int) -> int | None:
+        """Length of the chunk at ``pos``, None if it is not complete yet. The last chunk
+        and a malformed size line take everything: the general decoder handles them."""
+        end = data.find(b"\r\n", pos, pos + 4096)
+        if end < 0:
+            return None if len(data) - pos < 4096 else len(data) - pos
+        try:
+            size = int(data[pos:end].split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            return len(data) - pos
+        if size <= 0:
+            return len(data) - pos
+        extent = end + 2 + size + 2 - pos
+        return extent if len(data) - pos >= extent else None
+
+    def _fast(self, data: bytes) -> tuple[list[LogLine], int]:
+        """Lines of the leading run of one-line chunks in ``data``, and its length."""
+        parts = _CHUNK_LINE.split(data)
+        if len(parts) == 1 or parts[0]:
+            return [], 0
+        # parts: [b"", size, kind, length, ts, secs, frac, message, between, size, ...]
+        between = parts[_STEP::_STEP]  # text after each match; the last one is the tail
+        count = len(between)
+        if any(between[:-1]):  # a gap: only the matches before it are contiguous
+            count = list(map(bool, between)).index(True) + 1
+        sizes = parts[1::_STEP][:count]
+        messages = parts[7::_STEP][:count]
+        lengths = list(map(len, messages))
+        expected = list(map(add, lengths, repeat(_CHUNK_OVERHEAD)))
+        if list(map(int, sizes, repeat(16))) != expected:
+            count = _agreeing(list(map(int, sizes, repeat(16))), expected)
+        framed = list(map(add, lengths, repeat(_FRAME_OVERHEAD)))
+        frame_lengths = list(map(int.from_bytes, parts[3::_STEP][:count]))
+        if frame_lengths != framed[:count]:
+            count = _agreeing(frame_lengths, framed)
+        if count and max(lengths[:count]) > self._assembler.max_line_bytes:
+            count = _agreeing(
+                [n > self._assembler.max_line_bytes for n in lengths[:count]],
+                [False] * count,
+            )
+        if count == 0:
+            return [], 0
+        kinds = parts[2::_STEP][:count]
+        seconds = parts[5::_STEP][:count]
+        try:
+            seconds_at = {prefix: seconds_of(prefix) for prefix in set(seconds)}
+        except TimestampError:
+            return [], 0  # a date strptime refuses: the general path counts it
+        ts_ns = list(
+            map(
+                add,
+                map(mul, map(seconds_at.__getitem__, seconds), repeat(_NS)),
+                map(int, parts[6::_STEP][:count]),
+            )
+        )
+        ts_text = parts[4::_STEP][:count]
+        lines = list(
+            map(
+                _new_line,
+                zip(
+                    map(_STREAMS.__getitem__, kinds),
+                    ts_ns,
+                    ts_text,
+                    messages[:count],
+                    repeat(False),
+                ),
+            )
+        )
+        self._frames.note_bulk(
+            count, {_STREAMS[kind]: (ts_ns[i], ts_text[i]) for i, kind in _last_of_each(kinds)}
+        )
+        self.fast_lines += count
+        used = sum(map(len, sizes[:count])) + sum(lengths[:count]) + _MATCH_OVERHEAD * count
+        return lines, used
+
+
+def _agreeing(got: Sequence[object], want: Sequence[object]) -> int:
+    """How many leading items agree."""
+    for index, (a, b) in enumerate(zip(got, want, strict=False)):
+        if a != b:
+            return index
+    return min(len(got), len(want))
+
+
+def _last_of_each(kinds: list[bytes]) -> list[tuple[int, bytes]]:
+    """(index, kind) of the last line of each stream in ``kinds``."""
+    out = []
+    last = len(kinds) - 1
+    for kind in set(kinds):
+        out.append((last - kinds[::-1].index(kind), kind))
+    return out
+
+
+__all__ = ["BulkLineDecoder", "ChunkedBodyError"]
