@@ -242,11 +242,11 @@ def log_file_size(container: Any) -> int:
 
 
 def numbered_script(
-    duration_s: float, rate: float = 0, pad: str = PAD, end_marker: bool = True
+    duration_s: float, rate: float = 0, pad: str = PAD, end_marker: bool = True, ticks: int = 10
 ) -> str:
     """awk writing ``<n> <pad>`` lines 1, 2, 3 ... for ``duration_s`` seconds, then
     ``end <n>``. ``rate`` 0 = as fast as it can (buffered writes); otherwise ``rate``
-    lines/s in 10 bursts a second (flushed), catching up at each second boundary."""
+    lines/s in ``ticks`` bursts a second (flushed), catching up at each second boundary."""
     end = 'printf "end %d\\n", i; ' if end_marker else ""
     if rate <= 0:
         body = (
@@ -258,12 +258,22 @@ def numbered_script(
         body = (
             f"start = systime(); end = start + {duration_s:g}; i = 0; sec = start; tick = 0; "
             f"while (1) {{ now = systime(); if (now >= end) break; "
-            f"if (now != sec) {{ sec = now; tick = 0 }} if (tick < 10) tick++; "
-            f"target = {rate:g} * (now - start) + int({rate:g} * tick / 10); "
+            f"if (now != sec) {{ sec = now; tick = 0 }} if (tick < {ticks}) tick++; "
+            f"target = {rate:g} * (now - start) + int({rate:g} * tick / {ticks}); "
             f'while (i < target) {{ i++; printf "%d {pad}\\n", i }} fflush(); '
-            f'system("usleep 100000") }} {end}'
+            f'system("usleep {int(1e6 / ticks)}") }} {end}'
         )
     return f"awk 'BEGIN {{ {body} }}'"
+
+
+def slow_script(duration_s: float, interval_s: float, pad: str = PAD) -> str:
+    """sh writing ``<n> <pad>`` every ``interval_s`` seconds for ``duration_s``, then
+    ``end <n>`` (a mostly idle container; no fork but sleep between lines)."""
+    return (
+        f"i=0; end=$(( $(date +%s) + {int(duration_s)} )); "
+        f'while [ "$(date +%s)" -lt "$end" ]; do i=$((i+1)); echo "$i {pad}"; '
+        f'sleep {interval_s:g}; done; echo "end $i"'
+    )
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -343,7 +353,7 @@ class Sampler(threading.Thread):
         self.interval = interval
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.errors = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._t0 = time.monotonic()
 
     def run(self) -> None:
@@ -352,11 +362,11 @@ class Sampler(threading.Thread):
                 self.samples.append((time.monotonic() - self._t0, self.fn()))
             except Exception:
                 self.errors += 1
-            if self._stop.wait(self.interval):
+            if self._halt.wait(self.interval):
                 return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(30)
 
 
@@ -429,7 +439,7 @@ class SinkTailer(threading.Thread):
         self.poll = poll
         self.on_line = on_line
         self.stats = TailStats()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._window: tuple[float, float] | None = None
 
     def measure_between(self, start: float, end: float) -> None:
@@ -440,16 +450,16 @@ class SinkTailer(threading.Thread):
         fh = None
         pending = b""
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 if fh is None:
                     try:
                         fh = open(self.path, "rb")  # noqa: SIM115 - closed in finally
                     except FileNotFoundError:
-                        self._stop.wait(self.poll)
+                        self._halt.wait(self.poll)
                         continue
                 data = fh.read(4 << 20)
                 if not data:
-                    self._stop.wait(self.poll)
+                    self._halt.wait(self.poll)
                     continue
                 now = time.time()
                 data = pending + data
@@ -485,8 +495,24 @@ class SinkTailer(threading.Thread):
                 self.on_line(line, now)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(60)
+
+
+def wait_delivery(tailer: SinkTailer, total: int, timeout: float, stall: float) -> bool:
+    """Wait until the sink holds ``total`` lines; give up after ``timeout`` or when no new
+    line arrived for ``stall`` seconds. True if all arrived."""
+    deadline = time.monotonic() + timeout
+    last, last_change = -1, time.monotonic()
+    while tailer.stats.lines < total:
+        now = time.monotonic()
+        if tailer.stats.lines != last:
+            last, last_change = tailer.stats.lines, now
+        if now > deadline or now - last_change > stall:
+            log(f"delivery stopped at {tailer.stats.lines}/{total} lines")
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @dataclass
