@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -51,6 +52,40 @@ def docker_client(pool: int = 64) -> docker.DockerClient:
 def engine_version(client: docker.DockerClient) -> str:
     v = client.version()
     return f"{v.get('Version')} (API {v.get('ApiVersion')})"
+
+
+def add_code_arg(parser: Any) -> None:
+    parser.add_argument(
+        "--code",
+        default=str(REPO),
+        help="source tree whose log_capturer the daemon runs (default: the tree of this "
+        "script; the venv's editable install may point elsewhere)",
+    )
+
+
+def code_env(code: str) -> dict[str, str]:
+    """Environment that makes ``python -m log_capturer`` import the tree ``code``."""
+    return {"PYTHONPATH": str(Path(code).resolve())}
+
+
+def code_version(code: str) -> str:
+    """``<path>@<commit>`` (``+dirty`` if log_capturer/ has uncommitted changes)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", code, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", code, "status", "--porcelain", "log_capturer"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(code)
+    return f"{Path(code).resolve()}@{commit}{'+dirty' if dirty else ''}"
 
 
 def write_json(summary: dict[str, Any], path: str | None) -> None:
@@ -220,7 +255,7 @@ def ensure_backlog(
     log(f"writing a {lines}-line backlog in {container.name} ...")
 
     def done() -> bool:
-        tail = container.logs(stdout=False, stderr=True, tail=1)
+        tail = container.logs(stdout=False, stderr=True, tail=100)
         return b"backlog-done" in tail
 
     while not done():

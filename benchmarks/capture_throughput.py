@@ -130,7 +130,9 @@ class LineCounter:
             self._fh.close()
 
 
-def daemon_path(run_id: str, label_value: str, expected: int, timeout: float) -> dict[str, float]:
+def daemon_path(
+    run_id: str, label_value: str, expected: int, timeout: float, code: str
+) -> dict[str, float]:
     """Start a daemon that captures only the backlog container; time until the file sink
     holds every line. Also its CPU seconds and dockerd's over the same span."""
     dockerd = common.dockerd_pid()
@@ -139,6 +141,7 @@ def daemon_path(run_id: str, label_value: str, expected: int, timeout: float) ->
             Path(tmp),
             label_value,
             {"container_monitor": {"stream_window": "30s"}, "pipeline": {"batch_size": 2000}},
+            env=common.code_env(code),
             label=common.LABEL,
         )
         counter = LineCounter(daemon.data / "logs.jsonl")
@@ -192,7 +195,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the backlog container")
     parser.add_argument("--timeout", type=float, default=1800, help="daemon run timeout (s)")
     parser.add_argument("--json-out", help="also write the JSON summary here")
+    common.add_code_arg(parser)
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(args.code).resolve()))  # the stream path imports it too
     if args.quick:
         args.lines, args.repeat, args.daemon_repeat = 100_000, 1, 1
     client = common.docker_client()
@@ -227,7 +232,7 @@ def main() -> int:
             stream.close()
         runs = []
         for n in range(args.daemon_repeat):
-            runs.append(daemon_path(run_id, label_value, expected, args.timeout))
+            runs.append(daemon_path(run_id, label_value, expected, args.timeout, args.code))
             log(f"daemon run {n + 1}: {runs[-1]['daemon_s']:.2f}s")
         best = min(runs, key=lambda r: r["daemon_s"])
         best_ref = min(ref)
@@ -236,6 +241,7 @@ def main() -> int:
             "benchmark": "capture_throughput",
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "engine": common.engine_version(client),
+            "code": common.code_version(args.code),
             "lines": expected,
             "log_file_bytes": size,
             "container_reused": reused,

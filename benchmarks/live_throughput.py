@@ -77,6 +77,7 @@ def run_phase(
             "positions": {"flush_interval": "1s"},
             "pipeline": {"batch_wait": "200ms"},
         },
+        env=common.code_env(args.code),
         label=common.LABEL,
     )
     tailer: common.SinkTailer | None = None
@@ -185,6 +186,7 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep containers (debugging)")
     p.add_argument("--workdir", help="keep the daemons' data here (default: a temp dir)")
     p.add_argument("--json-out", help="also write the JSON summary here")
+    common.add_code_arg(p)
     args = p.parse_args()
     if args.quick:
         args.fast_containers, args.fast_duration = 3, 15
@@ -194,6 +196,7 @@ def main() -> int:
         "benchmark": "live_throughput",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "engine": common.engine_version(client),
+        "code": common.code_version(args.code),
         "stream_window": args.stream_window,
     }
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
