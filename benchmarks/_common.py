@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -54,7 +55,18 @@ def engine_version(client: docker.DockerClient) -> str:
     return f"{v.get('Version')} (API {v.get('ApiVersion')})"
 
 
+def cleanup_on_sigterm() -> None:
+    """SIGTERM (e.g. from ``timeout``) unwinds like Ctrl-C, so ``finally`` blocks remove
+    the containers."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def add_code_arg(parser: Any) -> None:
+    cleanup_on_sigterm()
     parser.add_argument(
         "--code",
         default=str(REPO),
