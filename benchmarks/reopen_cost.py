@@ -204,7 +204,7 @@ def raw_mode(
 def ratio(big: dict[str, Any], empty: dict[str, Any]) -> float | None:
     """Big / empty per reopen; None when the empty one is lost in the background noise
     (then ``big_minus_empty_ms_each`` is the figure to read)."""
-    b, e = big["dockerd_cpu_ms_each"], empty["dockerd_cpu_ms_each"]
+    b, e = float(big["dockerd_cpu_ms_each"]), float(empty["dockerd_cpu_ms_each"])
     if not e or e != e or b != b:
         return None
     return round(b / e, 2)
