@@ -45,6 +45,9 @@ from .resume import GAP, PENDING, PROVEN, Checked, TailCheck, tail_lines
 
 _log = structlog.get_logger(__name__)
 
+# A follow stream silent this long before its end proves it had caught up (see _read).
+IDLE_PROOF_NS = 10_000_000_000
+
 
 class _Stopped(Exception):
     """Raised inside a window when the monitor is asked to stop."""
@@ -376,18 +379,18 @@ class ContainerMonitor:
         if check is None or check.state == PROVEN:
             # Gap-free: every line not seen comes after the last one received; after
             # the request if the engine ended the body. A follow stream whose last read
-            # waited the tolerance for bytes in vain had caught up (the engine sends a
-            # followed line as it is written): what it did not send came later.
+            # waited long in vain had caught up: a line written before that wait's
+            # first half would have reached us during its second half (the engine sends
+            # a followed line as it is written; half the wait bounds how late).
             reference = last_ts
-            tolerance = int(self.config.reorder_tolerance * 1e9)
             if stream.end_reason == "eof":
                 reference = max(reference, request_ns)
             elif (
                 stream.end_reason in ("deadline", "turn")
                 and plan.follow
-                and stream.idle_at_end_ns >= tolerance
+                and stream.idle_at_end_ns >= IDLE_PROOF_NS
             ):
-                reference = max(reference, closed_ns - tolerance)
+                reference = max(reference, closed_ns - stream.idle_at_end_ns // 2)
             if reference > 0:
                 self.checked.after_gap_free_read(plan.streams, reference, stream.pending_ts)
         return stream.end_reason or "error"

@@ -43,7 +43,8 @@ class Checked:
 
     It starts at the stream's mark and moves ahead of it after a read that was
     gap-free: every line not yet seen comes after a reference point (the last line
-    received, or the moment a follow stream was closed), so it is stamped at most
+    received; the request, when the engine ended the body; half-way through a long
+    silence that ended a follow stream), so it is stamped at most
     ``reorder_tolerance`` before it. This is
     what lets a quiet stderr keep up with a busy stdout without the engine re-reading
     the stderr's whole history every window. In memory only: after a restart the
