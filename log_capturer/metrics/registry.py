@@ -67,7 +67,8 @@ TAIL_FALLBACKS = Counter(
     f"{PREFIX}_stream_tail_fallbacks",
     "Reopens with a bounded tail that could not be proven gap-free and were read with a "
     "plain since instead (full: the tail came back full; unproven: the window ended before "
-    "the check; held_bytes: too much held back while checking).",
+    "the check; until: the body ended at until, which proves nothing; held_bytes: too much "
+    "held back while checking).",
     ["reason"],
 )
 TAIL_READS = Counter(

@@ -41,7 +41,15 @@ from . import faults
 from .admit import admit_batch
 from .config import MonitorConfig
 from .marks import Mark, ReadPlan, StreamDedup, plan_window
-from .resume import GAP, PENDING, PROVEN, Checked, TailCheck, tail_lines
+from .resume import (
+    GAP,
+    PENDING,
+    PROVEN,
+    Checked,
+    TailCheck,
+    ended_before_until,
+    tail_lines,
+)
 
 _log = structlog.get_logger(__name__)
 
@@ -339,11 +347,17 @@ class ContainerMonitor:
                     deliver(held + batch)
                     held = []
             if check is not None and result is None and check.state == PENDING:
-                state = check.at_end(stream.end_reason == "eof", stream.parse_stats.chunks)
+                # The engine's end settles the count only if ``until`` had not passed:
+                # a tail line stamped after ``until`` ends the body early, and lines cut
+                # that way prove nothing (the request may have waited long for its
+                # connection, ``until`` counting from before the wait).
+                eof = stream.end_reason == "eof"
+                settled = ended_before_until(eof, until_ns, time.time_ns())
+                state = check.at_end(settled, stream.parse_stats.chunks)
                 if state == PROVEN:
                     deliver(held)
-                elif state == GAP:
-                    TAIL_FALLBACKS.labels("full").inc()
+                elif state == GAP or eof:
+                    TAIL_FALLBACKS.labels("full" if state == GAP else "until").inc()
                     result = GAP
                 elif stream.end_reason != "interrupted" and self._holds_new_lines(held):
                     # Cut by the deadline before the check: the next request goes plain.

@@ -116,3 +116,15 @@ class TailCheck:
         if self.state == PENDING and engine_ended:
             self.state = PROVEN if messages < self.limit else GAP
         return self.state
+
+
+def ended_before_until(eof: bool, until_ns: int, now_ns: int) -> bool:
+    """Whether the engine's end of a body settles a tail count.
+
+    A follow read's ``until`` is set before the request waits for a connection; if it
+    passed before the engine took the tail, the engine stops at the first tail line
+    stamped after it and ends the body, short of the tail: such an end proves nothing.
+    An end seen before ``until`` means ``until`` filtered no tail line.
+    """
+    return eof and (until_ns <= 0 or now_ns < until_ns)
+

@@ -81,3 +81,37 @@ def test_a_big_backlog_is_reopened_with_a_tail_and_resumes_exactly(
     assert tail_reads >= 4, metrics
     assert fallbacks <= tail_reads / 2, metrics
     assert daemon.stop() == 0
+
+
+def test_a_reopen_that_waited_past_its_until_for_a_connection_loses_nothing(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    # One connection for two busy monitors (the event stream holds the other), 1 s
+    # windows and no early turns: each request waits about a window for the connection,
+    # so its ``until`` (set before the wait) has passed when the engine reads the tail.
+    # The engine then ends the body at once, and that end must not pass for a short tail.
+    daemon = make_daemon(
+        {
+            "docker": {"pool": {"max_open": 2, "max_idle": 2, "wait_timeout": "10s"}},
+            "container_monitor": {
+                "stream_window": "1s",
+                "contended_window": "30s",
+                "resume_tail_lines": 20,
+                "resume_tail_max_lines": 20,
+                "reorder_tolerance": "200ms",
+            },
+        }
+    ).start()
+    script = (
+        'i=0; while [ $i -lt 2000 ]; do i=$((i+1)); echo "n $i"; '
+        "if [ $((i % 20)) -eq 0 ]; then sleep 0.1; fi; done"
+    )
+    names = [f"waiter{n}-{daemon.run_id}" for n in range(2)]
+    running = [containers.run(script, name=name) for name in names]
+    for container in running:
+        containers.wait_exit(container, timeout=120)
+    records = settle(daemon, 4000)
+    for name in names:
+        assert_exactly_once(records, name, "stdout", numbered("n", range(1, 2001)))
+    assert daemon.metric('log_capturer_stream_tail_fallbacks_total{reason="until"}') >= 1
+    assert daemon.stop() == 0

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from log_capturer.monitor.marks import Mark
-from log_capturer.monitor.resume import GAP, PENDING, PROVEN, Checked, TailCheck, tail_lines
+from log_capturer.monitor.resume import (
+    GAP,
+    PENDING,
+    PROVEN,
+    Checked,
+    TailCheck,
+    ended_before_until,
+    tail_lines,
+)
 
 MS = 1_000_000
 FIRST_DATA = 1_000 * MS  # when the body's first bytes arrived
@@ -80,3 +88,11 @@ def test_tail_size_grows_with_the_write_rate_up_to_the_maximum() -> None:
     assert tail_lines(1000, 100_000, rate_per_s=0, gap_s=0.01, tolerance_s=1) == 1000
     assert tail_lines(1000, 100_000, rate_per_s=5000, gap_s=0.5, tolerance_s=1) == 26_000
     assert tail_lines(1000, 100_000, rate_per_s=1e6, gap_s=0.5, tolerance_s=1) == 100_000
+
+
+def test_an_end_after_until_settles_nothing() -> None:
+    # The request waited for a connection past its until: the engine cut the tail.
+    assert not ended_before_until(eof=True, until_ns=100, now_ns=150)
+    assert ended_before_until(eof=True, until_ns=100, now_ns=99)
+    assert ended_before_until(eof=True, until_ns=0, now_ns=150)  # no until (non-follow)
+    assert not ended_before_until(eof=False, until_ns=100, now_ns=50)
