@@ -267,7 +267,9 @@ def ensure_backlog(
     log(f"writing a {lines}-line backlog in {container.name} ...")
 
     def done() -> bool:
-        tail = container.logs(stdout=False, stderr=True, tail=100)
+        # The tail counts both streams, and awk flushes its stdout after its stderr:
+        # look back far enough for the marker.
+        tail = container.logs(stdout=False, stderr=True, tail=20000)
         return b"backlog-done" in tail
 
     while not done():

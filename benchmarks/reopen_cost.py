@@ -76,7 +76,7 @@ def last_stream_marks(client: Any, container_id: str) -> dict[str, int]:
             stdout=stream == "stdout",
             stderr=stream == "stderr",
             timestamps=True,
-            tail=1000,
+            tail=50000,  # awk flushes its buffered stdout after its last stderr line
         )
         lines = raw.decode("utf-8", "replace").strip().splitlines()
         text = lines[-1] if lines else ""

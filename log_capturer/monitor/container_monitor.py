@@ -371,7 +371,9 @@ class ContainerMonitor:
             elapsed = max(time.monotonic() - started, 1e-3)
             self._rate = stream.parse_stats.chunks / elapsed
             self._last_read_end = time.monotonic()
-            STREAM_WINDOWS.labels(stream.end_reason or "error").inc()
+            # A tail read given up for a plain one ends here with no end of its own.
+            end_label = stream.end_reason or ("tail_gap" if result == GAP else "error")
+            STREAM_WINDOWS.labels(end_label).inc()
             for name, count in lines.items():
                 LINES_CAPTURED.labels(name).inc(count)
                 BYTES_CAPTURED.labels(name).inc(sizes[name])
