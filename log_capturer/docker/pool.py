@@ -228,11 +228,6 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
             self._local.priority = False
             self._local.wait_timeout = 0
 
-    @property
-    def contended(self) -> bool:
-        """Someone is waiting for a connection right now."""
-        return self._waiting > 0
-
     def _expired(self, conn: DockerSocketConnection, now: float, idle: bool) -> str | None:
         lifetime = self.config.max_lifetime
         if lifetime and now - conn.created_at >= lifetime:
