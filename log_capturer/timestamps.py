@@ -25,16 +25,9 @@ class TimestampError(ValueError):
 def parse_docker_ts(raw: bytes) -> int:
     """Nanoseconds since the epoch from Docker's RFC 3339 timestamp bytes."""
     if len(raw) == 30 and raw[19:20] == b"." and raw[29:30] == b"Z":
-        prefix = raw[:19]
-        secs = _seconds_cache.get(prefix)
-        if secs is None:
-            secs = _parse_seconds(prefix)
-            if len(_seconds_cache) >= _CACHE_LIMIT:
-                _seconds_cache.clear()
-            _seconds_cache[prefix] = secs
         frac = raw[20:29]
         if frac.isdigit():
-            return secs * 1_000_000_000 + int(frac)
+            return seconds_of(raw[:19]) * 1_000_000_000 + int(frac)
     return _parse_generic(raw)
 
 
