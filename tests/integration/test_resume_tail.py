@@ -113,5 +113,10 @@ def test_a_reopen_that_waited_past_its_until_for_a_connection_loses_nothing(
     records = settle(daemon, 4000)
     for name in names:
         assert_exactly_once(records, name, "stdout", numbered("n", range(1, 2001)))
-    assert daemon.metric('log_capturer_stream_tail_fallbacks_total{reason="until"}') >= 1
+    # The engine cutting the tail at a passed ``until`` happens in most runs here, not
+    # all (it depends on timing): the rule is pinned by test_resume.py; this test holds
+    # the monitors, waiting on one connection with tail reads, to exactly once.
+    metrics = daemon.metrics()
+    assert metrics["log_capturer_docker_pool_waits_total"] > 0
+    assert metrics["log_capturer_stream_tail_reads_total"] > 0
     assert daemon.stop() == 0
