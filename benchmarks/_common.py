@@ -35,6 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# The soak's least-squares slope, so benchmarks and smoke test judge growth alike.
+from scripts.smoke_test import slope_per_min  # noqa: E402,F401
+
 IMAGE = os.environ.get("TEST_IMAGE", "log-capturer-test/busybox:1")
 LABEL = "log-capturer-bench"
 BACKLOG_LABEL = "log-capturer-bench-backlog"  # value: the generator spec, for reuse
@@ -417,18 +420,6 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(30)
-
-
-def slope_per_min(points: list[tuple[float, float]]) -> float:
-    if len(points) < 2:
-        return 0.0
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    if sxx == 0:
-        return 0.0
-    return 60 * sum((x - mx) * (y - my) for x, y in points) / sxx
 
 
 # -- the file sink -------------------------------------------------------------------------
