@@ -71,9 +71,8 @@ class StreamPath:
 
     def run(self, expected: int) -> float:
         from log_capturer.docker.stream import LogStream
-        from log_capturer.monitor.admit import admit_batch
-        from log_capturer.monitor.marks import ZERO, StreamDedup
-        from log_capturer.pipeline.record import records_jsonl
+        from log_capturer.monitor.admit import StreamDedup, admit
+        from log_capturer.positions.marks import ZERO
 
         info = self.info
         started = time.perf_counter()
@@ -83,10 +82,11 @@ class StreamPath:
             stream = LogStream(response, tty=False, deadline=None, max_line_bytes=1 << 20)
             dedups = {"stdout": StreamDedup(ZERO), "stderr": StreamDedup(ZERO)}
             # What the monitor and the file sink do per socket read.
-            for batch in stream.batches(flush_at_eof=True):
-                records = admit_batch(batch, dedups, info).records
-                records_jsonl(records)
-                count += len(records)
+            for lines in stream.batches(flush_at_eof=True):
+                batch = admit(lines, dedups, info).batch
+                if batch is not None:
+                    batch.jsonl()
+                    count += len(batch)
         elapsed = time.perf_counter() - started
         if count != expected:
             raise AssertionError(f"stream path read {count} lines, expected {expected}")

@@ -18,24 +18,23 @@ from .docker.engine import DockerEngine
 from .docker.errors import ContainerGoneError
 from .metrics.collectors import register_runtime_collectors
 from .monitor.container_monitor import ContainerMonitor
-from .monitor.marks import ZERO, Mark
 from .monitor.turns import TurnKeeper
 from .pipeline.dispatcher import Dispatcher
-from .pipeline.queue import RecordQueue
-from .pipeline.record import ControlItem
+from .pipeline.queue import BatchQueue
 from .pipeline.stages.chain import build_stages
-from .positions.store import PositionStore
+from .positions.ledger import Ledger, MonitorEnd
 from .server.http import StatusServer
 from .sinks.config import build_sinks
 from .timestamps import TimestampError, parse_docker_ts
 
 _log = structlog.get_logger(__name__)
 
-ContainerMarks = dict[str, dict[str, Mark]]
-
 
 class Supervisor:
     """Owns the engine client, discovery, the monitors, the pipeline and the HTTP server.
+
+    It only wires them: where each container is read from and where it is in its life
+    is the :class:`~.positions.ledger.Ledger`'s.
 
     Shutdown order (SIGTERM/SIGINT): stop discovery, stop every monitor (their
     streams are interrupted, the pool wakes its waiters), deliver what is queued,
@@ -46,14 +45,14 @@ class Supervisor:
         self.config = config
         mc = config.container_monitor
         self.engine = DockerEngine(config.docker)
-        self.positions = PositionStore(config.positions.path)
+        self.ledger = Ledger(config.positions.path)
         self.sinks = build_sinks(config.sinks)
         pc = config.pipeline
-        self.queue = RecordQueue(pc.queue_records, pc.queue_bytes, pc.when_full == "drop_newest")
+        self.queue = BatchQueue(pc.queue_records, pc.queue_bytes, pc.when_full == "drop_newest")
         self.dispatcher = Dispatcher(
             self.queue,
             self.sinks,
-            self.positions,
+            self.ledger,
             pc,
             config.positions.flush_interval,
             stages=build_stages(pc.stages),
@@ -66,12 +65,6 @@ class Supervisor:
         self._collectors = register_runtime_collectors(self.engine.pool)
         self._lock = threading.RLock()
         self._monitors: dict[str, ContainerMonitor] = {}
-        self._read_marks: ContainerMarks = {}  # where exited monitors of this process stopped
-        self._resume: ContainerMarks = {}  # what the sinks hold, from the last run
-        # Containers read to the end after they stopped -> the StartedAt of that run:
-        # a later run of the same container (restart) is captured again.
-        self._finished: dict[str, str] = {}
-        self._destroyed: set[str] = set()
         self._listed_once = False
         self._stop = threading.Event()
         self._stopping = False
@@ -80,7 +73,6 @@ class Supervisor:
             lambda: self.monitors.values(),
             min_turn=config.container_monitor.contended_window,
         )
-        self.started = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -97,9 +89,6 @@ class Supervisor:
             self.shutdown()
         return 0 if self._stop.is_set() else 1
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def _install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
             _log.info("signal_received", signal=signal.Signals(signum).name)
@@ -109,12 +98,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, handler)
 
     def start(self) -> None:
-        saved = self.positions.load()
-        per_sink = [sink.recover(saved.marks, saved.sinks.get(sink.name)) for sink in self.sinks]
-        self._resume = _lowest(per_sink)
+        self.ledger.load(self.sinks)
         _log.info(
             "starting",
-            containers_with_positions=len(self._resume),
+            containers_with_positions=len(self.ledger.container_ids()),
             sinks=[s.name for s in self.sinks],
             self_container=self.filter.self_id[:12],
         )
@@ -123,7 +110,6 @@ class Supervisor:
         self.engine.start_maintenance()
         self.turns.start()
         self.watcher.start()
-        self.started = True
 
     def shutdown(self) -> None:
         with self._lock:
@@ -184,7 +170,7 @@ class Supervisor:
             # "die" of a container we never saw start: read what it left.
             self.ensure_monitor(container_id)
         elif action == "destroy":
-            self._forget(container_id)
+            self.ledger.destroyed(container_id)
         elif action == "rename":
             self._refresh(container_id)
 
@@ -202,14 +188,12 @@ class Supervisor:
                 continue
             elif gap_started_ns is not None and state in ("exited", "dead"):
                 self._catch_up_after_gap(cid, gap_started_ns)
-            elif cid in self._resume and cid not in self._finished:
+            elif self.ledger.unfinished(cid):
                 self.ensure_monitor(cid)  # stopped while we were down: read the rest
         if first:
-            stale = [cid for cid in self.positions.container_ids() if cid not in present]
-            for cid in stale:
-                self.queue.put_control(ControlItem("prune", cid))
-            if stale:
-                _log.info("positions_pruned", containers=len(stale))
+            pruned = self.ledger.prune_absent(present)
+            if pruned:
+                _log.info("positions_pruned", containers=pruned)
         self._listed_once = True
 
     def _catch_up_after_gap(self, cid: str, gap_started_ns: int) -> None:
@@ -248,22 +232,19 @@ class Supervisor:
         with self._lock:
             if self._stopping or container_id in self._monitors:
                 return
-            if not info.running and self._finished.get(container_id) == info.started_at:
-                return
-            marks, new = self._initial_marks(info, streams, first_listing)
-            if new:
-                self.queue.put_control(ControlItem("start_marks", container_id, (info.name, marks)))
+            start_now = first_listing and self.config.container_monitor.start_from == "now"
+            position = self.ledger.open(info, streams, start_now)
+            if position is None:
+                return  # this run was read to its end already
             monitor = ContainerMonitor(
                 info,
                 self.engine,
                 self.queue,
                 self.config.container_monitor,
-                marks,
+                position,
                 self._monitor_exited,
             )
             self._monitors[container_id] = monitor
-            self._finished.pop(container_id, None)
-            self._destroyed.discard(container_id)
             monitor.start()
         _log.info(
             "monitor_started",
@@ -271,54 +252,23 @@ class Supervisor:
             container_name=info.name,
             tty=info.tty,
             running=info.running,
-            marks={s: (m.ts_ns, m.count) for s, m in marks.items()},
+            marks={s: (m.ts_ns, m.count) for s, m in position.read.items()},
         )
-
-    def _initial_marks(
-        self, info: ContainerInfo, streams: tuple[str, ...], first_listing: bool
-    ) -> tuple[dict[str, Mark], bool]:
-        known = self._read_marks.get(info.id) or self._resume.get(info.id)
-        if known is not None:
-            return {s: known.get(s, ZERO) for s in streams}, False
-        if first_listing and self.config.container_monitor.start_from == "now":
-            start = Mark(time.time_ns(), 0)
-            return {s: start for s in streams}, True
-        return {s: ZERO for s in streams}, True
 
     def _monitor_exited(self, monitor: ContainerMonitor) -> None:
         cid = monitor.info.id
+        end = monitor.finished_reason or MonitorEnd.ERROR
         with self._lock:
-            self._read_marks[cid] = dict(monitor.marks)
             if self._monitors.get(cid) is monitor:
                 del self._monitors[cid]
-            if monitor.finished_reason == "exited":
-                self._finished[cid] = monitor.info.started_at
-            prune = monitor.finished_reason == "gone" or cid in self._destroyed
-            if prune:
-                self._forget_locked(cid)
-        if monitor.finished_reason == "exited" and not prune:
+            self.ledger.close(cid, end, monitor.info.started_at)
+        if end is MonitorEnd.EXITED:
             # A restart while this monitor drained found it still alive and did nothing:
             # look once more, so the new run is not left to the next relist.
             try:
                 self.ensure_monitor(cid)
             except Exception as exc:
                 _log.warning("recheck_after_exit_failed", container_id=cid[:12], error=repr(exc))
-
-    def _forget(self, container_id: str) -> None:
-        """The container was destroyed: prune its positions once its monitor has finished."""
-        with self._lock:
-            monitor = self._monitors.get(container_id)
-            if monitor is not None and monitor.alive:
-                self._destroyed.add(container_id)  # pruned when the monitor exits
-                return
-            self._forget_locked(container_id)
-
-    def _forget_locked(self, container_id: str) -> None:
-        self._destroyed.discard(container_id)
-        self._finished.pop(container_id, None)
-        self._read_marks.pop(container_id, None)
-        self._resume.pop(container_id, None)
-        self.queue.put_control(ControlItem("prune", container_id))
 
     def _refresh(self, container_id: str) -> None:
         try:
@@ -336,15 +286,3 @@ class Supervisor:
     def monitors(self) -> dict[str, ContainerMonitor]:
         with self._lock:
             return dict(self._monitors)
-
-
-def _lowest(per_sink: list[ContainerMarks]) -> ContainerMarks:
-    """Per stream, the lowest mark over the sinks (a stream missing in one sink starts at zero)."""
-    if not per_sink:
-        return {}
-    result: ContainerMarks = {}
-    all_ids = set().union(*per_sink)
-    for cid in all_ids:
-        streams = set().union(*(m.get(cid, {}) for m in per_sink))
-        result[cid] = {s: min(m.get(cid, {}).get(s, ZERO) for m in per_sink) for s in streams}
-    return result

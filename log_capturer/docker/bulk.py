@@ -20,34 +20,32 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import partial
 from itertools import repeat
-from operator import add, mul
+from operator import add, itemgetter
 
 from ..timestamps import TimestampError, seconds_of
 from .chunked import ChunkedBodyError, ChunkedDecoder
 from .frames import FrameDecoder
-from .lines import LineAssembler, LogLine
+from .lines import LineAssembler, Lines
 
-# One chunk = one frame = one line. Groups: size, stream kind, frame length,
-# timestamp (with its seconds and fraction), message. DOTALL: the length is binary.
+# One chunk = one frame = one line. Groups: size, stream kind, frame length, timestamp,
+# message. DOTALL: the length is binary.
 _CHUNK_LINE = re.compile(
     rb"([0-9a-fA-F]{1,8})\r\n([\x01\x02])\x00\x00\x00(.{4})"
-    rb"((\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{9})Z) ([^\n]*)\n\r\n",
+    rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) ([^\n]*)\n\r\n",
     re.DOTALL,
 )
-_GROUPS = 7
+_GROUPS = 5
 _STEP = _GROUPS + 1  # re.split: the text before each match, then its groups
 _CHUNK_OVERHEAD = 40  # 8 header + 30 timestamp + space + newline, beyond the message
 _FRAME_OVERHEAD = 32  # timestamp + space + newline
 _MATCH_OVERHEAD = 44  # chunk overhead + CRLF after the size + CRLF after the data
 _STREAMS = {b"\x01": "stdout", b"\x02": "stderr"}
-_NS = 1_000_000_000
-_new_line = partial(tuple.__new__, LogLine)
+_seconds_of = itemgetter(slice(0, 19))  # a timestamp's YYYY-MM-DDTHH:MM:SS
 # re.split scans at most this much at a time (larger than any one-line chunk), and after
 # this many chunks the fast path does not take, the rest of a read goes the general way:
 # a read of mixed chunks costs at most _MAX_GAPS fruitless scans of _WINDOW bytes.
-_WINDOW = 64 * 1024
+_WINDOW = 256 * 1024
 _MAX_GAPS = 16
 
 
@@ -69,10 +67,10 @@ class BulkLineDecoder:
     def done(self) -> bool:
         return self._chunks.done
 
-    def feed(self, raw: bytes) -> list[LogLine]:
+    def feed(self, raw: bytes) -> Lines:
         data = self._rest + raw if self._rest else raw
         self._rest = b""
-        out: list[LogLine] = []
+        out = Lines.empty()
         pos = 0
         size = len(data)
         gaps = _MAX_GAPS
@@ -81,9 +79,8 @@ class BulkLineDecoder:
                 self._slow(data[pos:], out)  # in the middle of a chunk
                 break
             if self._can_go_fast():
-                lines, used = self._fast(data[pos : pos + _WINDOW])
+                used = self._fast(data[pos : pos + _WINDOW], out)
                 if used:
-                    out.extend(lines)
                     pos += used
                     continue
             extent = self._chunk_extent(data, pos)
@@ -100,9 +97,9 @@ class BulkLineDecoder:
             pos += extent
         return out
 
-    def _slow(self, data: bytes, out: list[LogLine]) -> None:
+    def _slow(self, data: bytes, out: Lines) -> None:
         for chunk in self._frames.feed(self._chunks.feed(data)):
-            out.extend(self._assembler.add(chunk))
+            out.add_loglines(self._assembler.add(chunk))
 
     def _can_go_fast(self) -> bool:
         return (
@@ -127,18 +124,19 @@ class BulkLineDecoder:
         extent = end + 2 + size + 2 - pos
         return extent if len(data) - pos >= extent else None
 
-    def _fast(self, data: bytes) -> tuple[list[LogLine], int]:
-        """Lines of the leading run of one-line chunks in ``data``, and its length."""
+    def _fast(self, data: bytes, out: Lines) -> int:
+        """Append the lines of the leading run of one-line chunks in ``data`` to ``out``;
+        returns the run's length in bytes (0: none)."""
         parts = _CHUNK_LINE.split(data)
         if len(parts) == 1 or parts[0]:
-            return [], 0
-        # parts: [b"", size, kind, length, ts, secs, frac, message, between, size, ...]
+            return 0
+        # parts: [b"", size, kind, length, ts, message, between, size, ...]
         between = parts[_STEP::_STEP]  # text after each match; the last one is the tail
         count = len(between)
         if any(between[:-1]):  # a gap: only the matches before it are contiguous
             count = list(map(bool, between)).index(True) + 1
         sizes = parts[1::_STEP][:count]
-        messages = parts[7::_STEP][:count]
+        messages = parts[5::_STEP][:count]
         lengths = list(map(len, messages))
         expected = list(map(add, lengths, repeat(_CHUNK_OVERHEAD)))
         if list(map(int, sizes, repeat(16))) != expected:
@@ -153,39 +151,27 @@ class BulkLineDecoder:
                 [False] * count,
             )
         if count == 0:
-            return [], 0
+            return 0
         kinds = parts[2::_STEP][:count]
-        seconds = parts[5::_STEP][:count]
-        try:
-            seconds_at = {prefix: seconds_of(prefix) for prefix in set(seconds)}
+        ts = parts[4::_STEP][:count]
+        try:  # a date strptime refuses goes the general way, which counts it
+            prefixes: set[bytes] = set(map(_seconds_of, ts))
+            for prefix in prefixes:
+                seconds_of(prefix)
         except TimestampError:
-            return [], 0  # a date strptime refuses: the general path counts it
-        ts_ns = list(
-            map(
-                add,
-                map(mul, map(seconds_at.__getitem__, seconds), repeat(_NS)),
-                map(int, parts[6::_STEP][:count]),
-            )
-        )
-        ts_text = parts[4::_STEP][:count]
-        lines = list(
-            map(
-                _new_line,
-                zip(
-                    map(_STREAMS.__getitem__, kinds),
-                    ts_ns,
-                    ts_text,
-                    messages[:count],
-                    repeat(False),
-                ),
-            )
-        )
+            return 0
+        if count < len(messages):
+            messages = messages[:count]
+        out.streams += map(_STREAMS.__getitem__, kinds)
+        out.ts += ts
+        out.messages += messages
+        if out.truncated is not None:
+            out.truncated += repeat(False, count)
         self._frames.note_bulk(
-            count, {_STREAMS[kind]: (ts_ns[i], ts_text[i]) for i, kind in _last_of_each(kinds)}
+            count, {_STREAMS[kind]: ts[i] for i, kind in _last_of_each(kinds)}
         )
         self.fast_lines += count
-        used = sum(map(len, sizes[:count])) + sum(lengths[:count]) + _MATCH_OVERHEAD * count
-        return lines, used
+        return sum(map(len, sizes[:count])) + sum(lengths[:count]) + _MATCH_OVERHEAD * count
 
 
 def _agreeing(got: Sequence[object], want: Sequence[object]) -> int:

@@ -96,11 +96,11 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def note_bulk(self, count: int, last: dict[str, tuple[int, bytes]]) -> None:
+    def note_bulk(self, count: int, last: dict[str, bytes]) -> None:
         """``count`` one-chunk lines were decoded elsewhere (bulk.py): count them, and
-        their timestamps are the streams' last."""
+        their timestamps (``last``: per stream, its last line's) are the streams' last."""
         self._maker._stats.chunks += count
-        self._maker._last.update(last)
+        self._maker._last.update({s: (parse_docker_ts(t), t) for s, t in last.items()})
 
     def feed(self, data: bytes) -> Iterator[Chunk]:
         buf = self._buf

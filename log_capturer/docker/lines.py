@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from typing import NamedTuple
 
+from ..timestamps import format_rfc3339_ns, seconds_of
 from .frames import Chunk
+
+TS_BYTES = 30  # Docker's RFC 3339 with nine fraction digits: "2006-01-02T15:04:05.000000000Z"
+_seconds_of = itemgetter(slice(0, 19))  # a timestamp's YYYY-MM-DDTHH:MM:SS
+_fraction_of = itemgetter(slice(20, 29))  # its nine fraction digits
 
 
 class LogLine(NamedTuple):
@@ -20,6 +26,97 @@ class LogLine(NamedTuple):
     ts_text: bytes
     message: bytes
     truncated: bool
+
+
+class Lines:
+    """The whole lines of one socket read, as columns: one list per field, in read order.
+
+    ``ts`` holds Docker's canonical timestamps (30 bytes, nine fraction digits, UTC),
+    which sort as the times they stand for, so ordering and dedup compare them as
+    bytes and nanoseconds are computed only where a consumer needs them. ``truncated``
+    is None when no line was cut (always, on the bulk decoder's fast path).
+    """
+
+    __slots__ = ("messages", "streams", "truncated", "ts")
+
+    def __init__(
+        self,
+        streams: list[str],
+        ts: list[bytes],
+        messages: list[bytes],
+        truncated: list[bool] | None = None,
+    ) -> None:
+        self.streams = streams
+        self.ts = ts
+        self.messages = messages
+        self.truncated = truncated
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages)
+
+    @classmethod
+    def empty(cls) -> Lines:
+        return cls([], [], [], None)
+
+    def extend(self, other: Lines) -> None:
+        """Append ``other``'s lines after these."""
+        if other.truncated is not None and self.truncated is None:
+            self.truncated = [False] * len(self.messages)
+        self.streams += other.streams
+        self.ts += other.ts
+        self.messages += other.messages
+        if self.truncated is not None:
+            self.truncated += other.truncated or [False] * len(other.messages)
+
+    def add_loglines(self, lines: Iterable[LogLine]) -> None:
+        """Append lines from the general decoders (their timestamps made canonical)."""
+        for stream, ts_ns, ts_text, message, truncated in lines:
+            if len(ts_text) != TS_BYTES:
+                ts_text = format_rfc3339_ns(ts_ns).encode()
+            self.streams.append(stream)
+            self.ts.append(ts_text)
+            self.messages.append(message)
+            if truncated and self.truncated is None:
+                self.truncated = [False] * (len(self.messages) - 1)
+            if self.truncated is not None:
+                self.truncated.append(truncated)
+
+    @classmethod
+    def of(cls, lines: Iterable[LogLine]) -> Lines:
+        out = cls.empty()
+        out.add_loglines(lines)
+        return out
+
+    def ts_ns(self) -> list[int]:
+        """Nanoseconds of every line (computed on demand)."""
+        return ts_ns_of(self.ts)
+
+    def truncated_flags(self) -> list[bool]:
+        return self.truncated if self.truncated is not None else [False] * len(self.messages)
+
+    def loglines(self) -> list[LogLine]:
+        """As :class:`LogLine` tuples (for tests and the rare per-line path)."""
+        return list(
+            map(
+                LogLine,
+                self.streams,
+                self.ts_ns(),
+                self.ts,
+                self.messages,
+                self.truncated_flags(),
+            )
+        )
+
+
+def ts_ns_of(ts: list[bytes]) -> list[int]:
+    """Nanoseconds of canonical Docker timestamps, in C-level passes (seconds cached)."""
+    seconds: list[bytes] = list(map(_seconds_of, ts))
+    at = {prefix: seconds_of(prefix) * 1_000_000_000 for prefix in set(seconds)}
+    fractions: Iterator[bytes] = map(_fraction_of, ts)
+    return list(map(int.__add__, map(at.__getitem__, seconds), map(int, fractions)))
 
 
 class _Pending:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from typing import Any
 
 import requests
@@ -15,7 +16,7 @@ from .chunked import ChunkedBodyError, ChunkedDecoder
 from .connection import DockerSocketConnection
 from .errors import StreamBrokenError
 from .frames import ChunkParseStats, FrameDecoder, RawDecoder
-from .lines import LineAssembler, LogLine
+from .lines import LineAssembler, Lines
 
 READ_SIZE = 256 * 1024  # a backlog arrives as fast as we read: fewer, larger reads
 # After a read this small (the engine sends a backlog in pieces as small as one line
@@ -26,6 +27,15 @@ COALESCE_DELAY = 0.002
 # A read may block this much past the deadline rather than set the socket's timeout
 # (two fcntl calls) before every read of a busy stream.
 TIMEOUT_SLACK = 0.01
+
+
+class StreamEnd(StrEnum):
+    """How a streaming response ended (the value is the metric label)."""
+
+    EOF = "eof"  # the engine ended the body
+    DEADLINE = "deadline"  # our deadline passed (a quiet follow stream never ends itself)
+    INTERRUPTED = "interrupted"  # cut from another thread to stop
+    TURN = "turn"  # cut from another thread to give the connection to a waiter
 
 
 class ManagedResponse:
@@ -63,7 +73,7 @@ class ManagedResponse:
         self.interrupted = False
         self.turn_over = False  # interrupted to give the connection to a waiter
         self.stopped = False  # interrupted to stop
-        self.end_reason: str | None = None  # "eof", "deadline", "interrupted", "turn"
+        self.end_reason: StreamEnd | None = None
 
     def __enter__(self) -> ManagedResponse:
         return self
@@ -106,7 +116,7 @@ class ManagedResponse:
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.end_reason = "deadline"
+                self.end_reason = StreamEnd.DEADLINE
                 return b""
             if conn is not None and conn.sock is not None:
                 current = conn.sock.gettimeout()
@@ -117,7 +127,7 @@ class ManagedResponse:
         try:
             data = reader()
         except (ReadTimeoutError, TimeoutError):
-            self.end_reason = "deadline"
+            self.end_reason = StreamEnd.DEADLINE
             return b""
         except (ProtocolError, OSError, ChunkedBodyError) as exc:
             if self.interrupted:
@@ -125,7 +135,7 @@ class ManagedResponse:
                 return b""
             raise StreamBrokenError(f"stream broke: {exc!r}") from exc
         if not data:
-            self.end_reason = self._cut_reason() if self.interrupted else "eof"
+            self.end_reason = self._cut_reason() if self.interrupted else StreamEnd.EOF
         return data
 
     def _read_wire(self) -> bytes:
@@ -163,8 +173,8 @@ class ManagedResponse:
         self._http.close()  # http.client: the response is done; the socket stays open
         self._raw.release_conn()
 
-    def _cut_reason(self) -> str:
-        return "turn" if self.turn_over and not self.stopped else "interrupted"
+    def _cut_reason(self) -> StreamEnd:
+        return StreamEnd.TURN if self.turn_over and not self.stopped else StreamEnd.INTERRUPTED
 
     def yield_turn(self) -> None:
         """Like :meth:`interrupt`, but the reader sees ``turn``: end this window only."""
@@ -219,28 +229,24 @@ class LogStream:
             if isinstance(self._decoder, FrameDecoder) and response.chunked
             else None
         )
-        self.bytes_read = 0
         self.partial_lines_discarded = 0
         self.first_data_ns = 0  # wall clock when the body's first bytes arrived
         self.idle_at_end_ns = 0  # how long the last read waited for bytes in vain
         self.pending_ts: dict[str, int] = {}  # incomplete lines dropped at the end
 
     @property
-    def end_reason(self) -> str | None:
+    def end_reason(self) -> StreamEnd | None:
         return self.response.end_reason
 
-    def lines(self, flush_at_eof: bool = False) -> Iterator[LogLine]:
-        """Whole lines until the engine ends the body, the deadline passes, or an interrupt.
+    def batches(self, flush_at_eof: bool = False) -> Iterator[Lines]:
+        """Whole lines until the engine ends the body, the deadline passes, or an
+        interrupt: non-empty :class:`Lines` per socket read (a backlog read holds
+        thousands).
 
         ``flush_at_eof``: the container has stopped and this body is its end, so a last
         line without a newline is complete. Otherwise an incomplete line is dropped at
         the end and re-read by the next window.
         """
-        for batch in self.batches(flush_at_eof):
-            yield from batch
-
-    def batches(self, flush_at_eof: bool = False) -> Iterator[list[LogLine]]:
-        """:meth:`lines`, a non-empty list per socket read (hundreds of lines in a backlog)."""
         bulk = self._bulk
         while True:
             waiting_since = time.time_ns()
@@ -255,7 +261,6 @@ class LogStream:
                 break
             if not self.first_data_ns:
                 self.first_data_ns = time.time_ns()
-            self.bytes_read += len(data)
             if bulk is not None:
                 try:
                     batch = bulk.feed(data)
@@ -269,18 +274,18 @@ class LogStream:
                 elif len(data) < COALESCE_BELOW:
                     time.sleep(COALESCE_DELAY)
             else:
-                batch = []
+                batch = Lines.empty()
                 add = self.assembler.add
                 for chunk in self._decoder.feed(data):
-                    batch.extend(add(chunk))
+                    batch.add_loglines(add(chunk))
             if batch:
                 yield batch
-        batch = []
-        if flush_at_eof and self.response.end_reason == "eof":
+        batch = Lines.empty()
+        if flush_at_eof and self.response.end_reason is StreamEnd.EOF:
             if isinstance(self._decoder, RawDecoder):
                 for chunk in self._decoder.flush():
-                    batch.extend(self.assembler.add(chunk))
-            batch.extend(self.assembler.flush())
+                    batch.add_loglines(self.assembler.add(chunk))
+            batch.add_loglines(self.assembler.flush())
         else:
             self.pending_ts = self.assembler.pending_ts()
             self.partial_lines_discarded += self.assembler.discard()

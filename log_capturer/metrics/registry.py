@@ -56,6 +56,12 @@ LINES_DEDUPLICATED = Counter(
     "Lines the engine re-sent at a resume boundary (inclusive since) and that were dropped.",
     ["stream"],
 )
+LINES_RESENT = Counter(
+    f"{PREFIX}_lines_resent",
+    "Lines a followed json-file stream sent again when the engine rotated the log file "
+    "(a step back in time to lines just delivered), dropped.",
+    ["stream"],
+)
 LINES_TRUNCATED = Counter(
     f"{PREFIX}_lines_truncated", "Lines longer than max_line_bytes, cut and marked truncated."
 )
@@ -84,7 +90,8 @@ TIMESTAMP_ERRORS = Counter(
 )
 CLOCK_BACKWARDS = Counter(
     f"{PREFIX}_clock_went_backwards",
-    "Lines whose timestamp is earlier than the previous line of the same stream.",
+    "New lines stamped earlier than the newest line of the same stream (the host clock "
+    "stepped back): delivered.",
 )
 MONITOR_ERRORS = Counter(
     f"{PREFIX}_monitor_errors", "Errors in container monitors, by kind.", ["kind"]

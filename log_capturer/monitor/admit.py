@@ -1,117 +1,254 @@
-"""From a socket read's lines to queued records: dedup, records, marks, in one pass.
+"""From a socket read's lines to a batch of new lines: per-stream dedup, marks, counts.
 
-Split out of the monitor's window loop so the per-line work is one tight loop per
-batch (hundreds of lines) and the queue is entered once per batch.
+Two things make the engine send a line again, and both are dropped here, per stream:
+
+* ``since`` is inclusive: a window reopened at a mark gets the lines at the mark's
+  timestamp again (and, for a tail read, a little before it). They come first, in file
+  order, and the mark's ``(ts, count)`` says how many to drop.
+* A followed json-file stream repeats lines when the file rotates (Docker 20.10: 40-75
+  lines at a rotation, same bytes and timestamps). Within one stream the engine's file
+  order is timestamp order, so such a repeat shows as a step back in time; a line after
+  a step back that equals one of the stream's recent lines (kept in :class:`RecentLines`,
+  across windows) is a repeat. Any other line after a step back is new, stamped by a
+  clock that went back, and is delivered.
+
+A batch whose lines of a stream are in order and all new (a window's reads after its
+first: nearly every batch) is admitted with a handful of C-level passes; any other
+goes line by line through the same rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from itertools import compress, repeat
-from operator import attrgetter, countOf, eq, itemgetter
+from collections import Counter, deque
+from itertools import compress, islice, repeat
+from operator import countOf, eq, le
 
 from ..discovery.container import ContainerInfo
-from ..docker.lines import LogLine
-from ..pipeline.record import LogRecord
-from .marks import Mark, StreamDedup
+from ..docker.lines import Lines
+from ..pipeline.batch import LineBatch, derive_seqs
+from ..positions.marks import Mark
+from ..timestamps import format_rfc3339_ns, parse_docker_ts
 
-_stream_of = attrgetter("stream")
-_stream_of_line = itemgetter(0)
-_ts_of_line = itemgetter(1)
-_truncated_of = attrgetter("truncated")
-
-
-class AdmittedBatch:
-    """The new lines of one batch as records, with their sizes (bytes) for the queue."""
-
-    __slots__ = ("records", "sizes")
-
-    def __init__(self) -> None:
-        self.records: list[LogRecord] = []
-        self.sizes: list[int] = []
-
-    def commit(
-        self,
-        handled: int,
-        dedups: dict[str, StreamDedup],
-        marks: dict[str, Mark],
-        lines: dict[str, int],
-        sizes: dict[str, int],
-    ) -> int:
-        """The first ``handled`` records entered the queue (or the drop policy took them):
-        advance ``marks`` past them and count them; returns how many were truncated."""
-        records = self.records
-        if handled == len(records):
-            # A dedup's mark moves only with the lines it admits, all of them handled.
-            for stream, dedup in dedups.items():
-                if marks.get(stream) != dedup.mark:
-                    marks[stream] = dedup.mark
-            taken = records
-        else:  # cut by a stop: only what was handled moves the marks
-            taken = records[:handled]
-            for record in taken:
-                mark = marks[record.stream]
-                if not mark.covers(record.ts_ns, record.seq):
-                    marks[record.stream] = Mark(record.ts_ns, record.seq)
-        # Counted per stream with C-level passes over the batch, not a loop per record.
-        streams = list(map(_stream_of, taken))
-        for stream in dedups:
-            count = countOf(streams, stream)
-            if count:
-                lines[stream] = lines.get(stream, 0) + count
-                sizes[stream] = sizes.get(stream, 0) + sum(
-                    compress(self.sizes, map(eq, streams, repeat(stream)))
-                )
-        return sum(map(_truncated_of, taken))
+RECENT_BYTES = 256 * 1024
+"""Message bytes of each stream's latest lines kept to recognise a rotation's repeats
+(at least the last read's lines are kept, whatever their size)."""
 
 
-def admit_batch(
-    batch: list[LogLine], dedups: dict[str, StreamDedup], container: ContainerInfo
-) -> AdmittedBatch:
-    """Records for the lines of ``batch`` that ``dedups`` admit (streams not asked for
-    are skipped), in order.
+class RecentLines:
+    """The latest lines admitted in one stream, as the batches' own lists (no copies)."""
 
-    Each stream's dedup sees only its own lines, in order, so it can take them all at
-    once (:meth:`StreamDedup.admit_all`); the sequence numbers are then merged back
-    into the batch's order.
+    __slots__ = ("_chunks", "_size", "budget")
+
+    def __init__(self, budget: int = RECENT_BYTES) -> None:
+        self.budget = budget
+        self._chunks: deque[tuple[list[bytes], list[bytes], int]] = deque()
+        self._size = 0
+
+    def add(self, ts: list[bytes], messages: list[bytes], size: int) -> None:
+        self._chunks.append((ts, messages, size))
+        self._size += size
+        while len(self._chunks) > 1 and self._size - self._chunks[0][2] >= self.budget:
+            self._size -= self._chunks.popleft()[2]
+
+    def counts(self) -> Counter[tuple[bytes, bytes]]:
+        """How many times each ``(ts, message)`` was admitted lately."""
+        out: Counter[tuple[bytes, bytes]] = Counter()
+        for ts, messages, _ in self._chunks:
+            out.update(zip(ts, messages, strict=True))
+        return out
+
+
+class StreamDedup:
+    """Admits one stream's lines of one window: numbers them, drops what was sent before.
+
+    ``mark`` starts as the stream's read position and follows the newest line admitted
+    (a line stamped in the past by a clock that went back does not move it back).
     """
-    out = AdmittedBatch()
-    streams = list(map(_stream_of_line, batch))
+
+    __slots__ = (
+        "_at_ts",
+        "_caught_up",
+        "_last",
+        "_mark_text",
+        "_replay",
+        "_seen",
+        "clock_backwards",
+        "dropped",
+        "mark",
+        "recent",
+        "resent",
+    )
+
+    def __init__(self, mark: Mark, recent: RecentLines | None = None) -> None:
+        self.mark = mark
+        self._mark_text = format_rfc3339_ns(mark.ts_ns).encode()
+        self.recent = recent if recent is not None else RecentLines()
+        self._last = b""  # the newest timestamp of the window
+        self._seen = 0  # lines of the window at that timestamp
+        self._caught_up = False  # a line past the mark was admitted
+        # While lines come behind the newest timestamp: the recent lines not matched yet,
+        # and how many lines were admitted at each timestamp.
+        self._replay: Counter[tuple[bytes, bytes]] | None = None
+        self._at_ts: Counter[bytes] = Counter()
+        self.dropped = 0  # covered by the mark (inclusive since)
+        self.resent = 0  # repeated by the engine at a rotation
+        self.clock_backwards = 0  # new lines stamped earlier than the newest
+
+    def admit(self, ts: list[bytes], messages: list[bytes]) -> tuple[list[bool], list[int]] | None:
+        """None if every line is new and in order (seqs follow from the timestamps);
+        otherwise, per line, whether it is new and its seq."""
+        if (
+            self._caught_up
+            and self._replay is None
+            and ts[0] > self._last
+            and all(map(le, ts, islice(ts, 1, None)))
+        ):
+            last = ts[-1]
+            self._last = last
+            self._seen = ts.count(last)  # in order: they are the last ones
+            self.mark = Mark(parse_docker_ts(last), self._seen)
+            self._mark_text = last
+            self.recent.add(ts, messages, sum(map(len, messages)))
+            return None
+        return self._admit_each(ts, messages)
+
+    def _admit_each(self, ts: list[bytes], messages: list[bytes]) -> tuple[list[bool], list[int]]:
+        keep: list[bool] = []
+        seqs: list[int] = []
+        kept_ts: list[bytes] = []
+        kept_messages: list[bytes] = []
+        for stamp, message in zip(ts, messages, strict=True):
+            behind = stamp < self._last or (stamp == self._last and self._replay is not None)
+            if behind and not (not self._caught_up and stamp <= self._mark_text):
+                if self._replay is None:
+                    self._replay = self.recent.counts()
+                    self._replay.update(zip(kept_ts, kept_messages, strict=True))
+                    self._at_ts = Counter(ts for ts, _ in self._replay.elements())
+                key = (stamp, message)
+                if self._replay[key] > 0:
+                    self._replay[key] -= 1
+                    self.resent += 1
+                    keep.append(False)
+                    seqs.append(0)
+                    continue
+                if stamp < self._last:  # new, stamped in the past: deliver, mark stays
+                    self.clock_backwards += 1
+                    self._at_ts[stamp] += 1
+                    keep.append(True)
+                    seqs.append(self._at_ts[stamp])
+                    kept_ts.append(stamp)
+                    kept_messages.append(message)
+                    continue
+                behind = False  # a new line at the newest timestamp
+            if not behind:
+                if stamp > self._last:
+                    self._last = stamp
+                    self._seen = 1
+                    self._replay = None
+                else:
+                    self._seen += 1
+            seq = self._seen
+            if not self._caught_up:
+                if stamp < self._mark_text or (
+                    stamp == self._mark_text and seq <= self.mark.count
+                ):
+                    self.dropped += 1
+                    keep.append(False)
+                    seqs.append(0)
+                    continue
+                self._caught_up = True
+            if stamp > self._mark_text or seq > self.mark.count:
+                self.mark = Mark(parse_docker_ts(stamp), seq)
+                self._mark_text = stamp
+            if self._replay is not None:
+                self._at_ts[stamp] += 1
+            keep.append(True)
+            seqs.append(seq)
+            kept_ts.append(stamp)
+            kept_messages.append(message)
+        if kept_ts:
+            self.recent.add(kept_ts, kept_messages, sum(map(len, kept_messages)))
+        return keep, seqs
+
+
+class Admitted:
+    """What :func:`admit` took of a read: the batch of new lines and its counts."""
+
+    __slots__ = ("batch", "bytes", "lines")
+
+    def __init__(self, batch: LineBatch | None, lines: dict[str, int], size: dict[str, int]):
+        self.batch = batch
+        self.lines = lines
+        self.bytes = size
+
+
+def admit(lines: Lines, dedups: dict[str, StreamDedup], container: ContainerInfo) -> Admitted:
+    """The new lines of a read, as a batch (None if there are none). Lines of streams
+    not in ``dedups`` (not asked for) are dropped; each stream's dedup sees its own
+    lines, in order."""
+    streams = lines.streams
     present = set(streams)
     if len(present) == 1:
-        (only,) = present
-        dedup = dedups.get(only)
+        (stream,) = present
+        dedup = dedups.get(stream)
         if dedup is None:
-            return out  # a stream this request did not ask for
-        seqs: Iterable[int | None] = dedup.admit_all(list(map(_ts_of_line, batch)))
-    else:
-        per_stream: dict[str, Iterator[int | None]] = {}
-        for stream in present:
-            dedup = dedups.get(stream)
-            if dedup is None:
-                per_stream[stream] = repeat(None)
-                continue
-            mine = list(map(eq, streams, repeat(stream)))
-            timestamps = list(compress(map(_ts_of_line, batch), mine))
-            per_stream[stream] = iter(dedup.admit_all(timestamps))
-        seqs = [next(per_stream[stream]) for stream in streams]
-    records = out.records
-    sizes = out.sizes
-    append_record = records.append
-    append_size = sizes.append
-    for (stream, ts_ns, ts_text, message, truncated), seq in zip(batch, seqs, strict=False):
-        if seq is None:
+            return Admitted(None, {}, {})
+        result = dedup.admit(lines.ts, lines.messages)
+        if result is None:
+            batch = LineBatch(container, lines, {stream: dedup.mark})
+            return Admitted(batch, {stream: len(lines)}, {stream: batch.size})
+        keep, seqs = result
+        return _selected(lines, keep, seqs, dedups, container)
+    results: dict[str, tuple[list[bool], list[int]] | None] = {}
+    masks: dict[str, list[bool]] = {}
+    for stream in present:
+        dedup = dedups.get(stream)
+        mask = masks[stream] = list(map(eq, streams, repeat(stream)))
+        if dedup is None:
+            results[stream] = ([False] * countOf(mask, True), [0] * countOf(mask, True))
             continue
-        append_record(
-            LogRecord(
-                container,
-                stream,
-                ts_ns,
-                seq,
-                ts_text.decode("ascii", "replace"),
-                message.decode("utf-8", "replace"),
-                truncated,
-            )
+        results[stream] = dedup.admit(
+            list(compress(lines.ts, mask)), list(compress(lines.messages, mask))
         )
-        append_size(len(message))
-    return out
+    if all(result is None for result in results.values()):
+        batch = LineBatch(container, lines, {s: dedups[s].mark for s in present})
+        sizes = {s: sum(map(len, compress(lines.messages, masks[s]))) for s in present}
+        return Admitted(batch, {s: countOf(masks[s], True) for s in present}, sizes)
+    # Back into the read's order, line by line (rare: a window's first read, a step back).
+    own: dict[str, tuple[list[bool], list[int]]] = {}
+    for stream, result in results.items():
+        if result is None:
+            mine = list(compress(lines.ts, masks[stream]))
+            result = ([True] * len(mine), derive_seqs([stream] * len(mine), mine))
+        own[stream] = result
+    cursors = {stream: iter(zip(*own[stream], strict=True)) for stream in own}
+    in_order = [next(cursors[stream]) for stream in streams]
+    return _selected(
+        lines, [kept for kept, _ in in_order], [seq for _, seq in in_order], dedups, container
+    )
+
+
+def _selected(
+    lines: Lines,
+    keep: list[bool],
+    seqs: list[int],
+    dedups: dict[str, StreamDedup],
+    container: ContainerInfo,
+) -> Admitted:
+    if not any(keep):
+        return Admitted(None, {}, {})
+    kept = Lines(
+        list(compress(lines.streams, keep)),
+        list(compress(lines.ts, keep)),
+        list(compress(lines.messages, keep)),
+        None if lines.truncated is None else list(compress(lines.truncated, keep)),
+    )
+    counts: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for stream, message in zip(kept.streams, kept.messages, strict=True):
+        counts[stream] = counts.get(stream, 0) + 1
+        sizes[stream] = sizes.get(stream, 0) + len(message)
+    batch = LineBatch(
+        container, kept, {s: dedups[s].mark for s in counts}, list(compress(seqs, keep))
+    )
+    return Admitted(batch, counts, sizes)

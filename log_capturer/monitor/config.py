@@ -70,6 +70,13 @@ class MonitorConfig(Section):
         64 * 1024 * 1024,
         description="Lines held back while a tail read is checked; more falls back to since.",
     )
+    max_stream_hold: Duration = Field(
+        600.0,
+        gt=0,
+        description="A log stream still reading lines older than a few seconds (a backlog) "
+        "is not ended at stream_window while it delivers, up to this long: reopening a "
+        "stream that is behind makes the engine search the log file for since.",
+    )
     relist_interval: Duration = Field(
         60.0, gt=0, description="The event stream is reopened and containers re-listed this often."
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -20,14 +19,15 @@ from ..discovery.container import ContainerInfo
 from ..docker.engine import DockerEngine
 from ..docker.errors import ContainerGoneError, PoolClosedError
 from ..docker.frames import ENGINE_CHUNK_BYTES
-from ..docker.lines import LogLine
-from ..docker.stream import LogStream
+from ..docker.lines import Lines
+from ..docker.stream import LogStream, StreamEnd
 from ..metrics.registry import (
     BYTES_CAPTURED,
     CLOCK_BACKWARDS,
     CONTAINERS_MONITORED,
     LINES_CAPTURED,
     LINES_DEDUPLICATED,
+    LINES_RESENT,
     LINES_TRUNCATED,
     MONITOR_ERRORS,
     PARTIAL_LINES_REREAD,
@@ -36,17 +36,20 @@ from ..metrics.registry import (
     TAIL_READS,
     TIMESTAMP_ERRORS,
 )
-from ..pipeline.queue import RecordQueue
+from ..pipeline.queue import BatchQueue
+from ..positions.ledger import ContainerPosition, MonitorEnd
+from ..timestamps import parse_docker_ts
 from . import faults
-from .admit import admit_batch
+from .admit import RecentLines, StreamDedup, admit
 from .config import MonitorConfig
-from .marks import Mark, ReadPlan, StreamDedup, plan_window
+from .plan import ReadPlan, plan_window
 from .resume import (
     GAP,
     PENDING,
     PROVEN,
     Checked,
     TailCheck,
+    TailState,
     ended_before_until,
     tail_lines,
 )
@@ -55,6 +58,12 @@ _log = structlog.get_logger(__name__)
 
 # A follow stream silent this long before its end proves it had caught up (see _read).
 IDLE_PROOF_NS = 10_000_000_000
+# A stream whose newest line is older than this is behind: its window is not ended while
+# it delivers (a reopen while behind cannot be cheap), and its request has no ``until``.
+BEHIND_NS = 5_000_000_000
+# Lines of a tail read ended by "tail_gap": the read is redone with a larger tail, this
+# many times larger, before a plain since read.
+TAIL_ESCALATION = 10
 
 
 class _Stopped(Exception):
@@ -68,29 +77,36 @@ class ContainerMonitor:
     = now + ``stream_window``, reads until the engine ends it or the deadline passes,
     closes it and reopens. Reopens add a bounded ``tail`` so the engine does not
     re-read a big log from its start, and prove the tail skipped nothing (resume.py).
-    A running container's stream that the engine ends early
-    means it stopped: the monitor then reads to the end of the log (no follow) and
-    exits. Marks advance only for lines that entered the queue, so a window cut
-    anywhere resumes without loss or repeat. Errors other than "container gone" are
-    retried with capped exponential backoff.
+    A stream that is behind (its newest line older than a few seconds) is not ended
+    while it delivers: its request has no ``until`` and its deadline moves on with
+    every read, up to ``max_stream_hold``, so a backlog is read in one request.
+    A running container's stream that the engine ends early means it stopped: the
+    monitor then reads to the end of the log (no follow) and exits. Read positions
+    (the ledger's ``position.read``, written by this thread only) advance only for
+    lines that entered the queue, so a window cut anywhere resumes without loss or
+    repeat. Errors other than "container gone" are retried with capped exponential
+    backoff.
     """
 
     def __init__(
         self,
         info: ContainerInfo,
         engine: DockerEngine,
-        queue: RecordQueue,
+        queue: BatchQueue,
         config: MonitorConfig,
-        marks: dict[str, Mark],
+        position: ContainerPosition,
         on_exit: Callable[[ContainerMonitor], None],
     ) -> None:
         self.info = info
         self.engine = engine
         self.queue = queue
         self.config = config
-        self.marks = dict(marks)
+        self.position = position
+        self.marks = position.read  # stream -> where reading got to (this thread writes it)
         self.checked = Checked(self.marks, int(config.reorder_tolerance * 1e9))
+        self._recent = {stream: RecentLines() for stream in self.marks}
         self._plain_next = False  # the last tail read could not be checked: no tail once
+        self._gap = ""  # why the last tail read was given up
         self._rate = 0.0  # engine messages per second in the last read (sizes the tail)
         self._last_read_end = time.monotonic()
         self._reads = 0
@@ -99,7 +115,7 @@ class ContainerMonitor:
         self._lock = threading.Lock()
         self._current: LogStream | None = None
         self._current_opened = 0.0
-        self.finished_reason: str | None = None
+        self.finished_reason: MonitorEnd | None = None
         self.windows = 0
         self.thread = threading.Thread(
             target=self._run, name=f"monitor-{info.short_id}", daemon=True
@@ -157,21 +173,21 @@ class ContainerMonitor:
             while not self._stop.is_set():
                 if self._with_retry(self._cycle, log):
                     break
-            self.finished_reason = self.finished_reason or "stopped"
+            self.finished_reason = self.finished_reason or MonitorEnd.STOPPED
         except (_Stopped, PoolClosedError):
-            self.finished_reason = "stopped"
+            self.finished_reason = MonitorEnd.STOPPED
         except ContainerGoneError:
-            self.finished_reason = "gone"
+            self.finished_reason = MonitorEnd.GONE
         except Exception:
             if self._stop.is_set():
-                self.finished_reason = "stopped"  # the last error was cut short by the stop
+                self.finished_reason = MonitorEnd.STOPPED  # the error was cut short by the stop
             else:
-                self.finished_reason = "error"
+                self.finished_reason = MonitorEnd.ERROR
                 MONITOR_ERRORS.labels("unexpected").inc()
                 log.exception("monitor_failed")
         finally:
             CONTAINERS_MONITORED.dec()
-            log.info("monitor_stopped", reason=self.finished_reason, windows=self.windows)
+            log.info("monitor_stopped", reason=str(self.finished_reason), windows=self.windows)
             self._on_exit(self)
 
     def _with_retry(
@@ -214,7 +230,7 @@ class ContainerMonitor:
         while not self._window(follow=False):  # drain: read to the end, no follow
             if self._stop.is_set():
                 return False
-        self.finished_reason = "exited"
+        self.finished_reason = MonitorEnd.EXITED
         return True
 
     def _window(self, follow: bool) -> bool:
@@ -230,21 +246,32 @@ class ContainerMonitor:
         self.windows += 1
         faults.on_window()
         complete = True
-        end = "eof"
+        end: StreamEnd | None = StreamEnd.EOF
         until_ns = 0
         for plan in plan_window(self.checked.ts, int(window * 1e9), follow):
             deadline = time.monotonic() + window + grace
-            until_ns = time.time_ns() + int(window * 1e9) if plan.follow else 0
-            end = self._read(plan, deadline, until_ns, self._tail_for(plan))
-            if end == GAP:  # the tail may have skipped lines: read this plan in full
-                end = self._read(plan, deadline, until_ns, 0)
-            if end == "interrupted" or self._stop.is_set():
+            now_ns = time.time_ns()
+            behind = plan.since_ns > 0 and now_ns - plan.since_ns > BEHIND_NS
+            until_ns = now_ns + int(window * 1e9) if plan.follow and not behind else 0
+            # A catch-up read beside a follow read keeps its deadline (the busy stream
+            # must not wait for it); the follow read and a drain may run on while behind.
+            extend = plan.follow or not follow
+            tail = self._tail_for(plan)
+            result = self._read(plan, deadline, until_ns, tail, extend)
+            while result is GAP and tail:
+                # The tail may have skipped lines: a larger one if it came back full (it
+                # costs what it reads), else (or past the largest) a plain since read.
+                full = self._gap == "full" and tail < self.config.resume_tail_max_lines
+                tail = min(tail * TAIL_ESCALATION, self.config.resume_tail_max_lines) if full else 0
+                result = self._read(plan, deadline, until_ns, tail, extend)
+            end = result if isinstance(result, StreamEnd) else None
+            if end is StreamEnd.INTERRUPTED or self._stop.is_set():
                 raise _Stopped
-            if end != "eof" and not plan.follow:
+            if end is not StreamEnd.EOF and not plan.follow:
                 complete = False  # a catch-up or drain read was cut: not at the end yet
         if not follow:
             return complete
-        return end == "eof" and time.time_ns() < until_ns
+        return end is StreamEnd.EOF and (until_ns <= 0 or time.time_ns() < until_ns)
 
     def _tail_for(self, plan: ReadPlan) -> int:
         """The ``tail`` for this request, 0 for a plain ``since`` read.
@@ -268,9 +295,11 @@ class ContainerMonitor:
             self.config.reorder_tolerance,
         )
 
-    def _read(self, plan: ReadPlan, deadline: float, until_ns: int, tail: int) -> str:
-        """One request. Returns how it ended, or ``GAP`` when a tail read must be redone
-        plain (nothing of it was delivered then)."""
+    def _read(
+        self, plan: ReadPlan, deadline: float, until_ns: int, tail: int, extend: bool
+    ) -> StreamEnd | TailState | None:
+        """One request. Returns how it ended (None: an error), or ``GAP`` when a tail read
+        must be redone (nothing of it was delivered then)."""
         info = self.info
         tty = info.tty
         since_ns = plan.since_ns
@@ -302,64 +331,50 @@ class ContainerMonitor:
             self._current_opened = time.monotonic()
         if self._stop.is_set():
             stream.interrupt()
-        dedups = {s: StreamDedup(self.marks[s]) for s in plan.streams}
-        lines: Counter[str] = Counter()
-        sizes: Counter[str] = Counter()
-        truncated = 0
+        dedups = {s: StreamDedup(self.marks[s], self._recent[s]) for s in plan.streams}
         check = TailCheck(tail) if tail else None
-        held: list[LogLine] = []
-        held_bytes = 0
-        last_ts = 0
-        result: str | None = None
-
-        def deliver(batch: list[LogLine]) -> None:
-            nonlocal truncated
-            admitted = admit_batch(batch, dedups, self.info)
-            if not admitted.records:
-                return
-            # Handled = queued, or dropped by the drop policy (the queue counts it).
-            handled = self.queue.put_many(admitted.records, admitted.sizes, self._stop)
-            truncated += admitted.commit(handled, dedups, self.marks, lines, sizes)
-            if handled < len(admitted.records):
-                raise _Stopped  # put_many stops short only when asked to stop
-
+        held = Lines.empty()
+        last_ts = b""
+        result: TailState | None = None
+        hold_until = started + self.config.max_stream_hold
         try:
             chunks_seen = 0
-            for batch in stream.batches(flush_at_eof=not plan.follow):
-                last_ts = batch[-1].ts_ns
-                if check is None or check.state != PENDING:
-                    deliver(batch)
+            for lines in stream.batches(flush_at_eof=not plan.follow):
+                last_ts = lines.ts[-1]
+                if extend:
+                    self._extend_if_behind(stream, lines, hold_until)
+                if check is None or check.state is not PENDING:
+                    self._deliver(lines, dedups)
                     continue
-                state = self._check_batch(check, batch, chunks_seen, stream)
+                state = self._check_batch(check, lines, chunks_seen, stream)
                 chunks_seen = stream.parse_stats.chunks
-                if state == PENDING:
-                    held.extend(batch)
-                    held_bytes += sum(len(line.message) for line in batch)
-                    if held_bytes > self.config.tail_hold_max_bytes:
-                        TAIL_FALLBACKS.labels("held_bytes").inc()
-                        result = GAP
+                if state is PENDING:
+                    held.extend(lines)
+                    if sum(map(len, held.messages)) > self.config.tail_hold_max_bytes:
+                        result = self._fallback("held_bytes")
                         break
-                elif state == GAP:
-                    TAIL_FALLBACKS.labels("full").inc()
-                    result = GAP
+                elif state is GAP:
+                    result = self._fallback("full")
                     break
                 else:  # PROVEN: what was held goes first, in order
-                    deliver(held + batch)
-                    held = []
-            if check is not None and result is None and check.state == PENDING:
+                    held.extend(lines)
+                    self._deliver(held, dedups)
+                    held = Lines.empty()
+            if check is not None and result is None and check.state is PENDING:
                 # The engine's end settles the count only if ``until`` had not passed:
                 # a tail line stamped after ``until`` ends the body early, and lines cut
                 # that way prove nothing (the request may have waited long for its
                 # connection, ``until`` counting from before the wait).
-                eof = stream.end_reason == "eof"
+                eof = stream.end_reason is StreamEnd.EOF
                 settled = ended_before_until(eof, until_ns, time.time_ns())
                 state = check.at_end(settled, stream.parse_stats.chunks)
-                if state == PROVEN:
-                    deliver(held)
-                elif state == GAP or eof:
-                    TAIL_FALLBACKS.labels("full" if state == GAP else "until").inc()
-                    result = GAP
-                elif stream.end_reason != "interrupted" and self._holds_new_lines(held):
+                if state is PROVEN:
+                    self._deliver(held, dedups)
+                elif state is GAP or eof:
+                    result = self._fallback("full" if state is GAP else "until")
+                elif stream.end_reason is not StreamEnd.INTERRUPTED and self._holds_new_lines(
+                    held
+                ):
                     # Cut by the deadline before the check: the next request goes plain.
                     TAIL_FALLBACKS.labels("unproven").inc()
                     self._plain_next = True
@@ -371,19 +386,16 @@ class ContainerMonitor:
             elapsed = max(time.monotonic() - started, 1e-3)
             self._rate = stream.parse_stats.chunks / elapsed
             self._last_read_end = time.monotonic()
-            # A tail read given up for a plain one ends here with no end of its own.
-            end_label = stream.end_reason or ("tail_gap" if result == GAP else "error")
-            STREAM_WINDOWS.labels(end_label).inc()
-            for name, count in lines.items():
-                LINES_CAPTURED.labels(name).inc(count)
-                BYTES_CAPTURED.labels(name).inc(sizes[name])
+            # A tail read given up for another ends here with no end of its own.
+            end_label = stream.end_reason or ("tail_gap" if result is GAP else "error")
+            STREAM_WINDOWS.labels(str(end_label)).inc()
             for name, dedup in dedups.items():
                 if dedup.dropped:
                     LINES_DEDUPLICATED.labels(name).inc(dedup.dropped)
+                if dedup.resent:
+                    LINES_RESENT.labels(name).inc(dedup.resent)
                 if dedup.clock_backwards:
                     CLOCK_BACKWARDS.inc(dedup.clock_backwards)
-            if truncated:
-                LINES_TRUNCATED.inc(truncated)
             if stream.partial_lines_discarded:
                 PARTIAL_LINES_REREAD.inc(stream.partial_lines_discarded)
             if stream.parse_stats.bad_timestamps:
@@ -392,47 +404,98 @@ class ContainerMonitor:
             self.checked.observe_mark(name, self.marks[name])
         if result is not None:
             return result
-        if check is None or check.state == PROVEN:
+        if check is None or check.state is PROVEN:
             # Gap-free: every line not seen comes after the last one received; after
             # the request if the engine ended the body. A follow stream whose last read
             # waited long in vain had caught up: a line written before that wait's
             # first half would have reached us during its second half (the engine sends
             # a followed line as it is written; half the wait bounds how late).
-            reference = last_ts
-            if stream.end_reason == "eof":
+            reference = parse_docker_ts(last_ts) if last_ts else 0
+            if stream.end_reason is StreamEnd.EOF:
                 reference = max(reference, request_ns)
             elif (
-                stream.end_reason in ("deadline", "turn")
+                stream.end_reason in (StreamEnd.DEADLINE, StreamEnd.TURN)
                 and plan.follow
                 and stream.idle_at_end_ns >= IDLE_PROOF_NS
             ):
                 reference = max(reference, closed_ns - stream.idle_at_end_ns // 2)
             if reference > 0:
                 self.checked.after_gap_free_read(plan.streams, reference, stream.pending_ts)
-        return stream.end_reason or "error"
+        return stream.end_reason
+
+    def _fallback(self, reason: str) -> TailState:
+        """A tail read that cannot be trusted: counted, and redone (see _window)."""
+        TAIL_FALLBACKS.labels(reason).inc()
+        self._gap = reason
+        return GAP
+
+    def _extend_if_behind(self, stream: LogStream, lines: Lines, hold_until: float) -> None:
+        """A stream still reading old lines keeps its connection: a reopen while behind
+        would make the engine look for ``since`` in the whole log file."""
+        if stream.deadline is None:
+            return
+        newest = lines.ts[-1]
+        if time.time_ns() - parse_docker_ts(newest) > BEHIND_NS:
+            extended = min(time.monotonic() + self.config.stream_window, hold_until)
+            if extended > stream.deadline:
+                stream.deadline = extended
+
+    def _deliver(self, lines: Lines, dedups: dict[str, StreamDedup]) -> None:
+        """Queue the new lines of a read; positions and counters move once it is queued."""
+        if not lines:
+            return
+        admitted = admit(lines, dedups, self.info)
+        batch = admitted.batch
+        if batch is None:
+            return
+        if not self.queue.put(batch, self._stop) and self._stop.is_set():
+            raise _Stopped  # not queued: the positions stay where they were
+        marks = self.marks
+        for stream, end in batch.ends.items():
+            marks[stream] = end
+        for stream, count in admitted.lines.items():
+            LINES_CAPTURED.labels(stream).inc(count)
+            BYTES_CAPTURED.labels(stream).inc(admitted.bytes[stream])
+        if batch.lines.truncated is not None:
+            truncated = sum(batch.lines.truncated)
+            if truncated:
+                LINES_TRUNCATED.inc(truncated)
 
     @staticmethod
     def _check_batch(
-        check: TailCheck, batch: list[LogLine], chunks_before: int, stream: LogStream
-    ) -> str:
-        """Feed a batch's lines to the tail check, each with the engine messages counted
-        up to it: one for a short line; for a joined or cut one, all of the batch's."""
+        check: TailCheck, lines: Lines, chunks_before: int, stream: LogStream
+    ) -> TailState:
+        """Feed a read's lines to the tail check, each with the engine messages counted
+        up to it: one for a short line; for a joined or cut one, all of the read's."""
         chunks_after = stream.parse_stats.chunks
         running = chunks_before
         state = check.state
-        for line in batch:
-            short = len(line.message) < ENGINE_CHUNK_BYTES and not line.truncated
+        for ts_ns, message, truncated in zip(
+            lines.ts_ns(), lines.messages, lines.truncated_flags(), strict=True
+        ):
+            short = len(message) < ENGINE_CHUNK_BYTES and not truncated
             running = running + 1 if short else max(running + 1, chunks_after)
-            state = check.on_line(line.ts_ns, running, stream.first_data_ns)
-            if state != PENDING:
+            state = check.on_line(ts_ns, running, stream.first_data_ns)
+            if state is not PENDING:
                 break
         return state
 
-    def _holds_new_lines(self, held: list[LogLine]) -> bool:
+    def _holds_new_lines(self, held: Lines) -> bool:
         """Whether lines held back by an unchecked tail read include any not delivered."""
-        dedups = {s: StreamDedup(m) for s, m in self.marks.items()}
-        for line in held:
-            dedup = dedups.get(line.stream)
-            if dedup is not None and dedup.admit(line.ts_ns) is not None:
+        for stream, ts_ns, seq in zip(
+            held.streams, held.ts_ns(), _seqs_in_order(held), strict=True
+        ):
+            mark = self.marks.get(stream)
+            if mark is not None and not mark.covers(ts_ns, seq):
                 return True
         return False
+
+
+def _seqs_in_order(lines: Lines) -> list[int]:
+    """Each line's index among the lines of its stream with the same timestamp."""
+    seen: dict[tuple[str, bytes], int] = {}
+    out = []
+    for key in zip(lines.streams, lines.ts, strict=True):
+        seen[key] = seen.get(key, 0) + 1
+        out.append(seen[key])
+    return out

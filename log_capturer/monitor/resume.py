@@ -30,12 +30,22 @@ moved past a gap could never come back to it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from enum import Enum
 
-from .marks import Mark
+from ..positions.marks import Mark
 
-PENDING = "pending"
-PROVEN = "proven"
-GAP = "gap"
+
+class TailState(Enum):
+    """What a tail read has shown so far."""
+
+    PENDING = "pending"  # not settled yet: hold its lines
+    PROVEN = "proven"  # nothing skipped: deliver
+    GAP = "gap"  # the tail may have skipped lines: read again
+
+
+PENDING = TailState.PENDING
+PROVEN = TailState.PROVEN
+GAP = TailState.GAP
 
 
 class Checked:
@@ -97,9 +107,9 @@ class TailCheck:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.first_data_ns = 0
-        self.state = PENDING
+        self.state: TailState = PENDING
 
-    def on_line(self, ts_ns: int, messages_so_far: int, first_data_ns: int) -> str:
+    def on_line(self, ts_ns: int, messages_so_far: int, first_data_ns: int) -> TailState:
         if self.state != PENDING:
             return self.state
         if ts_ns > first_data_ns:
@@ -110,7 +120,7 @@ class TailCheck:
             self.state = GAP
         return self.state
 
-    def at_end(self, engine_ended: bool, messages: int) -> str:
+    def at_end(self, engine_ended: bool, messages: int) -> TailState:
         """The response is over. Ended by the engine: the count is final. Cut by the
         deadline before any proof: the tail may not all have arrived (``PENDING``)."""
         if self.state == PENDING and engine_ended:

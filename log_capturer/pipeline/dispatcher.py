@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import structlog
 from tenacity import (
@@ -16,11 +15,12 @@ from tenacity import (
 
 from ..backoff import capped_backoff
 from ..metrics.registry import SINK_BATCHES, SINK_RECORDS, SINK_SEND_SECONDS
-from ..positions.store import PositionStore
+from ..positions.ledger import Ledger
 from ..sinks.base import Sink, SinkError
+from .batch import Batch, RecordBatch, total_lines
 from .config import PipelineConfig
-from .queue import RecordQueue
-from .record import ControlItem, LogRecord
+from .queue import BatchQueue
+from .record import LogRecord
 from .stages import NoStages, StageChain
 
 _log = structlog.get_logger(__name__)
@@ -29,34 +29,36 @@ _log = structlog.get_logger(__name__)
 class Dispatcher:
     """Owns one thread that takes batches off the queue and hands them to every sink.
 
-    A batch is acknowledged (positions advance past it) only after every sink
+    Each delivery is the batches queued up to ``batch_size`` lines (one sink call, one
+    write). It is acknowledged (positions advance past it) only after every sink
     accepted it; a sink that fails is retried with capped backoff until it accepts
-    or shutdown gives up on it, and then nothing of that batch is acknowledged, so
-    the next start re-reads it from the engine. Positions are saved every
-    ``flush_interval`` together with each sink's checkpoint, in this thread, so the
-    saved positions and the sinks' state always describe the same moment.
+    or shutdown gives up on it, and then nothing of it is acknowledged, so the next
+    start re-reads it from the engine. Batches become records only for the stages.
+    Positions are saved every ``flush_interval`` together with each sink's
+    checkpoint, in this thread, so the saved positions and the sinks' state always
+    describe the same moment.
     """
 
     def __init__(
         self,
-        queue: RecordQueue,
+        queue: BatchQueue,
         sinks: list[Sink],
-        positions: PositionStore,
+        ledger: Ledger,
         config: PipelineConfig,
         flush_interval: float,
         stages: StageChain | None = None,
     ) -> None:
         self.queue = queue
         self.stages: StageChain = stages or NoStages()
+        self._staged = not isinstance(self.stages, NoStages)
         self.sinks = sinks
-        self.positions = positions
+        self.ledger = ledger
         self.config = config
         self.flush_interval = flush_interval
         self._stopping = threading.Event()
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
         self.delivered = 0
-        self.last_error: str | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -84,64 +86,50 @@ class Dispatcher:
                 if held is not None:
                     wake = min(wake, held)
                 wait = 0.0 if self._stopping.is_set() else max(0.0, wake - time.monotonic())
-                batch = self.queue.get_batch(self.config.batch_size, self.config.batch_wait, wait)
-                if batch:
-                    self._handle(batch)
-                self._deliver(self.stages.poll(time.monotonic()), transformed=True)
+                batches = self.queue.get(self.config.batch_size, self.config.batch_wait, wait)
+                if batches:
+                    self._deliver(self._through_stages(batches))
+                if self._staged:
+                    self._deliver(RecordBatch.group(self.stages.poll(time.monotonic())))
                 if time.monotonic() >= next_flush:
                     self.checkpoint()
                     next_flush = time.monotonic() + self.flush_interval
-                if self._stopping.is_set() and not batch:
+                if self._stopping.is_set() and not batches:
                     break
         except Exception:
             _log.exception("dispatcher_failed")
             raise
         finally:
             try:
-                if not self._abandon.is_set():
-                    self._deliver(self.stages.flush(), transformed=True)
+                if not self._abandon.is_set() and self._staged:
+                    self._deliver(RecordBatch.group(self.stages.flush()))
                 self.checkpoint(force=True)
             except Exception:
                 _log.exception("final_checkpoint_failed")
 
-    def _handle(self, batch: list[Any]) -> None:
+    def _through_stages(self, batches: list[Batch]) -> list[Batch]:
+        if not self._staged:
+            return batches
         records: list[LogRecord] = []
-        for item in batch:
-            if isinstance(item, ControlItem):
-                self._deliver(records)
-                records = []
-                self._apply(item)
-            else:
-                records.append(item)
-        self._deliver(records)
+        for batch in batches:
+            records += batch.records()
+        return RecordBatch.group(self.stages.process(records, time.monotonic()))
 
-    def _apply(self, item: ControlItem) -> None:
-        if item.kind == "start_marks":
-            name, marks = item.payload
-            self.positions.set_start(item.container_id, name, marks)
-        elif item.kind == "prune":
-            self._deliver(self.stages.flush(item.container_id), transformed=True)
-            self.positions.prune([item.container_id])
-        else:  # pragma: no cover - programming error
-            raise ValueError(f"unknown control item {item.kind!r}")
-
-    def _deliver(self, records: list[LogRecord], transformed: bool = False) -> None:
-        if not transformed:
-            records = self.stages.process(records, time.monotonic())
-        if not records:
+    def _deliver(self, batches: list[Batch]) -> None:
+        if not batches:
             return
         if any(sink.wants_checkpoint() for sink in self.sinks):
             self.checkpoint(force=True)
+        lines = total_lines(batches)
         for sink in self.sinks:
-            if not self._write_with_retry(sink, records):
-                return  # abandoned at shutdown: nothing of this batch is acknowledged
-        self.positions.ack(records)
-        self.delivered += len(records)
+            if not self._write_with_retry(sink, batches, lines):
+                return  # abandoned at shutdown: nothing of this delivery is acknowledged
+        self.ledger.acknowledge(batches)
+        self.delivered += lines
 
-    def _write_with_retry(self, sink: Sink, records: list[LogRecord]) -> bool:
+    def _write_with_retry(self, sink: Sink, batches: list[Batch], lines: int) -> bool:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            self.last_error = f"{sink.name}: {exc}"
             _log.warning(
                 "sink_write_failed", sink=sink.name, attempt=state.attempt_number, error=str(exc)
             )
@@ -159,23 +147,22 @@ class Dispatcher:
                 with attempt:
                     started = time.monotonic()
                     try:
-                        sink.write(records)
+                        sink.write(batches)
                     except SinkError:
                         SINK_BATCHES.labels(sink.name, "error").inc()
                         raise
                     SINK_SEND_SECONDS.labels(sink.name).observe(time.monotonic() - started)
         except SinkError as exc:
-            SINK_RECORDS.labels(sink.name, "abandoned").inc(len(records))
+            SINK_RECORDS.labels(sink.name, "abandoned").inc(lines)
             _log.error(
                 "sink_batch_abandoned_at_shutdown",
                 sink=sink.name,
-                records=len(records),
+                records=lines,
                 error=str(exc),
             )
             return False
         SINK_BATCHES.labels(sink.name, "accepted").inc()
-        SINK_RECORDS.labels(sink.name, "accepted").inc(len(records))
-        self.last_error = None
+        SINK_RECORDS.labels(sink.name, "accepted").inc(lines)
         return True
 
     def _sleep(self, seconds: float) -> None:
@@ -183,7 +170,7 @@ class Dispatcher:
 
     def checkpoint(self, force: bool = False) -> None:
         """Make sinks durable, then save positions with their state (this thread only)."""
-        if not (force or self.positions.dirty):
+        if not (force or self.ledger.dirty):
             return
         states = {sink.name: sink.checkpoint() for sink in self.sinks}
-        self.positions.save({k: v for k, v in states.items() if v is not None}, force=force)
+        self.ledger.save({k: v for k, v in states.items() if v is not None}, force=force)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 from ..metrics.registry import DELIVERY_LAG
-from ..monitor.marks import Mark
-from ..pipeline.record import LogRecord
-
-Marks = dict[str, dict[str, Mark]]
+from ..pipeline.batch import Batch
+from ..positions.store import Marks
 
 
 class SinkError(Exception):
@@ -20,9 +19,10 @@ class SinkError(Exception):
 class Sink(ABC):
     """A destination for records, with at-least-once delivery.
 
-    :meth:`write` returns only once the batch is accepted (written, sent and
-    acknowledged, or durably spooled); otherwise it raises :class:`SinkError` and the
-    dispatcher retries. Positions advance only past batches every sink accepted.
+    :meth:`write` takes the batches of one delivery (several containers' reads) and
+    returns only once all of them are accepted (written, sent and acknowledged, or
+    durably spooled); otherwise it raises :class:`SinkError` and the dispatcher
+    retries them. Positions advance only past batches every sink accepted.
     """
 
     name: str = "sink"
@@ -37,7 +37,7 @@ class Sink(ABC):
         return acked
 
     @abstractmethod
-    def write(self, batch: list[LogRecord]) -> None: ...
+    def write(self, batches: list[Batch]) -> None: ...
 
     def wants_checkpoint(self) -> bool:
         """True to have positions saved before the next write (the file sink, before rotating)."""
@@ -51,14 +51,15 @@ class Sink(ABC):
         """Release files, sockets and threads."""
 
 
-def observe_delivered(sink: str, records: list[LogRecord]) -> None:
-    """Record end-to-end lag (now minus Docker timestamp) when a sink really delivered.
+def observe_delivered(sink: str, batches: list[Batch]) -> None:
+    """Record end-to-end lag (now minus Docker timestamp) when a sink really delivered:
+    a few lines of each batch, which keeps this off the hot path."""
+    observe_lag(sink, [ts for batch in batches for ts in batch.sample_ts_ns()])
 
-    A sample of each batch is enough for the histogram and keeps this off the hot path.
-    """
-    if not records:
-        return
+
+def observe_lag(sink: str, timestamps: Iterable[int]) -> None:
+    """Delivery lag of lines with these Docker timestamps (ns), delivered now."""
     now = time.time_ns()
     lag = DELIVERY_LAG.labels(sink)
-    for record in records[:: max(1, len(records) // 20)]:
-        lag.observe(max(0.0, (now - record.ts_ns) / 1e9))
+    for ts_ns in timestamps:
+        lag.observe(max(0.0, (now - ts_ns) / 1e9))

@@ -22,10 +22,11 @@ import structlog
 from pydantic import Field
 
 from ..config.types import ByteSize, Section
-from ..monitor.marks import Mark
-from ..pipeline.record import LogRecord, records_jsonl
+from ..pipeline.batch import Batch
+from ..positions.marks import Mark
+from ..positions.store import Marks
 from ..timestamps import TimestampError, parse_docker_ts
-from .base import Marks, Sink, SinkError, observe_delivered
+from .base import Sink, SinkError, observe_delivered
 
 _log = structlog.get_logger(__name__)
 
@@ -106,11 +107,12 @@ class FileSink(Sink):
 
     # -- writing ---------------------------------------------------------------------
 
-    def write(self, batch: list[LogRecord]) -> None:
-        text = records_jsonl(self._unskipped(batch) if self._skip else batch)
-        if not text:
+    def write(self, batches: list[Batch]) -> None:
+        if self._skip:
+            batches = self._unskipped(batches)
+        data = b"".join([batch.jsonl() for batch in batches])
+        if not data:
             return
-        data = text.encode("utf-8")
         try:
             if self._rotate_pending:
                 self._rotate()
@@ -122,19 +124,30 @@ class FileSink(Sink):
         except OSError as exc:
             raise SinkError(f"file sink {self.path}: {exc}") from exc
         self._size += len(data)
-        observe_delivered(self.name, batch)
+        observe_delivered(self.name, batches)
         if self.config.max_bytes and self._size >= self.config.max_bytes:
             self._rotate_pending = True
 
-    def _unskipped(self, batch: list[LogRecord]) -> list[LogRecord]:
-        out: list[LogRecord] = []
-        for record in batch:
-            mark = self._skip.get(record.key)
-            if mark is not None:
-                if mark.covers(*record.end_position):
-                    continue  # written before the crash, after the last checkpoint
-                del self._skip[record.key]
-            out.append(record)
+    def _unskipped(self, batches: list[Batch]) -> list[Batch]:
+        """Without the records written before a crash, after the last checkpoint."""
+        out: list[Batch] = []
+        for batch in batches:
+            cid = batch.container.id
+            if not any((cid, stream) in self._skip for stream in batch.ends):
+                out.append(batch)
+                continue
+            keep: list[bool] = []
+            for stream, position in zip(batch.streams, batch.positions(), strict=True):
+                mark = self._skip.get((cid, stream))
+                if mark is not None and mark.covers(*position):
+                    keep.append(False)
+                    continue
+                if mark is not None:
+                    del self._skip[(cid, stream)]
+                keep.append(True)
+            kept = batch.select(keep)
+            if kept is not None:
+                out.append(kept)
         return out
 
     def _open(self) -> IO[bytes]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Literal, TextIO
+from typing import BinaryIO, Literal
 
 from pydantic import Field
 
 from ..config.types import Section
-from ..pipeline.record import LogRecord, records_jsonl
+from ..pipeline.batch import Batch
 from .base import Sink, SinkError, observe_delivered
 
 
@@ -22,18 +22,24 @@ class StdoutSinkConfig(Section):
 class StdoutSink(Sink):
     name = "stdout"
 
-    def __init__(self, config: StdoutSinkConfig, out: TextIO | None = None) -> None:
+    def __init__(self, config: StdoutSinkConfig, out: BinaryIO | None = None) -> None:
         self.config = config
-        self._out = out or sys.stdout
+        self._out = out or sys.stdout.buffer
 
-    def write(self, batch: list[LogRecord]) -> None:
+    def write(self, batches: list[Batch]) -> None:
         if self.config.format == "json":
-            text = records_jsonl(batch)
+            data = b"".join([batch.jsonl() for batch in batches])
         else:
-            text = "".join(f"{r.ts} {r.container.name} {r.stream}| {r.message}\n" for r in batch)
+            data = "".join(
+                f"{ts} {batch.container.name} {stream}| {text}\n"
+                for batch in batches
+                for ts, stream, text in zip(
+                    batch.ts_texts(), batch.streams, batch.texts(), strict=True
+                )
+            ).encode("utf-8", "replace")
         try:
-            self._out.write(text)
+            self._out.write(data)
             self._out.flush()
         except (OSError, ValueError) as exc:  # ValueError: stdout closed
             raise SinkError(f"stdout sink: {exc}") from exc
-        observe_delivered(self.name, batch)
+        observe_delivered(self.name, batches)

@@ -183,15 +183,20 @@ def test_sigkill_during_slow_batches_file_exactly_once_loki_exact(
 def test_full_queue_blocks_monitors_and_drops_nothing(
     make_daemon: Callable[..., Daemon], containers: Containers, loki: FakeLoki
 ) -> None:
-    loki.delay(0.25)  # a slow sink: 10 records per quarter second
+    # A slow sink: a tenth of a second per push of at most 16 KiB. The queue holds one
+    # socket read (a batch always fits an empty queue), so a backlog of 20,000 lines (some
+    # 60 pushes) keeps the monitor waiting for room most of the time.
+    loki.delay(0.1)
     daemon = loki_daemon(
         make_daemon, loki, pipeline={"queue_records": 20, "batch_size": 10, "batch_wait": "10ms"}
-    ).start()
+    )
+    daemon.config["sinks"]["loki"]["max_request_bytes"] = "16KiB"
+    daemon.start()
     name = f"flood-{daemon.run_id}"
-    containers.wait_exit(containers.run("seq 1 400 | sed 's/^/line /'", name=name))
-    wait_for(lambda: loki.count() >= 400, 60, what="all lines despite the slow sink")
+    containers.wait_exit(containers.run("seq 1 20000 | sed 's/^/line /'", name=name))
+    wait_for(lambda: loki.count() >= 20000, 120, what="all lines despite the slow sink")
     time.sleep(1)
-    audit("queue-full", loki, name, "stdout", numbered(400))
+    audit("queue-full", loki, name, "stdout", numbered(20000))
     metrics = daemon.metrics()
     assert metrics["log_capturer_queue_blocked_seconds_total"] > 1  # monitors waited
     assert sum(v for k, v in metrics.items() if k.startswith("log_capturer_records_dropped")) == 0

@@ -1,4 +1,4 @@
-"""Batch admission gives what the line-by-line loop gave: records, seqs, marks, counts."""
+"""Batch admission gives what admitting line by line gives: lines, seqs, marks, counts."""
 
 from __future__ import annotations
 
@@ -7,77 +7,93 @@ import random
 import pytest
 
 from log_capturer.discovery.container import ContainerInfo
-from log_capturer.docker.lines import LogLine
-from log_capturer.monitor.admit import admit_batch
-from log_capturer.monitor.marks import Mark, StreamDedup
-from log_capturer.pipeline.record import LogRecord
+from log_capturer.docker.lines import Lines
+from log_capturer.monitor.admit import StreamDedup, admit
+from log_capturer.positions.marks import Mark
+from log_capturer.timestamps import format_rfc3339_ns
 
 INFO = ContainerInfo("a" * 64, "name", "image", {})
+BASE = 1_700_000_000 * 1_000_000_000
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_admit_batch_equals_admitting_line_by_line(seed: int) -> None:
+def ts(n: int) -> bytes:
+    return format_rfc3339_ns(BASE + n).encode()
+
+
+def one_by_one(
+    reads: list[Lines], dedups: dict[str, StreamDedup]
+) -> list[tuple[str, bytes, bytes, int]]:
+    out = []
+    for lines in reads:
+        for stream, stamp, message in zip(lines.streams, lines.ts, lines.messages, strict=True):
+            dedup = dedups.get(stream)
+            if dedup is None:
+                continue
+            result = dedup.admit([stamp], [message])
+            if result is None:
+                out.append((stream, stamp, message, 1))
+            elif result[0][0]:
+                out.append((stream, stamp, message, result[1][0]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_admitting_reads_equals_admitting_line_by_line(seed: int) -> None:
     rng = random.Random(seed)
-    for _ in range(50):
-        clock = {"stdout": 0, "stderr": 0, "tty": 0}
-        lines = []
-        for _ in range(rng.randrange(40)):
-            stream = rng.choice(("stdout", "stderr", "tty"))
-            clock[stream] += rng.choice((0, 0, 1, 2))
-            message = bytes([rng.randrange(256)]) * rng.randrange(3)
-            lines.append(LogLine(stream, clock[stream], b"ts", message, rng.random() < 0.1))
+    for _ in range(30):
+        clock = {"stdout": 0, "stderr": 0}
+        reads: list[Lines] = []
+        for _ in range(rng.randrange(1, 6)):
+            lines = Lines.empty()
+            for _ in range(rng.randrange(1, 40)):
+                stream = rng.choice(("stdout", "stdout", "stderr"))
+                roll = rng.random()
+                if roll < 0.05:
+                    clock[stream] -= rng.randrange(1, 4)  # a step back
+                elif roll < 0.7:
+                    clock[stream] += rng.choice((1, 2))
+                lines.streams.append(stream)
+                lines.ts.append(ts(max(clock[stream], 0)))
+                lines.messages.append(rng.choice((b"a", b"b", b"c\\"))[: rng.randrange(3)])
+            reads.append(lines)
         streams = rng.choice((("stdout",), ("stdout", "stderr"), ("stderr",)))
-        start = {s: Mark(rng.randrange(5), rng.randrange(3)) for s in streams}
-        one = {s: StreamDedup(m) for s, m in start.items()}
-        many = {s: StreamDedup(m) for s, m in start.items()}
-        want = []
-        want_sizes = []
-        for line in lines:
-            dedup = one.get(line.stream)
-            seq = dedup.admit(line.ts_ns) if dedup is not None else None
-            if seq is not None:
-                want_sizes.append(len(line.message))
-                want.append(
-                    LogRecord(
-                        INFO,
-                        line.stream,
-                        line.ts_ns,
-                        seq,
-                        line.ts_text.decode(),
-                        line.message.decode("utf-8", "replace"),
-                        line.truncated,
-                    )
-                )
-        got = admit_batch(lines, many, INFO)
-        assert got.records == want
-        assert got.sizes == want_sizes
+        start = {s: Mark(BASE + rng.randrange(5), rng.randrange(3)) for s in streams}
+        want = one_by_one(reads, {s: StreamDedup(m) for s, m in start.items()})
+        dedups = {s: StreamDedup(m) for s, m in start.items()}
+        got: list[tuple[str, bytes, bytes, int]] = []
         marks = dict(start)
-        counts: dict[str, int] = {}
-        sizes: dict[str, int] = {}
-        handled = rng.randrange(len(want) + 1)
-        truncated = got.commit(handled, many, marks, counts, sizes)
-        for stream in streams:
-            taken = [r for r in want[:handled] if r.stream == stream]
-            expected = max([start[stream], *(Mark(r.ts_ns, r.seq) for r in taken)])
-            assert marks[stream] == expected
-            assert counts.get(stream, 0) == len(taken)
-        assert truncated == sum(r.truncated for r in want[:handled])
-
-
-def test_admit_all_matches_admit_line_by_line() -> None:
-    rng = random.Random(7)
-    for _ in range(200):
-        timestamps = sorted(rng.randrange(20) for _ in range(rng.randrange(30)))
-        if rng.random() < 0.3 and timestamps:  # the clock stepped back
-            timestamps.insert(rng.randrange(len(timestamps)), rng.randrange(20))
-        mark = Mark(rng.randrange(22), rng.randrange(4))
-        one, many = StreamDedup(mark), StreamDedup(mark)
-        cut = rng.randrange(len(timestamps) + 1)  # two runs: the state carries over
-        want = [one.admit(ts) for ts in timestamps]
-        got = many.admit_all(timestamps[:cut]) + many.admit_all(timestamps[cut:])
+        for lines in reads:
+            admitted = admit(lines, dedups, INFO)
+            batch = admitted.batch
+            if batch is None:
+                assert admitted.lines == {}
+                continue
+            columns = (batch.streams, batch.lines.ts, batch.lines.messages, batch.seq_list())
+            got += zip(*columns, strict=True)
+            assert batch.container is INFO
+            for stream, count in admitted.lines.items():
+                assert count == batch.streams.count(stream)
+            assert set(batch.ends) == set(admitted.lines)
+            marks.update(batch.ends)
         assert got == want
-        assert (many.mark, many.dropped, many.clock_backwards) == (
-            one.mark,
-            one.dropped,
-            one.clock_backwards,
-        )
+        assert marks == {s: max(start[s], dedups[s].mark) for s in streams}
+
+
+def test_a_read_in_order_is_admitted_whole_without_copies() -> None:
+    dedup = StreamDedup(Mark(BASE + 1, 1))
+    first = Lines(["stdout"] * 2, [ts(1), ts(2)], [b"old", b"new"])
+    assert admit(first, {"stdout": dedup}, INFO).batch is not None  # the window's first read
+    second = Lines(["stdout"] * 3, [ts(3), ts(3), ts(4)], [b"x", b"y", b"z"])
+    admitted = admit(second, {"stdout": dedup}, INFO)
+    assert admitted.batch is not None
+    assert admitted.batch.lines is second  # taken as it is
+    assert admitted.batch.seq_list() == [1, 2, 1]
+    assert admitted.batch.ends == {"stdout": Mark(BASE + 4, 1)}
+    assert (admitted.lines, admitted.bytes) == ({"stdout": 3}, {"stdout": 3})
+
+
+def test_lines_of_a_stream_not_asked_for_are_dropped() -> None:
+    lines = Lines(["stdout", "stderr"], [ts(1), ts(1)], [b"o", b"e"])
+    admitted = admit(lines, {"stderr": StreamDedup(Mark())}, INFO)
+    assert admitted.batch is not None
+    assert admitted.batch.lines.messages == [b"e"]

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from log_capturer.discovery.container import COMPOSE_PROJECT, COMPOSE_SERVICE, ContainerInfo
+from log_capturer.pipeline.batch import RecordBatch
 from log_capturer.pipeline.record import LogRecord
 from log_capturer.sinks.base import SinkError
 from log_capturer.sinks.loki import (
@@ -85,15 +86,22 @@ def fake() -> Iterator[FakeLoki]:
     assert not server.errors, server.errors
 
 
-SinkFactory = Callable[..., LokiSink]
+class RecordsLokiSink(LokiSink):
+    """The sink, written records as the dispatcher's batches (one per container)."""
+
+    def write_records(self, records: list[LogRecord]) -> None:
+        self.write(RecordBatch.group(records))
+
+
+SinkFactory = Callable[..., RecordsLokiSink]
 
 
 @pytest.fixture
 def make_sink(tmp_path: Path, fake: FakeLoki) -> Iterator[SinkFactory]:
     sinks: list[LokiSink] = []
 
-    def make(server: FakeLoki | None = None, **overrides: Any) -> LokiSink:
-        sink = LokiSink(settings(tmp_path, server or fake, **overrides))
+    def make(server: FakeLoki | None = None, **overrides: Any) -> RecordsLokiSink:
+        sink = RecordsLokiSink(settings(tmp_path, server or fake, **overrides))
         sinks.append(sink)
         return sink
 
@@ -125,7 +133,7 @@ def test_push_is_gzipped_json_grouped_by_low_cardinality_labels(
         record("oops", now + 5, stream="stderr"),
         record("ready", now + 3, container=DB),
     ]
-    make_sink().write(batch)
+    make_sink().write_records(batch)
 
     [push] = fake.pushes()
     assert push.status == 204 and push.response == ""
@@ -156,7 +164,7 @@ def test_labels_are_configurable_sanitized_and_static(
     fake: FakeLoki, make_sink: SinkFactory
 ) -> None:
     sink = make_sink(labels=["container_name"], static_labels={"env-name": "prod", "9zone": "eu"})
-    sink.write(records(2))
+    sink.write_records(records(2))
     assert list(fake.streams()) == [
         (("_9zone", "eu"), ("container_name", "web"), ("env_name", "prod"))
     ]
@@ -164,7 +172,7 @@ def test_labels_are_configurable_sanitized_and_static(
 
 def test_json_lines_and_no_structured_metadata(fake: FakeLoki, make_sink: SinkFactory) -> None:
     batch = records(3)
-    make_sink(line_format="json", structured_metadata=[]).write(batch)
+    make_sink(line_format="json", structured_metadata=[]).write_records(batch)
     values = fake.pushes()[0].json()["streams"][0]["values"]
     assert all(len(v) == 2 for v in values)
     assert [json.loads(v[1]) for v in values] == [r.to_dict() for r in batch]
@@ -204,7 +212,7 @@ def test_big_batches_are_split_under_max_request_bytes_exactly_once_in_order(
             batch += records(75, prefix=f"{container.name}-{stream}", container=container,
                              stream=stream, start_ns=start)
     sent_before = metric("log_capturer_sink_records_total", sink="loki", status="sent")
-    make_sink(max_request_bytes=4096).write(batch)
+    make_sink(max_request_bytes=4096).write_records(batch)
 
     pushes = fake.pushes()
     assert len(pushes) > 5
@@ -227,7 +235,7 @@ def test_long_lines_are_cut_to_lokis_limit_and_marked(
     now = time.time_ns()
     long_message = "é" * 150_000  # 300,000 bytes: over Loki's 262,144
     before = metric("log_capturer_loki_lines_truncated_total")
-    make_sink().write([record(long_message, now), record("short", now + 1)])
+    make_sink().write_records([record(long_message, now), record("short", now + 1)])
     entries = fake.entries()
     assert len(entries) == 2
     cut = entries[0]
@@ -239,7 +247,7 @@ def test_long_lines_are_cut_to_lokis_limit_and_marked(
 
 
 def test_long_json_lines_stay_valid_json(fake: FakeLoki, make_sink: SinkFactory) -> None:
-    make_sink(line_format="json", max_line_bytes=1000).write(
+    make_sink(line_format="json", max_line_bytes=1000).write_records(
         [record('"quoted"\n' * 500, time.time_ns())]
     )
     [entry] = fake.entries()
@@ -250,7 +258,7 @@ def test_long_json_lines_stay_valid_json(fake: FakeLoki, make_sink: SinkFactory)
 
 def test_an_oversized_body_loki_refuses_with_500_is_split(make_sink: SinkFactory) -> None:
     with FakeLoki(max_body_bytes=2048) as small:
-        make_sink(small, max_request_bytes=16384).write(records(60))
+        make_sink(small, max_request_bytes=16384).write_records(records(60))
         assert small.count() == 60
         assert any(p.status == 500 for p in small.pushes())
         assert_in_order(small)
@@ -266,7 +274,7 @@ def test_a_too_old_entry_is_isolated_by_bisecting_and_dead_lettered(
     batch = [*records(15, start_ns=now), record("ancient", now - 8 * DAY_NS, seq=1)]
     batch += records(5, container=DB, start_ns=now)
     dead_before = metric("log_capturer_dead_letter_records_total", sink="loki")
-    make_sink().write(batch)
+    make_sink().write_records(batch)
 
     assert fake.count() == 20
     assert "ancient" not in fake.lines()
@@ -283,8 +291,8 @@ def test_an_entry_too_far_behind_its_stream_is_dead_lettered(
 ) -> None:
     now = time.time_ns()
     sink = make_sink()
-    sink.write([record("new", now)])
-    sink.write([record("late", now - 2 * HOUR_NS), record("new too", now + 1)])
+    sink.write_records([record("new", now)])
+    sink.write_records([record("late", now - 2 * HOUR_NS), record("new too", now + 1)])
     assert fake.lines() == ["new", "new too"]
     [dead] = dead_letters(dead_path)
     assert dead["line"] == "late" and "too far behind" in dead["error"]
@@ -296,7 +304,7 @@ def test_without_a_line_cap_loki_rejects_the_long_line_and_the_rest_arrives(
     now = time.time_ns()
     batch = [record(f"ok {i}", now + i) for i in range(4)]
     batch.insert(2, record("x" * 300_000, now + 1, seq=1))
-    make_sink(max_line_bytes=0).write(batch)
+    make_sink(max_line_bytes=0).write_records(batch)
     assert fake.lines() == ["ok 0", "ok 1", "ok 2", "ok 3"]
     [dead] = dead_letters(dead_path)
     assert "Max entry size '262144' bytes exceeded" in dead["error"]
@@ -309,7 +317,7 @@ def test_permanent_statuses_dead_letter_the_whole_request_once(
 ) -> None:
     sink = make_sink()
     fake.fail(status, body=f"refused with {status}")
-    sink.write(records(8))
+    sink.write_records(records(8))
     assert len(fake.requests) == 1  # neither retried nor bisected
     dead = dead_letters(dead_path)
     assert len(dead) == 8 and {d["status"] for d in dead} == {status}
@@ -318,17 +326,17 @@ def test_permanent_statuses_dead_letter_the_whole_request_once(
     assert sink.up is expect_up
     assert metric("log_capturer_sink_up", sink="loki") == (1.0 if expect_up else 0.0)
     fake.clear_faults()
-    sink.write(records(1))
+    sink.write_records(records(1))
     assert sink.up and metric("log_capturer_sink_up", sink="loki") == 1.0
 
 
 def test_tenant_header(tmp_path: Path, make_sink: SinkFactory) -> None:
     with FakeLoki(require_tenant=True) as tenanted:
-        make_sink(tenanted).write(records(2, prefix="anonymous"))
+        make_sink(tenanted).write_records(records(2, prefix="anonymous"))
         [dead, _] = dead_letters(tmp_path / "dead.jsonl")
         assert dead["status"] == 401 and dead["error"] == "no org id"
         spool_b = str(tmp_path / "spool-b")  # one spool per directory: it is locked
-        make_sink(tenanted, tenant_id="team-a", spool_dir=spool_b).write(records(2))
+        make_sink(tenanted, tenant_id="team-a", spool_dir=spool_b).write_records(records(2))
         assert tenanted.requests[-1].headers["x-scope-orgid"] == "team-a"
         assert tenanted.lines() == ["line 0", "line 1"]
 
@@ -338,8 +346,8 @@ def test_structured_metadata_refused_by_loki_is_dropped_not_the_entries(
 ) -> None:
     with FakeLoki(allow_structured_metadata=False) as old_loki:
         sink = make_sink(old_loki)
-        sink.write(records(3))
-        sink.write(records(2, prefix="later"))
+        sink.write_records(records(3))
+        sink.write_records(records(2, prefix="later"))
         assert old_loki.count() == 5
         assert all(e.metadata is None for e in old_loki.entries())
         assert dead_letters(dead_path) == []
@@ -356,7 +364,7 @@ def test_busy_or_failing_loki_is_retried(
     retries = metric("log_capturer_sink_retries_total", sink="loki")
     retried = metric("log_capturer_sink_records_total", sink="loki", status="retried")
     fake.fail(status, times=2)
-    make_sink().write(records(4))
+    make_sink().write_records(records(4))
     assert [r.status for r in fake.requests] == [status, status, 204]
     assert fake.count() == 4
     assert metric("log_capturer_sink_retries_total", sink="loki") == retries + 2
@@ -365,7 +373,7 @@ def test_busy_or_failing_loki_is_retried(
 
 def test_retry_after_is_honoured(fake: FakeLoki, make_sink: SinkFactory) -> None:
     fake.rate_limit(times=1, retry_after="1")
-    make_sink(retry_budget=3.0).write(records(1))
+    make_sink(retry_budget=3.0).write_records(records(1))
     first, second = fake.requests
     assert first.status == 429 and second.status == 204
     assert second.received_at - first.received_at >= 0.95  # not min_backoff (10 ms)
@@ -377,7 +385,7 @@ def test_retry_after_beyond_the_budget_spools_at_once(
     fake.rate_limit(retry_after="30")
     sink = make_sink(retry_budget=2.0)
     started = time.monotonic()
-    sink.write(records(3))
+    sink.write_records(records(3))
     assert time.monotonic() - started < 1.0
     assert sink.spool is not None and sink.spool.records == 3
 
@@ -386,7 +394,7 @@ def test_a_lost_response_is_retried_and_loki_keeps_one_copy(
     fake: FakeLoki, make_sink: SinkFactory
 ) -> None:
     fake.drop_connections(times=1, after_ingest=True)
-    make_sink().write(records(5))
+    make_sink().write_records(records(5))
     assert [r.status for r in fake.requests] == [None, 204]
     assert fake.count() == 5
 
@@ -398,9 +406,9 @@ def test_timeouts_are_transient_and_resending_is_harmless(
     sink = make_sink(timeout=0.1, retry_budget=0.3, spool_max_bytes=0)
     batch = records(3)
     with pytest.raises(LokiUnavailableError, match="Timeout"):
-        sink.write(batch)
+        sink.write_records(batch)
     fake.clear_faults()
-    sink.write(batch)  # the dispatcher's retry of the same batch
+    sink.write_records(batch)  # the dispatcher's retry of the same batch
     assert fake.wait_for_count(3)
     time.sleep(0.5)  # delayed handlers finish storing their copies
     assert fake.count() == 3 and fake.lines() == ["line 0", "line 1", "line 2"]
@@ -411,7 +419,7 @@ def test_without_a_spool_an_outage_is_a_sink_error(fake: FakeLoki, make_sink: Si
     fake.go_down()
     started = time.monotonic()
     with pytest.raises(SinkError, match="loki unavailable"):
-        sink.write(records(2))
+        sink.write_records(records(2))
     assert time.monotonic() - started < 1.5
     assert not sink.up
 
@@ -424,14 +432,15 @@ def test_an_outage_is_spooled_and_replayed_in_order(
 ) -> None:
     sink = make_sink()
     start = time.time_ns()
-    sink.write(records(10, prefix="before", start_ns=start))
+    sink.write_records(records(10, prefix="before", start_ns=start))
     spooled = metric("log_capturer_sink_records_total", sink="loki", status="spooled")
     lag = metric("log_capturer_delivery_lag_seconds_count", sink="loki")
     fake.go_down()
     started = time.monotonic()
-    sink.write(records(10, prefix="during", start_ns=start + 10**6))
+    sink.write_records(records(10, prefix="during", start_ns=start + 10**6))
     assert time.monotonic() - started < 1.5  # accepted after retry_budget, not stuck
-    sink.write(records(10, prefix="during2", start_ns=start + 2 * 10**6))  # behind the spool
+    # behind the spool
+    sink.write_records(records(10, prefix="during2", start_ns=start + 2 * 10**6))
     assert sink.spool is not None and sink.spool.records == 20
     assert list((tmp_path / "spool").glob("*.seg"))
     assert metric("log_capturer_sink_records_total", sink="loki", status="spooled") == spooled + 20
@@ -448,7 +457,7 @@ def test_an_outage_is_spooled_and_replayed_in_order(
                 + [f"during2 {i}" for i in range(10)])
     assert fake.lines() == expected
     assert metric("log_capturer_delivery_lag_seconds_count", sink="loki") > lag
-    sink.write(records(1, prefix="after", start_ns=start + 3 * 10**6))  # direct again
+    sink.write_records(records(1, prefix="after", start_ns=start + 3 * 10**6))  # direct again
     assert fake.lines()[-1] == "after 0" and sink.up
 
 
@@ -461,14 +470,14 @@ def test_new_batches_queue_behind_the_spool_while_loki_recovers(
     start = time.time_ns()
     fake.go_down()
     with structlog.testing.capture_logs() as logs:
-        sink.write(records(5, prefix="old", start_ns=start))
+        sink.write_records(records(5, prefix="old", start_ns=start))
         written = len(logs)  # retries logged from now on are the replayer's
         deadline = time.monotonic() + 5
         while not any(e["event"] == "loki_push_retry" for e in logs[written:]):
             assert time.monotonic() < deadline, "the replayer never tried"
             time.sleep(0.005)
     fake.come_up()
-    sink.write(records(5, prefix="new", start_ns=start + 10**6))
+    sink.write_records(records(5, prefix="new", start_ns=start + 10**6))
     assert fake.requests == []  # "new" went to the spool, behind "old"
     assert sink.spool is not None and sink.spool.records == 10
     assert fake.wait_for_count(10, timeout=5)
@@ -480,7 +489,7 @@ def test_the_spool_survives_a_restart(
 ) -> None:
     first = make_sink()
     fake.go_down()
-    first.write(records(7, prefix="kept"))
+    first.write_records(records(7, prefix="kept"))
     first.close()
     assert len(list((tmp_path / "spool").glob("*.seg"))) == 1
 
@@ -505,7 +514,7 @@ def test_a_full_spool_pushes_back_and_loses_nothing(
     for n in range(40):
         batch = [record(os.urandom(200).hex(), start + n * 100 + i) for i in range(5)]
         try:
-            sink.write(batch)
+            sink.write_records(batch)
         except SinkError as exc:
             assert "full" in str(exc)
             refused = batch
@@ -516,7 +525,7 @@ def test_a_full_spool_pushes_back_and_loses_nothing(
     fake.come_up()
     assert fake.wait_for_count(len(accepted))
     assert fake.lines() == accepted
-    sink.write(refused)  # the dispatcher's retry succeeds once there is room
+    sink.write_records(refused)  # the dispatcher's retry succeeds once there is room
     assert fake.wait_for_count(len(accepted) + 5)
     assert fake.lines() == accepted + [r.message for r in refused]
 
@@ -526,7 +535,7 @@ def test_close_stops_the_replayer_promptly_and_keeps_the_spool(
 ) -> None:
     sink = make_sink(max_backoff=1.0)
     fake.go_down()
-    sink.write(records(3))
+    sink.write_records(records(3))
     replayers = [t for t in threading.enumerate() if t.name == "loki-spool-replayer"]
     assert len(replayers) == 1
     time.sleep(0.1)  # let it fail and back off
@@ -536,7 +545,7 @@ def test_close_stops_the_replayer_promptly_and_keeps_the_spool(
     assert not replayers[0].is_alive()
     assert len(list((tmp_path / "spool").glob("*.seg"))) == 1
     with pytest.raises(SinkError, match="closed"):
-        sink.write(records(1))
+        sink.write_records(records(1))
 
 
 # -- secrets -------------------------------------------------------------------------------
@@ -553,13 +562,13 @@ def test_basic_auth_password_from_env_never_appears(
     with FakeLoki(authorization=expected) as loki, structlog.testing.capture_logs() as logs:
         sink = make_sink(loki, username="shipper", password_env="LOKI_TEST_PASSWORD",
                          retry_budget=0.1)
-        sink.write(records(2))
+        sink.write_records(records(2))
         assert loki.count() == 2
         assert loki.requests[0].headers["authorization"] == expected
         loki.fail(401, times=1)  # an error path: logged and dead-lettered
-        sink.write(records(1, prefix="rejected"))
+        sink.write_records(records(1, prefix="rejected"))
         loki.go_down()  # and a retry path: logged and spooled
-        sink.write(records(1, prefix="spooled"))
+        sink.write_records(records(1, prefix="spooled"))
         config = sink.config
     assert logs, "no log captured: this test would pass vacuously"
     texts = [repr(sink), repr(config), str(config), config.model_dump_json(), repr(logs),
@@ -576,7 +585,7 @@ def test_bearer_token_from_a_file(tmp_path: Path, make_sink: SinkFactory) -> Non
     token_file.write_text(SECRET + "\n")
     with FakeLoki(authorization=f"Bearer {SECRET}") as loki:
         sink = make_sink(loki, bearer_token_file=str(token_file))
-        sink.write(records(1))
+        sink.write_records(records(1))
         assert loki.count() == 1
         assert SECRET not in repr(sink) and SECRET not in sink.config.model_dump_json()
 
@@ -586,9 +595,9 @@ def test_missing_secrets_fail_at_start_naming_the_source_only(
 ) -> None:
     monkeypatch.delenv("LOKI_NOT_SET", raising=False)
     with pytest.raises(SecretUnavailableError, match="LOKI_NOT_SET is not set"):
-        LokiSink(settings(tmp_path, fake, username="u", password_env="LOKI_NOT_SET"))
+        RecordsLokiSink(settings(tmp_path, fake, username="u", password_env="LOKI_NOT_SET"))
     with pytest.raises(SecretUnavailableError, match="cannot read"):
-        LokiSink(settings(tmp_path, fake, bearer_token_file=str(tmp_path / "missing")))
+        RecordsLokiSink(settings(tmp_path, fake, bearer_token_file=str(tmp_path / "missing")))
     assert not (tmp_path / "spool").exists()  # nothing opened before the secrets were read
 
 

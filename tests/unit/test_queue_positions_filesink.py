@@ -1,81 +1,146 @@
-"""The bounded queue, atomic positions, and the file sink's exactly-once recovery."""
+"""The bounded queue, the ledger of positions, and the file sink's exactly-once recovery."""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
-import time
 from pathlib import Path
 
 from log_capturer.discovery.container import ContainerInfo
-from log_capturer.monitor.marks import Mark
-from log_capturer.pipeline.queue import RecordQueue
-from log_capturer.pipeline.record import LogRecord
-from log_capturer.positions.store import PositionStore
+from log_capturer.pipeline.batch import LineBatch
+from log_capturer.pipeline.queue import BatchQueue
+from log_capturer.positions.ledger import Ledger, Life, MonitorEnd
+from log_capturer.positions.marks import ZERO, Mark
 from log_capturer.sinks.file import FileSink, FileSinkConfig
 from log_capturer.timestamps import format_rfc3339_ns
+from tests.unit.batches import line_batch
 
 INFO = ContainerInfo(id="c" * 64, name="web", image="img:1", labels={"a": "b"})
 T0 = 1_795_000_000_000_000_000
 
 
-def rec(ts_ns: int, seq: int = 1, msg: str = "m", stream: str = "stdout") -> LogRecord:
-    return LogRecord(INFO, stream, ts_ns, seq, format_rfc3339_ns(ts_ns), msg)
+def batch(*lines: tuple[int, int, str], stream: str = "stdout") -> LineBatch:
+    """Lines ``(ts_ns, seq, message)`` of one stream."""
+    return line_batch(INFO, [(stream, ts, m) for ts, _, m in lines], [s for _, s, _ in lines])
+
+
+def wait_until(predicate: object, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_full_queue_blocks_until_there_is_room_and_never_drops() -> None:
-    queue = RecordQueue(max_records=2, max_bytes=10**6)
+    queue = BatchQueue(max_records=2, max_bytes=10**6)
     stop = threading.Event()
-    assert queue.put("a", 1, stop) and queue.put("b", 1, stop)
+    a, b, c = batch((T0, 1, "a")), batch((T0, 2, "b")), batch((T0, 3, "c"))
+    assert queue.put(a, stop) and queue.put(b, stop)
     done: list[bool] = []
-    producer = threading.Thread(target=lambda: done.append(queue.put("c", 1, stop)))
+    producer = threading.Thread(target=lambda: done.append(queue.put(c, stop)))
     producer.start()
-    time.sleep(0.3)
-    assert done == []  # blocked: backpressure
-    assert queue.get_batch(10, 0, 0) == ["a", "b"]
-    producer.join(2)
+    # blocked (backpressure) for as long as nothing is taken: the metric says it waits
+    wait_until(lambda: producer.is_alive() and len(queue) == 2, "the producer to block")
+    assert done == []
+    assert queue.get(10, 0, 0) == [a, b]
+    producer.join(10)
     assert done == [True]
-    assert queue.get_batch(10, 0, 0) == ["c"]
+    assert queue.get(10, 0, 0) == [c]
 
 
-def test_queue_byte_bound_admits_one_oversized_item_and_stop_unblocks() -> None:
-    queue = RecordQueue(max_records=100, max_bytes=10)
+def test_queue_counts_lines_and_hands_over_whole_batches() -> None:
+    queue = BatchQueue(max_records=100, max_bytes=10**6)
     stop = threading.Event()
-    assert queue.put("huge", 1000, stop)  # an empty queue always takes one item
+    big = batch(*((T0 + i, 1, "x") for i in range(5)))
+    small = batch((T0 + 9, 1, "y"))
+    assert queue.put(big, stop) and queue.put(small, stop)
+    assert len(queue) == 6
+    assert queue.get(3, 0, 0) == [big]  # at least one batch, however many lines
+    assert queue.get(3, 0, 0) == [small]
+
+
+def test_queue_byte_bound_admits_one_oversized_batch_and_stop_unblocks() -> None:
+    queue = BatchQueue(max_records=100, max_bytes=10)
+    stop = threading.Event()
+    huge = batch((T0, 1, "h" * 1000))
+    assert queue.put(huge, stop)  # an empty queue always takes one batch
     stop.set()
-    assert queue.put("next", 5, stop) is False  # full, and asked to stop
-    assert queue.get_batch(10, 0, 0) == ["huge"]
+    assert queue.put(batch((T0 + 1, 1, "next")), stop) is False  # full, and asked to stop
+    assert queue.get(10, 0, 0) == [huge]
 
 
 def test_drop_policy_drops_and_says_so() -> None:
-    queue = RecordQueue(max_records=1, max_bytes=100, drop_newest=True)
+    queue = BatchQueue(max_records=1, max_bytes=100, drop_newest=True)
     stop = threading.Event()
-    assert queue.put("a", 1, stop)
-    assert queue.put("b", 1, stop) is False
-    assert queue.get_batch(10, 0, 0) == ["a"]
+    a = batch((T0, 1, "a"))
+    assert queue.put(a, stop)
+    assert queue.put(batch((T0, 2, "b")), stop) is False
+    assert queue.get(10, 0, 0) == [a]
 
 
 def test_positions_save_atomically_and_reload(tmp_path: Path) -> None:
-    store = PositionStore(tmp_path / "p" / "positions.json")
-    store.ack([rec(T0, 1), rec(T0, 2), rec(T0 + 5, 1, stream="stderr")])
-    assert store.save({"file": {"offset": 3}})
-    assert not store.save({})  # nothing changed
+    path = tmp_path / "p" / "positions.json"
+    ledger = Ledger(str(path))
+    ledger.load([])
+    position = ledger.open(INFO, ("stdout", "stderr"), start_now=False)
+    assert position is not None and position.read == {"stdout": ZERO, "stderr": ZERO}
+    ledger.acknowledge(
+        [batch((T0, 1, "a"), (T0, 2, "b")), batch((T0 + 5, 1, "c"), stream="stderr")]
+    )
+    assert ledger.save({"file": {"offset": 3}})
+    assert not ledger.save({})  # nothing changed
     assert [p.name for p in (tmp_path / "p").iterdir()] == ["positions.json"]  # no temp files
-    again = PositionStore(tmp_path / "p" / "positions.json")
-    saved = again.load()
+    again = Ledger(str(path))
+    saved = again.file.load()
     assert saved.marks == {INFO.id: {"stdout": Mark(T0, 2), "stderr": Mark(T0 + 5, 1)}}
     assert saved.sinks == {"file": {"offset": 3}}
     assert saved.names[INFO.id] == "web"
-    again.prune([INFO.id])
+    again.load([])
+    assert again.unfinished(INFO.id)  # known from the file, not read yet: the rest is due
+    reopened = again.open(INFO, ("stdout", "stderr"), start_now=False)
+    assert reopened is not None
+    assert reopened.read == {"stdout": Mark(T0, 2), "stderr": Mark(T0 + 5, 1)}
+    again.close(INFO.id, MonitorEnd.STOPPED, "")
+    again.destroyed(INFO.id)
     again.save({})
-    assert PositionStore(tmp_path / "p" / "positions.json").load().marks == {}
+    assert Ledger(str(path)).file.load().marks == {}
+
+
+def test_ledger_life_finished_runs_and_destroy_while_reading(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path / "positions.json"))
+    stopped = ContainerInfo(INFO.id, INFO.name, INFO.image, started_at="run-1")
+    position = ledger.open(stopped, ("stdout",), start_now=False)
+    assert position is not None and position.life is Life.READING
+    ledger.close(INFO.id, MonitorEnd.EXITED, "run-1")
+    assert ledger.open(stopped, ("stdout",), start_now=False) is None  # read to its end
+    restarted = ContainerInfo(INFO.id, INFO.name, INFO.image, running=True, started_at="run-2")
+    again = ledger.open(restarted, ("stdout",), start_now=False)
+    assert again is not None  # a new run is read
+    ledger.destroyed(INFO.id)  # while its monitor reads: forgotten when it ends
+    assert INFO.id in ledger.container_ids()
+    ledger.close(INFO.id, MonitorEnd.STOPPED, "run-2")
+    assert ledger.container_ids() == []
+    ledger.acknowledge([batch((T0, 1, "late"))])  # a late batch does not bring it back
+    assert ledger.delivered(INFO.id) is None
+
+
+def test_start_from_now_is_saved_at_once(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path / "positions.json"))
+    position = ledger.open(INFO, ("stdout",), start_now=True)
+    assert position is not None and position.read["stdout"].ts_ns > 0
+    assert ledger.save({})
+    assert ledger.file.load().marks == {INFO.id: position.read}
 
 
 def test_corrupt_positions_are_set_aside_not_reused(tmp_path: Path) -> None:
     path = tmp_path / "positions.json"
     path.write_text("{not json")
-    assert PositionStore(path).load().marks == {}
+    assert Ledger(str(path)).file.load().marks == {}
     assert not path.exists()
     assert len(list(tmp_path.glob("positions.json.corrupt-*"))) == 1
 
@@ -87,10 +152,10 @@ def sink_at(tmp_path: Path, **kw: object) -> FileSink:
 def test_file_sink_recovers_what_it_wrote_after_the_checkpoint(tmp_path: Path) -> None:
     """Crash between a write and the positions save: nothing written twice after restart."""
     sink = sink_at(tmp_path)
-    sink.write([rec(T0, 1, "a"), rec(T0, 2, "b")])
+    sink.write([batch((T0, 1, "a"), (T0, 2, "b"))])
     state = sink.checkpoint()
     acked = {INFO.id: {"stdout": Mark(T0, 2)}}
-    sink.write([rec(T0, 3, "c"), rec(T0 + 1, 1, "d")])  # then: kill -9 before the save
+    sink.write([batch((T0, 3, "c"), (T0 + 1, 1, "d"))])  # then: kill -9 before the save
     sink._fh.close()  # type: ignore[union-attr]  # (the process died)
     with open(tmp_path / "logs.jsonl", "ab") as fh:
         fh.write(b'{"ts": "torn')  # a write cut by the crash
@@ -99,7 +164,7 @@ def test_file_sink_recovers_what_it_wrote_after_the_checkpoint(tmp_path: Path) -
     marks = restarted.recover(acked, state)
     assert marks[INFO.id]["stdout"] == Mark(T0 + 1, 1)
     # The engine re-sends from the acknowledged position; only the new line is written.
-    restarted.write([rec(T0, 3, "c"), rec(T0 + 1, 1, "d"), rec(T0 + 2, 1, "e")])
+    restarted.write([batch((T0, 3, "c"), (T0 + 1, 1, "d"), (T0 + 2, 1, "e"))])
     restarted.close()
     lines = [json.loads(x) for x in (tmp_path / "logs.jsonl").read_text().splitlines()]
     assert [x["message"] for x in lines] == ["a", "b", "c", "d", "e"]
@@ -109,7 +174,7 @@ def test_file_sink_recovers_when_the_checkpoint_predates_the_file(tmp_path: Path
     sink = sink_at(tmp_path)
     state = sink.checkpoint()
     assert state == {"path": str(tmp_path / "logs.jsonl"), "inode": None, "offset": 0}
-    sink.write([rec(T0, 1, "first")])
+    sink.write([batch((T0, 1, "first"))])
     sink.close()
     marks = sink_at(tmp_path).recover({}, state)
     assert marks == {INFO.id: {"stdout": Mark(T0, 1)}}
@@ -120,7 +185,7 @@ def test_file_sink_rotates_only_after_a_checkpoint_and_keeps_max_files(tmp_path:
     for n in range(12):
         if sink.wants_checkpoint():
             sink.checkpoint()
-        sink.write([rec(T0 + n, 1, "x" * 100)])
+        sink.write([batch((T0 + n, 1, "x" * 100))])
     sink.close()
     rotated = sorted(p.name for p in tmp_path.iterdir() if p.name != "logs.jsonl")
     assert len(rotated) == 2 and all(name.endswith(".gz") for name in rotated)
@@ -135,10 +200,7 @@ def test_file_sink_record_format(tmp_path: Path) -> None:
         image="shop/api:2",
         labels={"com.docker.compose.service": "api", "com.docker.compose.project": "shop"},
     )
-    record = LogRecord(
-        info, "stderr", T0, 1, format_rfc3339_ns(T0), "bad \ufffd utf8", truncated=True
-    )
-    sink.write([record])
+    sink.write([line_batch(info, [("stderr", T0, b"bad \xff utf8")], truncated=[True])])
     sink.close()
     doc = json.loads((tmp_path / "logs.jsonl").read_text())
     assert doc == {

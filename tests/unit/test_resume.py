@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from log_capturer.monitor.marks import Mark
 from log_capturer.monitor.resume import (
     GAP,
     PENDING,
@@ -12,6 +11,7 @@ from log_capturer.monitor.resume import (
     ended_before_until,
     tail_lines,
 )
+from log_capturer.positions.marks import Mark
 
 MS = 1_000_000
 FIRST_DATA = 1_000 * MS  # when the body's first bytes arrived

@@ -15,10 +15,10 @@ from prometheus_client import REGISTRY
 
 from log_capturer.config.loader import ConfigError, load_config
 from log_capturer.discovery.container import ContainerInfo
-from log_capturer.monitor.marks import Mark
+from log_capturer.pipeline.batch import Batch, RecordBatch
 from log_capturer.pipeline.config import PipelineConfig
 from log_capturer.pipeline.dispatcher import Dispatcher
-from log_capturer.pipeline.queue import RecordQueue
+from log_capturer.pipeline.queue import BatchQueue
 from log_capturer.pipeline.record import LogRecord
 from log_capturer.pipeline.stages import NoStages, StageChain
 from log_capturer.pipeline.stages.chain import build_stages
@@ -31,10 +31,12 @@ from log_capturer.pipeline.stages.config import (
 from log_capturer.pipeline.stages.multiline import Multiline
 from log_capturer.pipeline.stages.parse_json import ParseJson
 from log_capturer.pipeline.stages.redact import Redact
-from log_capturer.positions.store import PositionStore
+from log_capturer.positions.ledger import Ledger
+from log_capturer.positions.marks import Mark
 from log_capturer.sinks.base import Sink
 from log_capturer.sinks.file import FileSink, FileSinkConfig
 from log_capturer.timestamps import format_rfc3339_ns
+from tests.unit.batches import line_batch
 
 WEB = ContainerInfo(id="a" * 64, name="web-1", image="web:1")
 DB = ContainerInfo(id="b" * 64, name="db-1", image="db:1")
@@ -519,8 +521,9 @@ class CapturingSink(Sink):
     def __init__(self) -> None:
         self.records: list[LogRecord] = []
 
-    def write(self, batch: list[LogRecord]) -> None:
-        self.records.extend(batch)
+    def write(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            self.records.extend(batch.records())
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -532,10 +535,11 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def run_dispatcher(
     tmp_path: Path, flush_timeout: float
-) -> tuple[Dispatcher, RecordQueue, CapturingSink, PositionStore]:
-    queue = RecordQueue(1000, 10**6)
+) -> tuple[Dispatcher, BatchQueue, CapturingSink, Ledger]:
+    queue = BatchQueue(1000, 10**6)
     sink = CapturingSink()
-    positions = PositionStore(tmp_path / "positions.json")
+    positions = Ledger(str(tmp_path / "positions.json"))
+    assert positions.open(WEB, ("stdout", "stderr"), start_now=False) is not None
     stages: StageChain = build_stages(
         StagesConfig(
             multiline=MultilineConfig(enabled=True, flush_timeout=flush_timeout),
@@ -554,9 +558,10 @@ def run_dispatcher(
     return dispatcher, queue, sink, positions
 
 
-def put_all(queue: RecordQueue, records: list[LogRecord]) -> None:
-    for record in records:
-        assert queue.put(record, record.size, threading.Event())
+def put_all(queue: BatchQueue, records: list[LogRecord]) -> None:
+    for record in records:  # a read each
+        batch = line_batch(record.container, [(record.stream, record.ts_ns, record.message)])
+        assert queue.put(batch, threading.Event())
 
 
 def test_dispatcher_acks_merged_records_at_their_last_line_and_flushes_at_stop(
@@ -566,15 +571,15 @@ def test_dispatcher_acks_merged_records_at_their_last_line_and_flushes_at_stop(
     try:
         src = lines([*TRACEBACK, "2026-01-01 12:00:01 INFO password=x"])
         put_all(queue, src)
-        wait_for(lambda: positions.marks_for(WEB.id) is not None)
+        wait_for(lambda: bool(positions.delivered(WEB.id)))
         assert [r.lines for r in sink.records] == [5]
         # Acknowledged up to the traceback's last line, not the held line after it.
-        assert positions.marks_for(WEB.id) == {"stdout": Mark(T0 + 4, 1)}
+        assert positions.delivered(WEB.id) == {"stdout": Mark(T0 + 4, 1)}
     finally:
         dispatcher.stop(timeout=5)
     assert not dispatcher.alive
     assert [r.message for r in sink.records[1:]] == ["2026-01-01 12:00:01 INFO password=[REDACTED]"]
-    saved = PositionStore(tmp_path / "positions.json").load()
+    saved = Ledger(str(tmp_path / "positions.json")).file.load()
     assert saved.marks == {WEB.id: {"stdout": Mark(T0 + 5, 1)}}
 
 
@@ -586,7 +591,7 @@ def test_dispatcher_wakes_for_the_flush_timeout(tmp_path: Path) -> None:
         wait_for(lambda: len(sink.records) == 1)
         assert time.monotonic() - started >= 0.15
         assert sink.records[0].lines == 5
-        wait_for(lambda: positions.marks_for(WEB.id) == {"stdout": Mark(T0 + 4, 1)})
+        wait_for(lambda: positions.delivered(WEB.id) == {"stdout": Mark(T0 + 4, 1)})
     finally:
         dispatcher.stop(timeout=5)
 
@@ -602,7 +607,7 @@ def test_file_sink_recovers_marks_at_merged_records_last_lines(tmp_path: Path) -
 
     sink = FileSink(config)
     state = sink.checkpoint()  # the last checkpoint precedes every write
-    sink.write(records)
+    sink.write(RecordBatch.group(records))
     sink.close()  # then the process dies before positions are saved
 
     restarted = FileSink(config)
@@ -612,7 +617,7 @@ def test_file_sink_recovers_marks_at_merged_records_last_lines(tmp_path: Path) -
     again = multiline()
     resent = again.process([*trace_out, *trace_err, rec("next", T0 + 50)], now=0.0)
     resent += again.flush()
-    restarted.write([*resent, rec("new", T0 + 60)])
+    restarted.write(RecordBatch.group([*resent, rec("new", T0 + 60)]))
     restarted.close()
     written = [json.loads(x) for x in (tmp_path / "logs.jsonl").read_text().splitlines()]
     assert [(d["message"], d.get("lines", 1)) for d in written] == [

@@ -26,7 +26,6 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from ... import __version__
 from ...backoff import backoff_seconds
-from ...discovery.container import ContainerInfo
 from ...metrics.registry import (
     DEAD_LETTER_RECORDS,
     LOKI_REQUEST_SECONDS,
@@ -35,9 +34,9 @@ from ...metrics.registry import (
     SINK_RETRIES,
     SINK_UP,
 )
-from ...pipeline.record import LogRecord
+from ...pipeline.batch import Batch
 from ...timestamps import format_rfc3339_ns
-from ..base import Sink, SinkError, observe_delivered
+from ..base import Sink, SinkError, observe_lag
 from ..spool import DiskSpool, SpoolEntry, SpoolError, SpoolFullError
 from .auth import make_auth
 from .config import PUSH_PATH, LokiSinkConfig
@@ -53,8 +52,6 @@ from .responses import (
 )
 
 _log = structlog.get_logger(__name__)
-
-_LAG_CONTAINER = ContainerInfo(id="", name="", image="")
 
 
 class _Stopping(Exception):
@@ -187,10 +184,10 @@ class LokiSink(Sink):
 
     # -- writing ---------------------------------------------------------------------
 
-    def write(self, batch: list[LogRecord]) -> None:
+    def write(self, batches: list[Batch]) -> None:
         if self._closed:
             raise SinkError("loki sink is closed")
-        pushes = self._encoder.build(batch)
+        pushes = self._encoder.build([r for batch in batches for r in batch.records()])
         if not pushes:
             return
         if self._spool is not None and not self._spool.empty:
@@ -370,10 +367,7 @@ class LokiSink(Sink):
         # The spool keeps entries, not records; stand-ins carrying the timestamps are
         # enough for the lag histogram, sampled as observe_delivered samples.
         step = max(1, len(push) // 20)
-        observe_delivered(
-            self.name,
-            [LogRecord(_LAG_CONTAINER, "", e.ts_ns, 0, "", "") for e in push.entries[::step]],
-        )
+        observe_lag(self.name, [e.ts_ns for e in push.entries[::step]])
 
     def _reject(self, push: Push, exc: LokiRejectedError) -> None:
         self._dead_letters.write(push, exc.status, exc.message)

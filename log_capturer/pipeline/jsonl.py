@@ -1,0 +1,166 @@
+"""The record format every JSON sink writes, built a batch at a time.
+
+One JSON object per line, compact, UTF-8 kept (byte for byte what
+``json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))`` gives)::
+
+    {"ts":"...","container_id":"...","container_name":"...","image":"...","stream":"stdout",
+     "message":"...","labels":{...},"compose_service":"...","compose_project":"...",
+     "truncated":true,"fields":{...},"lines":3,"end_ts":"...","end_seq":1}
+
+Strings are escaped by msgspec (byte-identical to the standard library's escaping
+with ``ensure_ascii=False``, 2.6x faster than ``encode_basestring`` per message
+here). A container's fields are the same on every line, so their JSON is made once
+per container (:func:`container_json`) and a batch of plain lines is assembled from
+prepared pieces with C-level joins: a message that is valid UTF-8 and holds no
+character JSON must escape (the common case, checked for the whole batch at once)
+is copied as it is. Measured per line (1,700-line batches of 64-byte messages):
+0.18 µs this way, 0.5 µs building a ``msgspec.Struct`` per line and encoding the
+batch with ``encode_lines``, 3 µs with a dict per line and ``orjson.dumps``.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import chain, repeat
+from typing import Any
+
+import msgspec
+
+from ..discovery.container import ContainerInfo
+from ..timestamps import format_rfc3339_ns
+
+encode = msgspec.json.Encoder().encode
+"""A str, list or str dict as JSON bytes (UTF-8 kept)."""
+
+# Bytes JSON never leaves as they are in a string: control characters, quote, backslash.
+_ESCAPED = bytes(range(0x20)) + b'"\\'
+STREAMS = ("stdout", "stderr", "tty")
+"""Every stream name a record can carry."""
+_CACHE_LIMIT = 1024
+
+
+def needs_escaping(joined: bytes) -> bool:
+    """Whether ``joined`` (messages joined by a space, which ends any multi-byte sequence
+    cut at a message's end) holds a byte that JSON escapes or invalid UTF-8: then the
+    messages cannot be copied into a JSON string as they are."""
+    if len(joined.translate(None, _ESCAPED)) != len(joined):
+        return True
+    if joined.isascii():
+        return False
+    try:
+        joined.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def message_json(message: bytes) -> bytes:
+    """A raw message as a JSON string (invalid UTF-8 replaced, as everywhere)."""
+    return encode(message.decode("utf-8", "replace"))
+
+
+class ContainerJson:
+    """The JSON pieces of one container's records around ts and message."""
+
+    __slots__ = ("container", "heads", "quoted_heads", "tail", "tail_truncated")
+
+    def __init__(self, container: ContainerInfo) -> None:
+        self.container = container
+        start = (
+            b',"container_id":' + encode(container.id)
+            + b',"container_name":' + encode(container.name)
+            + b',"image":' + encode(container.image)
+            + b',"stream":'
+        )
+        # stream -> everything between the ts string and the message string (its opening
+        # quote included in quoted_heads, for messages copied as they are)
+        self.heads = {s: b'"' + start + encode(s) + b',"message":' for s in STREAMS}
+        self.quoted_heads = {s: head + b'"' for s, head in self.heads.items()}
+        tail = b',"labels":' + encode(container.labels)
+        if container.compose_service is not None:
+            tail += b',"compose_service":' + encode(container.compose_service)
+        if container.compose_project is not None:
+            tail += b',"compose_project":' + encode(container.compose_project)
+        self.tail = tail
+        self.tail_truncated = tail + b',"truncated":true'
+
+
+# id(container) -> its pieces; the entry keeps the container, so an id is not reused.
+_cache: dict[int, ContainerJson] = {}
+
+
+def container_json(container: ContainerInfo) -> ContainerJson:
+    pieces = _cache.get(id(container))
+    if pieces is None or pieces.container is not container:
+        if len(_cache) >= _CACHE_LIMIT:
+            _cache.clear()
+        pieces = _cache[id(container)] = ContainerJson(container)
+    return pieces
+
+
+def lines_jsonl(
+    container: ContainerInfo,
+    streams: list[str],
+    ts: list[bytes],
+    messages: list[bytes],
+    truncated: list[bool] | None,
+) -> bytes:
+    """JSON lines (each ended by a newline) for plain lines of one container: Docker's
+    timestamp text, stream and raw message of each."""
+    if not messages:
+        return b""
+    pieces = container_json(container)
+    if needs_escaping(b" ".join(messages)):
+        heads = map(pieces.heads.__getitem__, streams)
+        quoted: Any = map(message_json, messages)
+        close = b""
+    else:
+        heads = map(pieces.quoted_heads.__getitem__, streams)
+        quoted, close = messages, b'"'
+    if truncated is None or not any(truncated):
+        tails: Any = repeat(close + pieces.tail + b"}\n")
+    else:
+        options = (close + pieces.tail + b"}\n", close + pieces.tail_truncated + b"}\n")
+        tails = map(options.__getitem__, truncated)
+    return b"".join(
+        chain.from_iterable(
+            zip(
+                repeat(b'{"ts":"'),
+                ts,
+                heads,
+                quoted,
+                tails,
+            )
+        )
+    )
+
+
+def record_json(
+    container: ContainerInfo,
+    stream: str,
+    ts: str,
+    message: str,
+    truncated: bool,
+    fields: dict[str, Any] | None,
+    lines: int,
+    end_ts_ns: int,
+    end_seq: int,
+) -> bytes:
+    """One record with everything a stage may have added (no newline)."""
+    pieces = container_json(container)
+    out = (
+        b'{"ts":' + encode(ts) + pieces.heads[stream][1:] + encode(message)
+        + (pieces.tail_truncated if truncated else pieces.tail)
+    )
+    if fields is not None:
+        # The standard library, as parse_json decoded them (its floats, NaN, big ints).
+        text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+        out += b',"fields":' + text.encode()
+    if lines > 1:
+        # Merged lines: where the last one was, so the file sink can recover exactly.
+        out += (
+            b',"lines":%d,"end_ts":' % lines
+            + encode(format_rfc3339_ns(end_ts_ns))
+            + b',"end_seq":%d' % end_seq
+        )
+    return out + b"}"

@@ -1,0 +1,154 @@
+"""Per-stream dedup: the inclusive ``since`` boundary, json-file rotation repeats, clock steps."""
+
+from __future__ import annotations
+
+from log_capturer.monitor.admit import RecentLines, StreamDedup
+from log_capturer.monitor.plan import ReadPlan, plan_window
+from log_capturer.positions.marks import ZERO, Mark
+from log_capturer.timestamps import format_rfc3339_ns
+
+S = 1_000_000_000
+BASE = 1_700_000_000 * S
+
+
+def ts(n: int) -> bytes:
+    return format_rfc3339_ns(BASE + n).encode()
+
+
+def admit_all(
+    dedup: StreamDedup, stamps: list[int], messages: list[bytes] | None = None
+) -> list[tuple[int, int]]:
+    """(timestamp, seq) of the lines admitted, fed one line at a time."""
+    messages = messages or [b"m%d" % i for i in range(len(stamps))]
+    out = []
+    for stamp, message in zip(stamps, messages, strict=True):
+        result = dedup.admit([ts(stamp)], [message])
+        if result is None:
+            out.append((stamp, 1))
+        elif result[0][0]:
+            out.append((stamp, result[1][0]))
+    return out
+
+
+def mark(n: int, count: int) -> Mark:
+    return Mark(BASE + n, count)
+
+
+def test_lines_at_the_mark_timestamp_are_dropped_only_as_often_as_delivered() -> None:
+    # Three lines share timestamp 5; two were delivered before the window closed.
+    dedup = StreamDedup(mark(5, 2))
+    assert admit_all(dedup, [5, 5, 5, 6, 6]) == [(5, 3), (6, 1), (6, 2)]
+    assert dedup.mark == mark(6, 2)
+    assert dedup.dropped == 2
+
+
+def test_everything_before_the_mark_is_dropped() -> None:
+    dedup = StreamDedup(mark(10, 1))
+    assert admit_all(dedup, [3, 7, 10, 11]) == [(11, 1)]
+
+
+def test_from_zero_everything_is_new_and_numbered_per_timestamp() -> None:
+    dedup = StreamDedup(ZERO)
+    assert admit_all(dedup, [1, 1, 2, 2, 2, 3]) == [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 1)]
+
+
+def test_windows_chained_deliver_each_line_once() -> None:
+    """Replaying a window boundary anywhere yields every line exactly once."""
+    log = [1, 1, 1, 2, 3, 3, 4, 4, 4, 4, 5]
+    for cut in range(len(log) + 1):
+        first = StreamDedup(ZERO)
+        delivered = admit_all(first, log[:cut])
+        since = first.mark.ts_ns - BASE
+        second = StreamDedup(first.mark)
+        delivered += admit_all(second, [t for t in log if t >= since])  # inclusive since
+        assert [t for t, _ in delivered] == log, cut
+
+
+def test_clock_stepping_back_inside_a_window_keeps_the_lines() -> None:
+    dedup = StreamDedup(mark(5, 1))
+    assert admit_all(dedup, [5, 6, 4, 7]) == [(6, 1), (4, 1), (7, 1)]
+    assert dedup.clock_backwards == 1
+    assert dedup.resent == 0
+    assert dedup.mark == mark(7, 1)
+
+
+def test_a_rotation_repeat_is_dropped_and_counted() -> None:
+    """The engine re-sends lines just delivered, same bytes and timestamps, then goes on."""
+    dedup = StreamDedup(ZERO)
+    stamps = [1, 2, 3, 4, 5, 6]
+    messages = [b"line %d" % t for t in stamps]
+    assert admit_all(dedup, stamps, messages) == [(t, 1) for t in stamps]
+    # Rotation: back to 3, the same lines 3..6 again, then new ones.
+    again = admit_all(dedup, [3, 4, 5, 6, 7, 8], [b"line %d" % t for t in (3, 4, 5, 6, 7, 8)])
+    assert again == [(7, 1), (8, 1)]
+    assert dedup.resent == 4
+    assert dedup.clock_backwards == 0
+    assert dedup.mark == mark(8, 1)
+
+
+def test_a_repeat_is_recognised_across_windows() -> None:
+    """The recent lines outlive a window: a repeat right after a reopen is dropped too."""
+    recent = RecentLines()
+    first = StreamDedup(ZERO, recent)
+    admit_all(first, [1, 2, 3], [b"a", b"b", b"c"])
+    second = StreamDedup(first.mark, recent)
+    # the reopen re-sends 3 (inclusive since), then 4, then a rotation repeats 2..4
+    got = admit_all(second, [3, 4, 2, 3, 4, 5], [b"c", b"d", b"b", b"c", b"d", b"e"])
+    assert got == [(4, 1), (5, 1)]
+    assert (second.dropped, second.resent, second.clock_backwards) == (1, 3, 0)
+
+
+def test_new_lines_among_a_repeat_are_kept() -> None:
+    """Behind the newest timestamp, only lines equal to recent ones are repeats; the others
+    are new (a clock step) and delivered once, each equal line as often as it came before."""
+    dedup = StreamDedup(ZERO)
+    admit_all(dedup, [1, 2, 2, 3], [b"x", b"y", b"y", b"z"])
+    got = admit_all(dedup, [2, 2, 2, 3, 3], [b"y", b"y", b"y", b"z", b"new at 3"])
+    # two "y" at 2 were delivered: the third is new; "z" repeats; "new at 3" is new
+    assert got == [(2, 3), (3, 2)]
+    assert dedup.resent == 3
+    assert dedup.clock_backwards == 1
+    assert dedup.mark == mark(3, 2)
+
+
+def test_the_fast_path_gives_what_line_by_line_gives() -> None:
+    """A read admitted at once equals the same lines admitted one by one."""
+    stamps = [1, 1, 2, 3, 3, 3, 4]
+    messages = [b"m%d" % i for i in range(len(stamps))]
+    one = StreamDedup(mark(1, 1))
+    many = StreamDedup(mark(1, 1))
+    want = admit_all(one, [*stamps, 5, 5, 6], [*messages, b"a", b"b", b"c"])
+    result = many.admit([ts(t) for t in stamps], messages)  # first read: line by line
+    assert result is not None
+    got = [(t, seq) for t, keep, seq in zip(stamps, *result, strict=True) if keep]
+    assert many.admit([ts(5), ts(5), ts(6)], [b"a", b"b", b"c"]) is None  # in order: fast
+    got += [(5, 1), (5, 2), (6, 1)]
+    assert got == want
+    assert many.mark == one.mark == mark(6, 1)
+
+
+def test_recent_lines_keep_at_least_the_last_read_within_the_budget() -> None:
+    recent = RecentLines(budget=10)
+    recent.add([b"t1"], [b"x" * 8], 8)
+    recent.add([b"t2"], [b"y" * 8], 8)
+    recent.add([b"t3"], [b"z" * 30], 30)
+    assert set(recent.counts()) == {(b"t3", b"z" * 30)}
+
+
+def test_plan_reads_close_streams_together_from_the_older_mark() -> None:
+    checked = {"stdout": 100 * S, "stderr": 99 * S}
+    assert plan_window(checked, 30 * S, follow=True) == [
+        ReadPlan(("stdout", "stderr"), 99 * S, follow=True)
+    ]
+
+
+def test_plan_reads_a_lagging_stream_alone_without_follow() -> None:
+    checked = {"stdout": 1000 * S, "stderr": 0}
+    assert plan_window(checked, 30 * S, follow=True) == [
+        ReadPlan(("stderr",), 0, follow=False),
+        ReadPlan(("stdout",), 1000 * S, follow=True),
+    ]
+
+
+def test_plan_for_a_single_tty_stream() -> None:
+    assert plan_window({"tty": 7}, S, follow=False) == [ReadPlan(("tty",), 7, False)]
