@@ -13,9 +13,9 @@
 #     -v log-capturer-data:/var/lib/log_capturer \
 #     -p 127.0.0.1:8001:8001 log-capturer
 #
-# (compose: `group_add: ["<gid>"]`). Any config key can be overridden with
-# LOG_CAPTURER__<SECTION>__<KEY>=<yaml value>, e.g. LOG_CAPTURER__LOGGING__LEVEL=debug;
-# if you move server.listen off port 8001, set LOG_CAPTURER_HEALTH_URL to match.
+# (compose: `group_add: ["<gid>"]`). Config keys can be overridden from the environment
+# (`docker run -e ...`; the rule is in the header of docs/config-reference.yaml); if you
+# move server.listen off port 8001, set LOG_CAPTURER_HEALTH_URL to match.
 #
 # The legacy builder (Docker 20.10 without BuildKit) must build this file too: no
 # RUN --mount, no heredocs.

@@ -1,4 +1,7 @@
-"""``log-capturer run|check-config -c config.yaml``. Exit codes: 0 ok, 1 failure, 2 bad config."""
+"""``log-capturer run|check-config -c config.yaml``, ``log-capturer config-reference``.
+
+Exit codes: 0 ok, 1 failure, 2 bad config.
+"""
 
 from __future__ import annotations
 
@@ -32,11 +35,20 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get("LOG_CAPTURER_CONFIG", "config.yaml"),
             help="YAML config file (default: $LOG_CAPTURER_CONFIG or ./config.yaml)",
         )
+    sub.add_parser(
+        "config-reference",
+        help="print every configuration key with its description and default, as YAML",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config-reference":
+        from .config.reference import render_reference
+
+        print(render_reference(), end="")
+        return EXIT_OK
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -1,9 +1,9 @@
 """Loading the whole configuration: one section per part, each defined beside its code.
 
-Every key can be overridden from the environment: ``LOG_CAPTURER__`` followed by the
-key path in upper case with ``__`` between levels, the value written as in YAML.
-For example ``LOG_CAPTURER__DOCKER__POOL__MAX_OPEN=32`` or
-``LOG_CAPTURER__CONTAINER_MONITOR__STREAM_WINDOW=5s``.
+Every key is documented once, by the ``Field`` description of the model that defines it;
+``log-capturer config-reference`` (config/reference.py) prints them all with their
+defaults. The rule for environment overrides is :data:`ENV_OVERRIDES`, below; the
+reference prints it in its header.
 """
 
 from __future__ import annotations
@@ -27,15 +27,50 @@ from .types import Section
 
 ENV_PREFIX = "LOG_CAPTURER__"
 
+ENV_OVERRIDES = f"""\
+Any key can be overridden from the environment: {ENV_PREFIX} followed by the key path in
+upper case with __ between levels, the value written as in YAML. The environment wins
+over the file. For example:
+  {ENV_PREFIX}DOCKER__POOL__MAX_OPEN=32
+  {ENV_PREFIX}CONTAINER_MONITOR__STREAM_WINDOW=5s
+  {ENV_PREFIX}CONTAINER_MONITOR__INCLUDE_LABELS='{{app: web}}'
+"""
+"""The environment override rule, stated once (the reference prints it in its header)."""
+
 
 class Config(Section):
-    docker: DockerConfig = Field(default_factory=DockerConfig)
-    container_monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-    positions: PositionsConfig = Field(default_factory=PositionsConfig)
-    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
-    sinks: SinksConfig = Field(default_factory=SinksConfig)
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    docker: DockerConfig = Field(
+        default_factory=DockerConfig,
+        description="The Docker engine: where it is, the one connection pool every request "
+        "and log stream shares, and retries of transient API errors.",
+    )
+    container_monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig,
+        description="Which containers and streams are captured, and how their log streams "
+        "are read: windows, resume, taking turns on connections.",
+    )
+    positions: PositionsConfig = Field(
+        default_factory=PositionsConfig,
+        description="Where capture resumes after a restart: per container and stream, the "
+        "last line every sink accepted.",
+    )
+    pipeline: PipelineConfig = Field(
+        default_factory=PipelineConfig,
+        description="The bounded queue between the monitors and the sinks, batching, and "
+        "the optional processing stages.",
+    )
+    sinks: SinksConfig = Field(
+        default_factory=SinksConfig,
+        description="Where records go; at least one sink must be enabled. Positions advance "
+        "only past what every enabled sink accepted.",
+    )
+    server: ServerConfig = Field(
+        default_factory=ServerConfig,
+        description="The HTTP server: /metrics (Prometheus), /health and /ready.",
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="The daemon's own log, on stderr."
+    )
 
 
 class ConfigError(Exception):
@@ -75,6 +110,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
 def apply_env_overrides(
     data: dict[str, Any], environ: Mapping[str, str], source: str
 ) -> dict[str, Any]:
+    """Apply :data:`ENV_OVERRIDES` to the file's data (in place); bad paths are errors."""
     problems = []
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):

@@ -1,7 +1,7 @@
 """Value types shared by every config section: durations, byte sizes, strict models.
 
 Durations and sizes are parsed here once so every section accepts the same
-spellings (``500ms``, ``30s``, ``5m``, ``1h``; ``16KiB``, ``1MiB``, ``1GiB``).
+spellings (:data:`DURATION_EXAMPLES`, :data:`SIZE_EXAMPLES`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+DURATION_EXAMPLES = "500ms, 30s, 5m, 1h"
+"""How a user writes a duration (also ``1h30m``, ``0``, or a number of seconds)."""
+SIZE_EXAMPLES = "16KiB, 1MiB, 1GiB"
+"""How a user writes a byte size (also ``10MB``, or a number of bytes)."""
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
 _DURATION_UNITS = {
@@ -48,13 +53,13 @@ _SIZE_UNITS = {
 def parse_duration(value: Any) -> float:
     """Seconds from ``500ms``, ``30s``, ``5m``, ``1h``, ``1h30m``, ``0`` or a bare number."""
     if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r} (use e.g. 500ms, 30s, 5m, 1h)")
+        raise ValueError(f"invalid duration {value!r} (use e.g. {DURATION_EXAMPLES})")
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"invalid duration {value!r}: must not be negative")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"invalid duration {value!r} (use e.g. 500ms, 30s, 5m, 1h)")
+        raise ValueError(f"invalid duration {value!r} (use e.g. {DURATION_EXAMPLES})")
     text = value.strip()
     if text == "0":
         return 0.0
@@ -66,14 +71,14 @@ def parse_duration(value: Any) -> float:
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
     if pos == 0 or pos != len(text):
-        raise ValueError(f"invalid duration {value!r} (use e.g. 500ms, 30s, 5m, 1h)")
+        raise ValueError(f"invalid duration {value!r} (use e.g. {DURATION_EXAMPLES})")
     return total
 
 
 def parse_byte_size(value: Any) -> int:
     """Bytes from ``1048576``, ``16KiB``, ``1MiB``, ``1GiB`` or ``10MB``."""
     if isinstance(value, bool):
-        raise ValueError(f"invalid size {value!r} (use e.g. 16KiB, 1MiB, 1GiB)")
+        raise ValueError(f"invalid size {value!r} (use e.g. {SIZE_EXAMPLES})")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"invalid size {value!r}: must not be negative")
@@ -82,7 +87,7 @@ def parse_byte_size(value: Any) -> int:
         match = _SIZE.match(value)
         if match and match.group(2).lower() in _SIZE_UNITS:
             return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-    raise ValueError(f"invalid size {value!r} (use e.g. 16KiB, 1MiB, 1GiB)")
+    raise ValueError(f"invalid size {value!r} (use e.g. {SIZE_EXAMPLES})")
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

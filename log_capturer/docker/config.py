@@ -44,5 +44,13 @@ class DockerConfig(Section):
     socket_path: str = Field("/var/run/docker.sock", description="The engine's unix socket.")
     timeout: Duration = Field(30.0, description="Timeout of non-streaming API calls.")
     api_version: str = Field("auto", description="Engine API version, or 'auto' to negotiate.")
-    pool: PoolConfig = Field(default_factory=PoolConfig)
-    retry: RetryConfig = Field(default_factory=RetryConfig)
+    pool: PoolConfig = Field(
+        default_factory=PoolConfig,
+        description="The one bounded pool of connections to the socket, shared by every API "
+        "call and log stream (modelled on Go's database/sql).",
+    )
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="Retries of transient API errors (engine restarting, 5xx), with capped "
+        "exponential backoff.",
+    )

@@ -12,9 +12,20 @@ from .stdout import StdoutSink, StdoutSinkConfig
 
 
 class SinksConfig(Section):
-    file: FileSinkConfig = Field(default_factory=FileSinkConfig)
-    stdout: StdoutSinkConfig = Field(default_factory=StdoutSinkConfig)
-    loki: LokiSinkConfig = Field(default_factory=LokiSinkConfig)
+    file: FileSinkConfig = Field(
+        default_factory=FileSinkConfig,
+        description="A local JSON-lines file, one record per line, with size rotation. After "
+        "a crash it recovers what it wrote past the last positions save.",
+    )
+    stdout: StdoutSinkConfig = Field(
+        default_factory=StdoutSinkConfig, description="Records on standard output."
+    )
+    loki: LokiSinkConfig = Field(
+        default_factory=LokiSinkConfig,
+        description="Grafana Loki's push API. Batches Loki cannot take now go to a disk "
+        "spool and are replayed in order; entries Loki refuses for good go to a dead-letter "
+        "file. Secrets are never written in the config: name a variable or a file.",
+    )
 
     @model_validator(mode="after")
     def _at_least_one(self) -> SinksConfig:

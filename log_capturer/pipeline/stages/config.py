@@ -138,7 +138,9 @@ class RedactConfig(Section):
         False, description="Replace secrets in messages and fields before any sink sees them."
     )
     replacement: str = Field(REPLACEMENT, description="What a secret is replaced with.")
-    builtin: BuiltinRedactions = Field(default_factory=BuiltinRedactions)
+    builtin: BuiltinRedactions = Field(
+        default_factory=BuiltinRedactions, description="Each built-in rule, on or off."
+    )
     rules: list[RedactRule] = Field(
         default_factory=list, description="Your own rules, applied after the built-in ones."
     )
@@ -158,6 +160,16 @@ class RedactConfig(Section):
 class StagesConfig(Section):
     """Applied in this order: multiline, then parse_json, then redact."""
 
-    multiline: MultilineConfig = Field(default_factory=MultilineConfig)
-    parse_json: ParseJsonConfig = Field(default_factory=ParseJsonConfig)
-    redact: RedactConfig = Field(default_factory=RedactConfig)
+    multiline: MultilineConfig = Field(
+        default_factory=MultilineConfig,
+        description="Stage 1, per container and stream: continuation lines join the line "
+        "that started them.",
+    )
+    parse_json: ParseJsonConfig = Field(
+        default_factory=ParseJsonConfig,
+        description="Stage 2: JSON parsing of messages.",
+    )
+    redact: RedactConfig = Field(
+        default_factory=RedactConfig,
+        description="Stage 3: secrets are replaced, by built-in rules and your own.",
+    )
