@@ -21,27 +21,29 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from itertools import repeat
-from operator import add, itemgetter
 
 from ..timestamps import TimestampError, seconds_of
 from .chunked import ChunkedBodyError, ChunkedDecoder
-from .frames import FrameDecoder
+from .frames import ENGINE_CHUNK_BYTES, FrameDecoder
 from .lines import LineAssembler, Lines
 
-# One chunk = one frame = one line. Groups: size, stream kind, frame length, timestamp,
-# message. DOTALL: the length is binary.
+# One chunk = one frame = one line. Groups: size, stream kind, frame length, timestamp
+# (and its seconds), message. DOTALL: the length is binary.
 _CHUNK_LINE = re.compile(
     rb"([0-9a-fA-F]{1,8})\r\n([\x01\x02])\x00\x00\x00(.{4})"
-    rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) ([^\n]*)\n\r\n",
+    rb"((\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.\d{9}Z) ([^\n]*)\n\r\n",
     re.DOTALL,
 )
-_GROUPS = 5
+_GROUPS = 6
 _STEP = _GROUPS + 1  # re.split: the text before each match, then its groups
 _CHUNK_OVERHEAD = 40  # 8 header + 30 timestamp + space + newline, beyond the message
 _FRAME_OVERHEAD = 32  # timestamp + space + newline
 _MATCH_OVERHEAD = 44  # chunk overhead + CRLF after the size + CRLF after the data
 _STREAMS = {b"\x01": "stdout", b"\x02": "stderr"}
-_seconds_of = itemgetter(slice(0, 19))  # a timestamp's YYYY-MM-DDTHH:MM:SS
+# By message length: the chunk size as the engine writes it (lower-case hex, no leading
+# zeros) and the frame's length field (big-endian), for every message one chunk holds.
+_HEX = [b"%x" % (n + _CHUNK_OVERHEAD) for n in range(ENGINE_CHUNK_BYTES + 1)]
+_FRAME_LENGTH = [(n + _FRAME_OVERHEAD).to_bytes(4, "big") for n in range(ENGINE_CHUNK_BYTES + 1)]
 # re.split scans at most this much at a time (larger than any one-line chunk), and after
 # this many chunks the fast path does not take, the rest of a read goes the general way:
 # a read of mixed chunks costs at most _MAX_GAPS fruitless scans of _WINDOW bytes.
@@ -130,19 +132,22 @@ class BulkLineDecoder:
         parts = _CHUNK_LINE.split(data)
         if len(parts) == 1 or parts[0]:
             return 0
-        # parts: [b"", size, kind, length, ts, message, between, size, ...]
+        # parts: [b"", size, kind, length, ts, seconds, message, between, size, ...]
         between = parts[_STEP::_STEP]  # text after each match; the last one is the tail
         count = len(between)
         if any(between[:-1]):  # a gap: only the matches before it are contiguous
             count = list(map(bool, between)).index(True) + 1
         sizes = parts[1::_STEP][:count]
-        messages = parts[5::_STEP][:count]
+        messages = parts[6::_STEP][:count]
         lengths = list(map(len, messages))
-        expected = list(map(add, lengths, repeat(_CHUNK_OVERHEAD)))
-        if list(map(int, sizes, repeat(16))) != expected:
-            count = _agreeing(list(map(int, sizes, repeat(16))), expected)
-        framed = list(map(add, lengths, repeat(_FRAME_OVERHEAD)))
-        frame_lengths = list(map(int.from_bytes, parts[3::_STEP][:count]))
+        try:  # the engine's own spelling of each size and frame length, from tables
+            expected = list(map(_HEX.__getitem__, lengths))
+            framed = list(map(_FRAME_LENGTH.__getitem__, lengths))
+        except IndexError:  # a line longer than the engine puts in one message
+            return 0
+        if sizes != expected:
+            count = _agreeing(sizes, expected)
+        frame_lengths = parts[3::_STEP][:count]
         if frame_lengths != framed[:count]:
             count = _agreeing(frame_lengths, framed)
         if count and max(lengths[:count]) > self._assembler.max_line_bytes:
@@ -155,8 +160,7 @@ class BulkLineDecoder:
         kinds = parts[2::_STEP][:count]
         ts = parts[4::_STEP][:count]
         try:  # a date strptime refuses goes the general way, which counts it
-            prefixes: set[bytes] = set(map(_seconds_of, ts))
-            for prefix in prefixes:
+            for prefix in set(parts[5::_STEP][:count]):
                 seconds_of(prefix)
         except TimestampError:
             return 0

@@ -94,9 +94,11 @@ class StreamDedup:
         self.resent = 0  # repeated by the engine at a rotation
         self.clock_backwards = 0  # new lines stamped earlier than the newest
 
-    def admit(self, ts: list[bytes], messages: list[bytes]) -> tuple[list[bool], list[int]] | None:
+    def admit(
+        self, ts: list[bytes], messages: list[bytes], size: int
+    ) -> tuple[list[bool], list[int]] | None:
         """None if every line is new and in order (seqs follow from the timestamps);
-        otherwise, per line, whether it is new and its seq."""
+        otherwise, per line, whether it is new and its seq. ``size``: the messages' bytes."""
         if (
             self._caught_up
             and self._replay is None
@@ -108,7 +110,7 @@ class StreamDedup:
             self._seen = ts.count(last)  # in order: they are the last ones
             self.mark = Mark(parse_docker_ts(last), self._seen)
             self._mark_text = last
-            self.recent.add(ts, messages, sum(map(len, messages)))
+            self.recent.add(ts, messages, size)
             return None
         return self._admit_each(ts, messages)
 
@@ -187,39 +189,42 @@ def admit(lines: Lines, dedups: dict[str, StreamDedup], container: ContainerInfo
     not in ``dedups`` (not asked for) are dropped; each stream's dedup sees its own
     lines, in order."""
     streams = lines.streams
-    present = set(streams)
-    if len(present) == 1:
-        (stream,) = present
-        dedup = dedups.get(stream)
+    first = streams[0]
+    if streams.count(first) == len(streams):  # one stream: the usual read
+        dedup = dedups.get(first)
         if dedup is None:
             return Admitted(None, {}, {})
-        result = dedup.admit(lines.ts, lines.messages)
+        size = sum(map(len, lines.messages))
+        result = dedup.admit(lines.ts, lines.messages, size)
         if result is None:
-            batch = LineBatch(container, lines, {stream: dedup.mark})
-            return Admitted(batch, {stream: len(lines)}, {stream: batch.size})
+            batch = LineBatch(container, lines, {first: dedup.mark}, size=size)
+            return Admitted(batch, {first: len(lines)}, {first: size})
         keep, seqs = result
         return _selected(lines, keep, seqs, dedups, container)
     results: dict[str, tuple[list[bool], list[int]] | None] = {}
     masks: dict[str, list[bool]] = {}
-    for stream in present:
-        dedup = dedups.get(stream)
+    counts: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for stream in sorted(set(streams)):
         mask = masks[stream] = list(map(eq, streams, repeat(stream)))
+        counts[stream] = count = countOf(mask, True)
+        dedup = dedups.get(stream)
         if dedup is None:
-            results[stream] = ([False] * countOf(mask, True), [0] * countOf(mask, True))
+            results[stream] = ([False] * count, [0] * count)
             continue
-        results[stream] = dedup.admit(
-            list(compress(lines.ts, mask)), list(compress(lines.messages, mask))
-        )
+        mine = list(compress(lines.messages, mask))
+        sizes[stream] = sum(map(len, mine))
+        results[stream] = dedup.admit(list(compress(lines.ts, mask)), mine, sizes[stream])
     if all(result is None for result in results.values()):
-        batch = LineBatch(container, lines, {s: dedups[s].mark for s in present})
-        sizes = {s: sum(map(len, compress(lines.messages, masks[s]))) for s in present}
-        return Admitted(batch, {s: countOf(masks[s], True) for s in present}, sizes)
+        ends = {s: dedups[s].mark for s in results}
+        batch = LineBatch(container, lines, ends, size=sum(sizes.values()))
+        return Admitted(batch, counts, sizes)
     # Back into the read's order, line by line (rare: a window's first read, a step back).
     own: dict[str, tuple[list[bool], list[int]]] = {}
     for stream, result in results.items():
         if result is None:
-            mine = list(compress(lines.ts, masks[stream]))
-            result = ([True] * len(mine), derive_seqs([stream] * len(mine), mine))
+            mine_ts = list(compress(lines.ts, masks[stream]))
+            result = ([True] * len(mine_ts), derive_seqs([stream] * len(mine_ts), mine_ts))
         own[stream] = result
     cursors = {stream: iter(zip(*own[stream], strict=True)) for stream in own}
     in_order = [next(cursors[stream]) for stream in streams]
@@ -249,6 +254,10 @@ def _selected(
         counts[stream] = counts.get(stream, 0) + 1
         sizes[stream] = sizes.get(stream, 0) + len(message)
     batch = LineBatch(
-        container, kept, {s: dedups[s].mark for s in counts}, list(compress(seqs, keep))
+        container,
+        kept,
+        {s: dedups[s].mark for s in counts},
+        list(compress(seqs, keep)),
+        size=sum(sizes.values()),
     )
     return Admitted(batch, counts, sizes)

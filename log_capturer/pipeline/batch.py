@@ -103,12 +103,13 @@ class LineBatch(Batch):
         lines: Lines,
         ends: dict[str, Mark],
         seqs: list[int] | None = None,
+        size: int | None = None,
     ) -> None:
         self.container = container
         self.lines = lines
         self.ends = ends
         self.seqs = seqs
-        self.size = sum(map(len, lines.messages))
+        self.size = sum(map(len, lines.messages)) if size is None else size
         self._ts_ns: list[int] | None = None
 
     def __len__(self) -> int:

@@ -21,6 +21,7 @@ batch with ``encode_lines``, 3 µs with a dict per line and ``orjson.dumps``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from itertools import chain, repeat
 from typing import Any
 
@@ -32,8 +33,11 @@ from ..timestamps import format_rfc3339_ns
 encode = msgspec.json.Encoder().encode
 """A str, list or str dict as JSON bytes (UTF-8 kept)."""
 
-# Bytes JSON never leaves as they are in a string: control characters, quote, backslash.
-_ESCAPED = bytes(range(0x20)) + b'"\\'
+# Bytes JSON never leaves as they are in a string (control characters, quote, backslash)
+# become 0, bytes of multi-byte UTF-8 sequences 2, the rest 1.
+_CLASSES = bytes(
+    0 if b < 0x20 or b in b'"\\' else 2 if b >= 0x80 else 1 for b in range(256)
+)
 STREAMS = ("stdout", "stderr", "tty")
 """Every stream name a record can carry."""
 _CACHE_LIMIT = 1024
@@ -43,9 +47,10 @@ def needs_escaping(joined: bytes) -> bool:
     """Whether ``joined`` (messages joined by a space, which ends any multi-byte sequence
     cut at a message's end) holds a byte that JSON escapes or invalid UTF-8: then the
     messages cannot be copied into a JSON string as they are."""
-    if len(joined.translate(None, _ESCAPED)) != len(joined):
+    classes = joined.translate(_CLASSES)
+    if b"\0" in classes:
         return True
-    if joined.isascii():
+    if b"\2" not in classes:
         return False
     try:
         joined.decode("utf-8")
@@ -106,33 +111,35 @@ def lines_jsonl(
     truncated: list[bool] | None,
 ) -> bytes:
     """JSON lines (each ended by a newline) for plain lines of one container: Docker's
-    timestamp text, stream and raw message of each."""
+    timestamp text, stream and raw message of each.
+
+    Four pieces a line (timestamp, the pieces up to the message, the message, the rest
+    up to the next line's timestamp), joined at once.
+    """
     if not messages:
         return b""
     pieces = container_json(container)
     if needs_escaping(b" ".join(messages)):
-        heads = map(pieces.heads.__getitem__, streams)
-        quoted: Any = map(message_json, messages)
-        close = b""
+        quoted: list[bytes] | map[bytes] = map(message_json, messages)
+        heads, close = pieces.heads, b""
     else:
-        heads = map(pieces.quoted_heads.__getitem__, streams)
-        quoted, close = messages, b'"'
+        quoted, heads, close = messages, pieces.quoted_heads, b'"'
+    if streams.count(streams[0]) == len(streams):
+        head: Iterator[bytes] = repeat(heads[streams[0]])
+    else:
+        head = map(heads.__getitem__, streams)
+    tail = close + pieces.tail + b"}\n"
     if truncated is None or not any(truncated):
-        tails: Any = repeat(close + pieces.tail + b"}\n")
+        tails: Iterator[bytes] = repeat(tail + _TS)
     else:
-        options = (close + pieces.tail + b"}\n", close + pieces.tail_truncated + b"}\n")
-        tails = map(options.__getitem__, truncated)
-    return b"".join(
-        chain.from_iterable(
-            zip(
-                repeat(b'{"ts":"'),
-                ts,
-                heads,
-                quoted,
-                tails,
-            )
-        )
-    )
+        cut = close + pieces.tail_truncated + b"}\n"
+        tails = map((tail + _TS, cut + _TS).__getitem__, truncated)
+    lines = zip(ts, head, quoted, tails, strict=False)  # head and tails may be repeats
+    text = b"".join(chain((_TS,), chain.from_iterable(lines)))
+    return text[: -len(_TS)]  # the last line's tail opened no next line
+
+
+_TS = b'{"ts":"'
 
 
 def record_json(

@@ -29,7 +29,7 @@ def one_by_one(
             dedup = dedups.get(stream)
             if dedup is None:
                 continue
-            result = dedup.admit([stamp], [message])
+            result = dedup.admit([stamp], [message], len(message))
             if result is None:
                 out.append((stream, stamp, message, 1))
             elif result[0][0]:

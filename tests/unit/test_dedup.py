@@ -22,7 +22,7 @@ def admit_all(
     messages = messages or [b"m%d" % i for i in range(len(stamps))]
     out = []
     for stamp, message in zip(stamps, messages, strict=True):
-        result = dedup.admit([ts(stamp)], [message])
+        result = dedup.admit([ts(stamp)], [message], len(message))
         if result is None:
             out.append((stamp, 1))
         elif result[0][0]:
@@ -118,10 +118,10 @@ def test_the_fast_path_gives_what_line_by_line_gives() -> None:
     one = StreamDedup(mark(1, 1))
     many = StreamDedup(mark(1, 1))
     want = admit_all(one, [*stamps, 5, 5, 6], [*messages, b"a", b"b", b"c"])
-    result = many.admit([ts(t) for t in stamps], messages)  # first read: line by line
+    result = many.admit([ts(t) for t in stamps], messages, 0)  # first read: line by line
     assert result is not None
     got = [(t, seq) for t, keep, seq in zip(stamps, *result, strict=True) if keep]
-    assert many.admit([ts(5), ts(5), ts(6)], [b"a", b"b", b"c"]) is None  # in order: fast
+    assert many.admit([ts(5), ts(5), ts(6)], [b"a", b"b", b"c"], 3) is None  # in order: fast
     got += [(5, 1), (5, 2), (6, 1)]
     assert got == want
     assert many.mark == one.mark == mark(6, 1)
