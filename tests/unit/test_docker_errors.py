@@ -60,7 +60,7 @@ def test_404_becomes_not_found_with_the_engines_message() -> None:
 @pytest.mark.parametrize(("status", "transient"), [(500, True), (503, True), (409, False)])
 def test_other_errors_are_api_errors_with_their_status(status: int, transient: bool) -> None:
     exc = raised(response(status, json.dumps({"message": "boom"}).encode()))
-    assert type(exc) is docker.errors.APIError, (
+    assert isinstance(exc, docker.errors.APIError) and type(exc) is docker.errors.APIError, (
         f"docker-py {DOCKER_PY}: create_api_error_from_http_exception({status}) gave "
         f"{type(exc).__name__}, not docker.errors.APIError"
     )
