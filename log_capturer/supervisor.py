@@ -14,6 +14,7 @@ from .config.loader import Config
 from .discovery.container import ContainerInfo
 from .discovery.events import EventWatcher
 from .discovery.filters import ContainerFilter, detect_own_container_id
+from .discovery.selector import ContainerSelector
 from .docker.engine import DockerEngine
 from .docker.errors import ContainerGoneError
 from .metrics.collectors import register_runtime_collectors
@@ -58,8 +59,14 @@ class Supervisor:
             stages=build_stages(pc.stages),
         )
         self.filter = ContainerFilter(mc, mc.self_container_id or detect_own_container_id())
+        self.selector = ContainerSelector(self.engine, self.filter)
         self.watcher = EventWatcher(
-            self.engine, self, mc.relist_interval, mc.retry_initial_backoff, mc.retry_max_backoff
+            self.engine,
+            self,
+            mc.relist_interval,
+            mc.retry_initial_backoff,
+            mc.retry_max_backoff,
+            event_filters=self.selector.event_filters(),
         )
         self.server = StatusServer(config.server.listen, self.health, self.ready)
         self._collectors = register_runtime_collectors(self.engine.pool)
@@ -168,8 +175,9 @@ class Supervisor:
     def on_event(self, action: str, container_id: str, attributes: dict[str, Any]) -> None:
         if action in ("start", "die"):
             # "die" of a container we never saw start: read what it left.
-            self.ensure_monitor(container_id)
+            self.ensure_monitor(container_id, name=attributes.get("name"))
         elif action == "destroy":
+            self.selector.forget(container_id)
             self.ledger.destroyed(container_id)
         elif action == "rename":
             self._refresh(container_id)
@@ -177,7 +185,7 @@ class Supervisor:
     def relist(self, gap_started_ns: int | None) -> None:
         self.engine.ensure_api_version()
         first = not self._listed_once
-        containers = self.engine.list_containers(all=True)
+        containers = self.selector.list()  # filtered: see ContainerSelector
         present = {c["Id"] for c in containers}
         for summary in containers:
             cid = summary["Id"]
@@ -191,7 +199,8 @@ class Supervisor:
             elif self.ledger.unfinished(cid):
                 self.ensure_monitor(cid)  # stopped while we were down: read the rest
         if first:
-            pruned = self.ledger.prune_absent(present)
+            unlisted = [cid for cid in self.ledger.container_ids() if cid not in present]
+            pruned = self.ledger.prune(self.selector.missing(unlisted))
             if pruned:
                 _log.info("positions_pruned", containers=pruned)
         self._listed_once = True
@@ -212,19 +221,21 @@ class Supervisor:
 
     # -- monitors ------------------------------------------------------------------------
 
-    def ensure_monitor(self, container_id: str, first_listing: bool = False) -> None:
-        """Start a monitor for the container unless one runs, it is filtered out, or done."""
+    def ensure_monitor(
+        self, container_id: str, first_listing: bool = False, name: str | None = None
+    ) -> None:
+        """Start a monitor for the container unless one runs, it is filtered out, or done.
+
+        ``name``: the container's name from an event, so one already filtered out is not
+        inspected again."""
         with self._lock:
             if self._stopping:
                 return
             existing = self._monitors.get(container_id)
             if existing is not None and existing.alive:
                 return
-        try:
-            info = ContainerInfo.from_inspect(self.engine.inspect_container(container_id))
-        except ContainerGoneError:
-            return
-        if not self.filter.matches(info):
+        info = self.selector.inspect(container_id, name)
+        if info is None:  # filtered out or gone
             return
         streams = ContainerMonitor.streams_for(info, self.config.container_monitor)
         if not streams:

@@ -54,10 +54,14 @@ class EventWatcher:
         relist_interval: float,
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
+        event_filters: dict[str, list[str]] | None = None,
     ) -> None:
+        """``event_filters``: what ``/events`` is asked for (default ``EVENT_FILTERS``;
+        discovery adds label filters, see ContainerSelector.event_filters)."""
         self.engine = engine
         self.handler = handler
         self.relist_interval = relist_interval
+        self.event_filters = event_filters or EVENT_FILTERS
         self._wait = capped_backoff(initial_backoff, max_backoff)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -117,7 +121,7 @@ class EventWatcher:
 
     def _window(self) -> None:
         """Follow /events for one ``relist_interval``; then re-list (or note the gap)."""
-        response = self.engine.open_events(self._since_ns, EVENT_FILTERS)
+        response = self.engine.open_events(self._since_ns, self.event_filters)
         with self._lock:
             self._current = response
         try:

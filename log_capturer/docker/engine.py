@@ -1,14 +1,26 @@
-"""The process's one Docker API client: one ``docker.APIClient`` over one bounded pool."""
+"""The process's one Docker API client: one requests session over one bounded pool.
+
+What docker-py is used for: only its error classes. A failed request's ``HTTPError``
+becomes ``docker.errors.create_api_error_from_http_exception(...)`` (``NotFound`` for
+404, ``APIError`` with ``status_code`` and the engine's ``message`` otherwise), which
+``is_transient`` and the 404 handling below rely on; tests/unit/test_docker_errors.py
+checks that contract against the installed docker-py. ``docker.APIClient`` is not
+used: its stock adapter opens a pool per request URL (see adapter.py), its versioned
+calls need a negotiated version set through a private attribute, and its streams
+need private helpers (``_url``, ``_get``, ``_raise_for_status``). The six endpoints
+used here are one request each, built below.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
-import docker
 import docker.errors
 import requests
 import structlog
@@ -20,7 +32,7 @@ from tenacity import (
 )
 
 from ..backoff import capped_backoff
-from ..metrics.registry import DOCKER_API_ERRORS, DOCKER_API_RETRIES
+from ..metrics.registry import DOCKER_API_ERRORS, DOCKER_API_REQUESTS, DOCKER_API_RETRIES
 from ..timestamps import format_api_ts
 from .adapter import PooledUnixAdapter
 from .config import DockerConfig
@@ -31,8 +43,25 @@ from .stream import ManagedResponse
 _log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-# docker-py refuses versions below this; used only until the real one is negotiated.
-_BOOTSTRAP_API_VERSION = "1.24"
+# The adapter sends every request to the one socket whatever the host: this is only
+# what requests needs to route ``http+docker://`` to our adapter.
+BASE_URL = "http+docker://localhost"
+
+
+def _user_agent() -> str:
+    try:
+        return f"log-capturer/{version('log-capturer')}"
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "log-capturer"
+
+
+def raise_for_status(response: requests.Response) -> None:
+    """Raise docker-py's ``APIError`` (``NotFound`` for 404) for a 4xx/5xx response."""
+    try:
+        response.raise_for_status()
+    except requests.exceptions.HTTPError as exc:
+        docker.errors.create_api_error_from_http_exception(exc)  # always raises
+        raise  # pragma: no cover - only if docker-py stopped raising (the test catches it)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -48,48 +77,77 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class DockerEngine:
-    """Owns the API client, its pool, and the thread that maintains the pool.
+    """Owns the HTTP session, its pool, and the thread that maintains the pool.
 
     API calls go through :meth:`call`, which retries transient failures with capped
-    exponential backoff (tenacity) and counts every failure; streams are opened with
-    :meth:`open_logs` and :meth:`open_events` and owned by the returned
+    exponential backoff (tenacity) and counts every call and failure; streams are
+    opened with :meth:`open_logs` and :meth:`open_events` and owned by the returned
     :class:`ManagedResponse`.
     """
 
     def __init__(self, config: DockerConfig) -> None:
         self.config = config
         self.pool = DockerConnectionPool(config.socket_path, config.pool, timeout=config.timeout)
-        self.api = docker.APIClient(
-            base_url=f"unix://{config.socket_path}",
-            version=_BOOTSTRAP_API_VERSION if config.api_version == "auto" else config.api_version,
-            timeout=config.timeout,
-            max_pool_size=1,
-        )
-        stock_adapter = self.api.get_adapter("http+docker://")
         self.adapter = PooledUnixAdapter(self.pool)
-        self.api.mount("http+docker://", self.adapter)
-        self.api._custom_adapter = self.adapter
-        stock_adapter.close()  # never used: it would open a pool per URL
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxies, no .netrc credentials on a unix socket
+        self.session.headers["User-Agent"] = _user_agent()
+        self.session.mount("http+docker://", self.adapter)
         self._stop = threading.Event()
         self._maintainer: threading.Thread | None = None
-        self._version_known = config.api_version != "auto"
+        self._version_lock = threading.Lock()
+        self._api_version = None if config.api_version == "auto" else config.api_version
 
     def ensure_api_version(self) -> str:
         """With ``api_version: auto``, ask the engine once (retried like any API call).
 
         Not done in the constructor: building the daemon must not need the engine.
+        Every versioned URL asks for it (:meth:`url`), so no call goes out before it.
         """
-        if not self._version_known:
-            self.api._version = self.call(
-                "version", lambda: self.api.version(api_version=False)["ApiVersion"]
-            )
-            self._version_known = True
-        return str(self.api._version)
+        with self._version_lock:
+            if self._api_version is None:
+                url = self.url("/version", versioned=False)
+                self._api_version = str(
+                    self.call("version", lambda: self._get_json(url)["ApiVersion"])
+                )
+            return self._api_version
+
+    # -- requests ------------------------------------------------------------------------
+
+    def url(self, path_format: str, *args: str, versioned: bool = True) -> str:
+        """The URL of an API path; ``{0}``, ``{1}``... are replaced by the quoted ``args``."""
+        path = path_format.format(*(urllib.parse.quote(a, safe="") for a in args))
+        if versioned:
+            path = f"/v{self.ensure_api_version()}{path}"
+        return BASE_URL + path
+
+    def get(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        *,
+        stream: bool = False,
+        timeout: float | tuple[float, float | None] | None = None,
+    ) -> requests.Response:
+        """One GET through the pool, status not checked (see :func:`raise_for_status`)."""
+        return self.session.get(
+            url,
+            params=params,
+            stream=stream,
+            timeout=self.config.timeout if timeout is None else timeout,
+        )
+
+    def _get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
+        with self.get(url, params) as response:
+            raise_for_status(response)
+            return response.json()
 
     # -- API calls with retry ------------------------------------------------------------
 
     def call(self, operation: str, fn: Callable[[], T]) -> T:
-        """Run one API call, retrying transient errors; raise the permanent ones as they are."""
+        """Run one API call, retrying transient errors; raise the permanent ones as they are.
+
+        Each try counts in ``log_capturer_docker_api_requests_total{operation}``."""
         retry = self.config.retry
 
         def before_sleep(state: RetryCallState) -> None:
@@ -112,6 +170,7 @@ class DockerEngine:
         try:
             for attempt in retrying:
                 with attempt:
+                    DOCKER_API_REQUESTS.labels(operation).inc()
                     try:
                         return fn()
                     except Exception as exc:
@@ -126,8 +185,11 @@ class DockerEngine:
 
     def ping(self) -> bool:
         """One try, no retries: used for readiness."""
+        DOCKER_API_REQUESTS.labels("ping").inc()
         try:
-            return bool(self.api.ping())
+            with self.get(self.url("/_ping", versioned=False)) as response:
+                raise_for_status(response)
+                return response.text == "OK"
         except Exception as exc:
             kind = "transient" if is_transient(exc) else "permanent"
             DOCKER_API_ERRORS.labels("ping", kind).inc()
@@ -135,17 +197,26 @@ class DockerEngine:
             return False
 
     def inspect_container(self, container_id: str) -> dict[str, Any]:
+        """``GET /containers/{id}/json``; :class:`ContainerGoneError` when the engine has no
+        such container."""
+        url = self.url("/containers/{0}/json", container_id)
         try:
-            result: dict[str, Any] = self.call(
-                "inspect_container", lambda: self.api.inspect_container(container_id)
-            )
+            result: dict[str, Any] = self.call("inspect_container", lambda: self._get_json(url))
         except docker.errors.NotFound as exc:
             raise ContainerGoneError(container_id) from exc
         return result
 
-    def list_containers(self, all: bool = False) -> list[dict[str, Any]]:
+    def list_containers(
+        self, all: bool = False, filters: dict[str, list[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET /containers/json``: summaries (Id, Names, Image, ImageID, Labels, State...)
+        of the containers that pass the engine's ``filters`` (see discovery/filters.py)."""
+        params: dict[str, Any] = {"all": int(all)}
+        if filters:
+            params["filters"] = json.dumps(filters)
+        url = self.url("/containers/json")
         result: list[dict[str, Any]] = self.call(
-            "list_containers", lambda: self.api.containers(all=all)
+            "list_containers", lambda: self._get_json(url, params)
         )
         return result
 
@@ -182,7 +253,7 @@ class DockerEngine:
         if tail > 0:
             params["tail"] = tail
         read_timeout = None if deadline is None else max(0.05, deadline - time.monotonic())
-        url = self.api._url("/containers/{0}/logs", container_id)
+        url = self.url("/containers/{0}/logs", container_id)
         with self.pool.checkout(priority=priority, wait_timeout=wait_timeout):
             return self._open_stream(url, params, read_timeout, container_id)
 
@@ -192,7 +263,7 @@ class DockerEngine:
         if since_ns > 0:
             params["since"] = format_api_ts(since_ns)
         with self.pool.checkout(priority=True):  # discovery goes before taking turns
-            return self._open_stream(self.api._url("/events"), params, None, None)
+            return self._open_stream(self.url("/events"), params, None, None)
 
     def _open_stream(
         self,
@@ -201,12 +272,10 @@ class DockerEngine:
         read_timeout: float | None,
         container_id: str | None,
     ) -> ManagedResponse:
-        response = self.api._get(
-            url, params=params, stream=True, timeout=(self.config.timeout, read_timeout)
-        )
+        response = self.get(url, params, stream=True, timeout=(self.config.timeout, read_timeout))
         managed = ManagedResponse(response)
         try:
-            self.api._raise_for_status(response)
+            raise_for_status(response)
         except docker.errors.NotFound as exc:
             managed.close()
             if container_id is not None:
@@ -245,4 +314,4 @@ class DockerEngine:
             self._maintainer.join(timeout=10)
             self._maintainer = None
         self.pool.close()
-        self.api.close()
+        self.session.close()

@@ -11,6 +11,11 @@ from prometheus_client import Counter, Gauge, Histogram
 PREFIX = "log_capturer"
 
 # -- Docker API --------------------------------------------------------------------------
+DOCKER_API_REQUESTS = Counter(
+    f"{PREFIX}_docker_api_requests",
+    "Docker API requests (every try; streams not included), by operation.",
+    ["operation"],
+)
 DOCKER_API_ERRORS = Counter(
     f"{PREFIX}_docker_api_errors",
     "Docker API call failures, transient (retried) or permanent.",

@@ -153,14 +153,13 @@ class Ledger:
             entry = self._containers.get(container_id)
             return entry is not None and entry.life is Life.IDLE
 
-    def prune_absent(self, present: Iterable[str]) -> int:
-        """Forget containers the engine no longer has (at the first listing)."""
-        keep = set(present)
+    def prune(self, gone: Iterable[str]) -> int:
+        """Forget containers the engine no longer has (found at the first listing)."""
         with self._lock:
             stale = [
                 cid
-                for cid, entry in self._containers.items()
-                if cid not in keep and entry.life is not Life.READING
+                for cid in gone
+                if cid in self._containers and self._containers[cid].life is not Life.READING
             ]
             for cid in stale:
                 self._forget(cid)

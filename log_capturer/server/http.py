@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import Field, field_validator
 
 from ..config.types import Section
@@ -39,8 +39,11 @@ def split_listen(listen: str) -> tuple[str, int]:
 class StatusServer:
     """Owns the HTTP server and its thread; requests are served on short-lived threads."""
 
-    def __init__(self, listen: str, health: Probe, ready: Probe) -> None:
+    def __init__(
+        self, listen: str, health: Probe, ready: Probe, registry: CollectorRegistry = REGISTRY
+    ) -> None:
         self.listen = listen
+        self._registry = registry
         self._health = health
         self._ready = ready
         self._server: ThreadingHTTPServer | None = None
@@ -54,25 +57,36 @@ class StatusServer:
     def start(self) -> None:
         host, port = split_listen(self.listen)
         probes = {"/health": self._health, "/ready": self._ready}
+        registry = self._registry
+
+        def respond(path: str) -> tuple[int, str, bytes]:
+            if path == "/metrics":
+                return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+            if path in probes:
+                ok, detail = probes[path]()
+                body = json.dumps({"status": "ok" if ok else "fail", **detail}).encode()
+                return (200 if ok else 503), "application/json", body
+            return 404, "text/plain", b"not found\n"
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
-                elif path in probes:
-                    ok, detail = probes[path]()
-                    body = json.dumps({"status": "ok" if ok else "fail", **detail}).encode()
-                    self._send(200 if ok else 503, "application/json", body)
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _send(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    status, content_type, body = respond(path)
+                except Exception as exc:
+                    # A failing probe or collector is a bug to see, not a dropped connection.
+                    _log.exception("http_handler_failed", path=path)
+                    status, content_type = 500, "text/plain"
+                    body = f"internal error: {exc!r}\n".encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except ConnectionError as exc:  # the client hung up: its loss, not ours
+                    _log.debug("http_client_gone", path=path, error=repr(exc))
+                    self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # scrapes every few seconds would flood the log

@@ -149,8 +149,11 @@ def test_with_connections_scarce_quiet_monitors_take_short_turns_and_newcomers_g
 def test_filters_and_never_capturing_itself(
     make_daemon: Callable[..., Daemon], containers: Containers
 ) -> None:
+    """Only the kept container is captured, and the excluded ones (by name, label, image
+    or as the daemon's own) are judged from the engine's listing: none is inspected at a
+    relist. The one without the run label is filtered out by the engine itself."""
     run = containers.run
-    self_like = run("echo self; sleep 30", name=f"selfish-{containers.run_id}")
+    self_like = run("echo self; sleep 60", name=f"selfish-{containers.run_id}")
     daemon = make_daemon(
         {
             "container_monitor": {
@@ -158,28 +161,51 @@ def test_filters_and_never_capturing_itself(
                 "exclude_labels": {"io.log_capturer.exclude": "true"},
                 "include_images": ["log-capturer-test/*"],
                 "self_container_id": self_like.id[:12],
+                "relist_interval": "300ms",
             }
         }
     )
     daemon.start()
-    run("echo kept", name=f"keep-{daemon.run_id}")
-    run("echo skipped", name=f"skip-{daemon.run_id}")
-    run("echo labelled", name=f"lab-{daemon.run_id}", labels={"io.log_capturer.exclude": "true"})
-    containers.client.containers.run(  # no run label at all
+    kept = run("echo kept", name=f"keep-{daemon.run_id}")
+    run("echo skipped; sleep 60", name=f"skip-{daemon.run_id}")
+    run(
+        "echo labelled; sleep 60",
+        name=f"lab-{daemon.run_id}",
+        labels={"io.log_capturer.exclude": "true"},
+    )
+    stranger = containers.client.containers.run(  # no run label at all
         "log-capturer-test/busybox:1",
-        ["sh", "-c", "echo stranger"],
+        ["sh", "-c", "echo stranger; sleep 60"],
         name=f"other-{daemon.run_id}",
         detach=True,
         labels={"log-capturer-test": "someone-else"},
     )
     try:
+        containers.wait_exit(kept)
         wait_for(lambda: daemon.records(), 30, what="the kept container")
-        time.sleep(3)
-        seen = {(r["container_name"], r["message"]) for r in daemon.records()}
-        assert seen == {(f"keep-{daemon.run_id}", "kept")}
+        wait_for(
+            lambda: daemon.metric("log_capturer_containers_monitored") == 0,
+            30,
+            what="the kept container read to its end",
+        )
+        inspects = 'log_capturer_docker_api_requests_total{operation="inspect_container"}'
+        relists = "log_capturer_discovery_relists_total"
+
+        def inspected_during_relists(n: int) -> float:
+            before = daemon.metrics()
+            wait_for(lambda: daemon.metric(relists) >= before[relists] + n, 30, what="relists")
+            return daemon.metric(inspects) - before[inspects]
+
+        # The monitor that finished may inspect the container once more as it exits.
+        wait_for(lambda: inspected_during_relists(1) == 0, 30, what="a relist with no inspect")
+        assert inspected_during_relists(3) == 0  # none, though three excluded still run
     finally:
-        containers.client.containers.get(f"other-{daemon.run_id}").remove(force=True)
-    assert daemon.stop() == 0
+        stranger.remove(force=True)
+    assert daemon.stop() == 0  # drains: whatever was read is in the file now
+    seen = {(r["container_name"], r["message"]) for r in daemon.records()}
+    assert seen == {(f"keep-{daemon.run_id}", "kept")}
+    started = [e["container_name"] for e in daemon.log_events() if e["event"] == "monitor_started"]
+    assert started == [f"keep-{daemon.run_id}"]
 
 
 def test_positions_of_destroyed_containers_are_pruned(

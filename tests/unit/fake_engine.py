@@ -1,12 +1,20 @@
-"""A minimal HTTP/1.1 server on a unix socket, standing in for the engine in pool tests.
+"""A minimal HTTP/1.1 server on a unix socket, standing in for the engine in unit tests.
 
-It only has to behave like an HTTP server with keep-alive; capture correctness is
-tested against the real engine (tests/integration).
+For the pool it only has to behave like an HTTP server with keep-alive. For discovery
+it also keeps containers (``add_container``) and an event buffer (``emit``), and
+answers ``/containers/json``, ``/containers/{id}/json`` and ``/events`` with the
+engine's shapes and filter rules (label: all must hold; name: regular expressions on
+the name with or without its ``/``; ``since`` inclusive). Capture correctness and the
+real engine's filter semantics are tested against the real engine (tests/integration).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import re
+import select
 import socket
 import socketserver
 import threading
@@ -26,7 +34,19 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         path = url.path.split("/", 2)[-1] if url.path.startswith("/v1.") else url.path.lstrip("/")
         self.server.requests.append(path)
-        if path == "_ping":
+        self.server.queries.append((path, query))
+        if path == "containers/json":
+            self._send_json(200, self.server.list_containers(query))
+        elif path.startswith("containers/") and path.endswith("/json"):
+            cid = path.split("/")[1]
+            found = self.server.containers.get(cid)
+            if found is None:
+                self._send_json(404, {"message": f"No such container: {cid}"})
+            else:
+                self._send_json(200, found)
+        elif path == "events":
+            self._events(query)
+        elif path == "_ping":
             self._send(b"OK")
         elif path == "version":
             self._send(b'{"ApiVersion": "1.41"}', "application/json")
@@ -45,6 +65,53 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _send_json(self, status: int, value: Any) -> None:
+        body = json.dumps(value).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _events(self, query: dict[str, str]) -> None:
+        """The engine's buffered events from ``since`` on, then new ones as they come,
+        until ``FakeEngine.end_event_streams`` (EOF), the client leaves, or the stop."""
+        server = self.server
+        if server.events_down:
+            self._send_json(503, {"message": "engine restarting"})
+            return
+        secs, _, frac = query.get("since", "0").partition(".")
+        since_ns = int(secs) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
+        filters = json.loads(query.get("filters", "{}"))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        sent = 0
+        generation = server.event_generation
+        try:
+            while True:
+                with server.changed:
+                    server.changed.wait(0.05)
+                    batch = server.events[sent:]
+                    sent = len(server.events)
+                    ended = server.stopping.is_set() or server.event_generation != generation
+                for event in batch:
+                    if event["timeNano"] >= since_ns and _event_matches(event, filters):
+                        data = json.dumps(event).encode() + b"\n"
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                if ended:
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    return
+                if _peer_closed(self.connection):
+                    self.close_connection = True
+                    return
+        except OSError:
+            self.close_connection = True
+
     def _stream(self, seconds: float, lines: int) -> None:
         """Chunked body: ``lines`` frames, then silence for ``seconds``, then the end."""
         self.send_response(200)
@@ -58,6 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline and not self.server.stopping.is_set():
+                if _peer_closed(self.connection):  # the client left: so does the engine
+                    self.close_connection = True
+                    return
                 time.sleep(0.01)
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
@@ -68,15 +138,74 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def _peer_closed(conn: socket.socket) -> bool:
+    readable, _, _ = select.select([conn], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def _labels_match(filters: dict[str, list[str]], labels: dict[str, str]) -> bool:
+    for wanted in filters.get("label", []):
+        key, sep, value = wanted.partition("=")
+        if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
+
+
+def _event_matches(event: dict[str, Any], filters: dict[str, list[str]]) -> bool:
+    if "type" in filters and event["Type"] not in filters["type"]:
+        return False
+    if "event" in filters and event["Action"] not in filters["event"]:
+        return False
+    return _labels_match(filters, event["Actor"]["Attributes"])
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, path: str) -> None:
         self.requests: list[str] = []
+        self.queries: list[tuple[str, dict[str, str]]] = []
         self.stopping = threading.Event()
         self.live: set[socket.socket] = set()
+        self.containers: dict[str, dict[str, Any]] = {}  # id -> inspect
+        self.events: list[dict[str, Any]] = []
+        self.changed = threading.Condition()
+        self.event_generation = 0  # bumped to end every open /events stream
+        self.events_down = False
         super().__init__(path, _Handler)
+
+    def list_containers(self, query: dict[str, str]) -> list[dict[str, Any]]:
+        filters = json.loads(query.get("filters", "{}"))
+        out = []
+        for data in list(self.containers.values()):
+            name = data["Name"]
+            labels = data["Config"]["Labels"]
+            names = filters.get("name", [])
+            if names and not any(
+                re.search(p, name) or re.search(p, name.lstrip("/")) for p in names
+            ):
+                continue
+            if not _labels_match(filters, labels):
+                continue
+            if query.get("all") not in ("1", "true") and not data["State"]["Running"]:
+                continue
+            out.append(
+                {
+                    "Id": data["Id"],
+                    "Names": [name],
+                    "Image": data["ListedImage"],
+                    "ImageID": data["Image"],
+                    "Labels": labels,
+                    "State": data["State"]["Status"],
+                }
+            )
+        return out
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, _ = self.socket.accept()
@@ -100,6 +229,75 @@ class FakeEngine:
     @property
     def requests(self) -> list[str]:
         return self.server.requests
+
+    @property
+    def queries(self) -> list[tuple[str, dict[str, str]]]:
+        """(path without the version, query) of every request, in order."""
+        return self.server.queries
+
+    def inspects(self, container_id: str) -> int:
+        return self.requests.count(f"containers/{container_id}/json")
+
+    def add_container(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        image: str = "app:1",
+        image_untagged: bool = False,
+        running: bool = True,
+    ) -> str:
+        """A container; ``image_untagged``: its image name no longer points to its image, so
+        the listing shows the image id (as the engine does)."""
+        cid = hashlib.sha256(b"container %d" % len(self.server.containers)).hexdigest()
+        image_id = "sha256:" + hashlib.sha256(image.encode()).hexdigest()
+        self.server.containers[cid] = {
+            "Id": cid,
+            "Name": "/" + name,
+            "Image": image_id,
+            "ListedImage": image_id if image_untagged else image,
+            "Config": {"Image": image, "Labels": dict(labels or {}), "Tty": False},
+            "State": {
+                "Running": running,
+                "Status": "running" if running else "exited",
+                "StartedAt": "2026-01-01T00:00:00.000000000Z",
+            },
+        }
+        return cid
+
+    def rename(self, container_id: str, name: str) -> None:
+        self.server.containers[container_id]["Name"] = "/" + name
+
+    def emit(self, action: str, container_id: str, time_ns: int | None = None) -> int:
+        """Record a container event (streamed to open /events readers); its timeNano."""
+        data = self.server.containers[container_id]
+        attributes = {**data["Config"]["Labels"], "image": data["Config"]["Image"]}
+        attributes["name"] = data["Name"].lstrip("/")
+        ts = time_ns if time_ns is not None else time.time_ns()
+        event = {
+            "Type": "container",
+            "Action": action,
+            "status": action,
+            "id": container_id,
+            "Actor": {"ID": container_id, "Attributes": attributes},
+            "time": ts // 1_000_000_000,
+            "timeNano": ts,
+        }
+        with self.server.changed:
+            self.server.events.append(event)
+            self.server.changed.notify_all()
+        return ts
+
+    def end_event_streams(self, down: bool = False) -> None:
+        """End every open /events body (EOF, as a stopping engine does); ``down``: and
+        answer new ones 503 until ``events_up``."""
+        with self.server.changed:
+            self.server.events_down = down
+            self.server.event_generation += 1
+            self.server.changed.notify_all()
+
+    def events_up(self) -> None:
+        self.server.events_down = False
 
     def stop(self) -> None:
         """Stop like a restarting engine: every connection, idle or busy, is dropped."""

@@ -35,9 +35,14 @@ def make_engine(fake: FakeEngine, **pool: object) -> DockerEngine:
 
 
 def hold(engine: DockerEngine, seconds: float, lines: int = 0) -> ManagedResponse:
-    url = engine.api._url("/containers/{0}/logs", "abc")
-    response = engine.api._get(url, params={"seconds": seconds, "lines": lines}, stream=True)
+    url = engine.url("/containers/{0}/logs", "abc")
+    response = engine.get(url, {"seconds": seconds, "lines": lines}, stream=True)
     return ManagedResponse(response)
+
+
+def raw_ping(engine: DockerEngine) -> None:
+    """GET /_ping without the retries and error handling of ``engine.ping()``."""
+    engine.get(engine.url("/_ping", versioned=False)).close()
 
 
 def drain(stream: ManagedResponse, deadline: float | None = None) -> None:
@@ -71,10 +76,9 @@ def test_streams_with_different_urls_share_the_pool(fake: FakeEngine) -> None:
     engine = make_engine(fake)
     try:
         for since in range(5):
-            url = engine.api._url("/containers/{0}/logs", f"c{since}")
-            with ManagedResponse(
-                engine.api._get(url, params={"since": since, "lines": 2}, stream=True)
-            ) as stream:
+            url = engine.url("/containers/{0}/logs", f"c{since}")
+            response = engine.get(url, {"since": since, "lines": 2}, stream=True)
+            with ManagedResponse(response) as stream:
                 drain(stream)
                 assert stream.end_reason == "eof"
         stats = engine.pool.stats()
@@ -90,7 +94,7 @@ def test_max_open_makes_callers_wait_then_fail_clearly(fake: FakeEngine) -> None
     try:
         started = time.monotonic()
         with pytest.raises(PoolExhaustedError, match="max_open"):
-            engine.api.ping()
+            raw_ping(engine)
         assert 0.25 <= time.monotonic() - started < 2
         stats = engine.pool.stats()
         assert (stats.open, stats.in_use, stats.waits, stats.wait_timeouts) == (2, 2, 1, 1)
@@ -265,7 +269,7 @@ def test_a_broken_request_frees_its_slot(fake: FakeEngine) -> None:
     engine = make_engine(fake, max_open=1, max_idle=1, wait_timeout=0.5)
     try:
         with pytest.raises(requests.exceptions.ConnectionError):
-            engine.api._get(engine.api._url("/break"))
+            engine.get(engine.url("/break"))
         stats = engine.pool.stats()
         assert (stats.open, stats.in_use) == (0, 0)
         assert stats.closed.get("broken") == 1
@@ -339,7 +343,7 @@ def test_closing_the_pool_fails_waiters_and_new_callers(fake: FakeEngine) -> Non
 
     def wait_for_connection() -> None:
         try:
-            engine.api.ping()
+            raw_ping(engine)
         except BaseException as exc:
             errors.append(exc)
 
@@ -351,7 +355,7 @@ def test_closing_the_pool_fails_waiters_and_new_callers(fake: FakeEngine) -> Non
     assert not waiter.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], PoolClosedError)
     with pytest.raises(PoolClosedError):
-        engine.api.ping()
+        raw_ping(engine)
     held.interrupt()
     held.close()
     assert engine.pool.stats().open == 0
