@@ -16,6 +16,7 @@ from __future__ import annotations
 import calendar
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -213,6 +214,7 @@ def _record() -> None:  # pragma: no cover - run by hand against the real Loki
         FIXTURE.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     finally:
         loki.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
