@@ -1,17 +1,14 @@
-"""An in-process Loki push endpoint that answers like a real Loki 3.4 (single binary).
+"""A Loki push endpoint for the faults the real Loki cannot be made to produce on demand.
 
-The behaviour reproduced is the one recorded in /work/shared/README.md ("Grafana
-Loki push API"): JSON bodies, plain or gzip; string timestamps only; ``204`` with an
-empty body on success; ``text/plain`` errors; invalid label names reject the whole
-request, while per-entry problems (too old, too new, too long, too many labels,
-structured metadata disallowed) drop only those entries and still store the rest;
-entries too far behind their stream are reported only when they concern the last
-stream of the request (Loki's ingester keeps only the last stream's error); exact
-duplicates are dropped silently; a decoded body over 4 MB is a ``500``.
-
-Faults can be switched at any time from the test thread: down (listener and every
-connection closed: connection refused, then back on the same port), fixed statuses
-(500/503/429, with or without ``Retry-After``), delays, dropped connections.
+Everything Loki itself decides (which entries it stores, its 400s, limits, tenants,
+structured metadata) is tested against the real Loki v3.4.6 (tests/real_loki.py). This
+fake only stores what it is sent (protobuf + snappy or JSON, plain or gzip; exact
+duplicates dropped, as Loki does) and answers with faults switched from the test thread:
+fixed statuses in sequence (429 without ``Retry-After`` as Loki sends it, 500, 503, or a
+``Retry-After``), delays, dropped connections (before or after storing), down (listener
+and every connection closed) and up again on the same port, a required
+``Authorization``, and :meth:`FakeLoki.refuse`: a 400 in a format this Loki version does
+not write, for entries chosen by a predicate (the others are stored, as Loki does).
 """
 
 from __future__ import annotations
@@ -19,22 +16,18 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import re
 import socket
 import sys
 import threading
 import time
-import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from log_capturer.sinks.loki.encode import decode_protobuf
+
 PUSH_PATH = "/loki/api/v1/push"
-MAX_LINE_BYTES = 262_144
-MAX_LABELS = 15
-MAX_BODY_BYTES = 4 * 1024 * 1024
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RATE_LIMITED = (
     "Ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec) while attempting "
     "to ingest '1' lines totaling '100' bytes, reduce log volume or contact your Loki "
@@ -60,21 +53,14 @@ class RawRequest:
     path: str
     headers: dict[str, str]
     body: bytes
-    decoded: bytes | None = None
+    streams: list[tuple[Labels, list[Entry]]] | None = None
     status: int | None = None
     response: str = ""
     received_at: float = field(default_factory=time.monotonic)
 
-    def json(self) -> Any:
-        assert self.decoded is not None, "body was not decoded"
-        return json.loads(self.decoded)
-
-
-class _PushError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    def entries(self) -> list[tuple[Labels, Entry]]:
+        assert self.streams is not None, "body was not decoded"
+        return [(labels, entry) for labels, entries in self.streams for entry in entries]
 
 
 @dataclass
@@ -85,50 +71,19 @@ class _Fault:
     retry_after: str | None
 
 
-def labels_text(labels: Labels | Mapping[str, str]) -> str:
-    """Loki's spelling of a label set in messages: ``{a="1", b="2"}``."""
-    items = sorted(labels.items()) if isinstance(labels, Mapping) else labels
-    return "{" + ", ".join(f'{k}="{v}"' for k, v in items) + "}"
-
-
-def _rfc3339(ts_ns: int) -> str:
-    secs, frac = divmod(ts_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
-
-
 class FakeLoki:
-    """A Loki push endpoint on 127.0.0.1 (ephemeral port) for tests; use as a context manager."""
+    """A Loki push endpoint on 127.0.0.1 (ephemeral port) with faults; a context manager."""
 
-    def __init__(
-        self,
-        *,
-        require_tenant: bool = False,
-        authorization: str | None = None,
-        reject_old_max_age: float | None = 7 * 24 * 3600.0,
-        creation_grace: float = 600.0,
-        out_of_order_window: float = 3600.0,
-        allow_structured_metadata: bool = True,
-        max_line_bytes: int = MAX_LINE_BYTES,
-        max_labels: int = MAX_LABELS,
-        max_body_bytes: int = MAX_BODY_BYTES,
-    ) -> None:
-        self.require_tenant = require_tenant
+    def __init__(self, *, authorization: str | None = None) -> None:
         self.authorization = authorization
-        self.reject_old_max_age = reject_old_max_age
-        self.creation_grace = creation_grace
-        self.out_of_order_window = out_of_order_window
-        self.allow_structured_metadata = allow_structured_metadata
-        self.max_line_bytes = max_line_bytes
-        self.max_labels = max_labels
-        self.max_body_bytes = max_body_bytes
         self.port = 0
         self.errors: list[BaseException] = []  # exceptions in handler threads
         self._lock = threading.Lock()
         self._streams: dict[Labels, list[Entry]] = {}
         self._seen: dict[Labels, set[tuple[int, str]]] = {}
-        self._newest: dict[Labels, int] = {}
         self._requests: list[RawRequest] = []
         self._fault: _Fault | None = None
+        self._refuse: tuple[Callable[[Labels, Entry], bool], str] | None = None
         self._delay = 0.0
         self._drop: tuple[int | None, bool] | None = None
         self._server: _Server | None = None
@@ -200,6 +155,12 @@ class FakeLoki:
         """429 like Loki's rate limiter: by default without ``Retry-After``, as Loki does."""
         self.fail(429, times, retry_after=retry_after)
 
+    def refuse(self, predicate: Callable[[Labels, Entry], bool], text: str) -> None:
+        """Refuse the entries ``predicate`` picks with a 400 saying ``text`` (a format the
+        sink cannot match), storing the others: a per-entry error of a future Loki."""
+        with self._lock:
+            self._refuse = (predicate, text)
+
     def delay(self, seconds: float) -> None:
         """Wait this long before processing each push (0: no delay)."""
         with self._lock:
@@ -216,6 +177,7 @@ class FakeLoki:
     def clear_faults(self) -> None:
         with self._lock:
             self._fault = None
+            self._refuse = None
             self._delay = 0.0
             self._drop = None
 
@@ -282,168 +244,57 @@ class FakeLoki:
 
     def handle_push(self, headers: Mapping[str, str], body: bytes,
                     request: RawRequest) -> tuple[int, str]:
-        """Status and text for a push, storing what Loki would store."""
-        if self.require_tenant and not headers.get("x-scope-orgid"):
-            return 401, "no org id\n"
+        """Status and text for a push, storing what it holds."""
+        if self.authorization is not None and headers.get("authorization") != self.authorization:
+            return 401, "unauthorized\n"
         try:
-            decoded = _decode_body(headers, body)
-            request.decoded = decoded
-            if len(decoded) > self.max_body_bytes:
-                raise _PushError(500, "rpc error: code = ResourceExhausted desc = grpc: received "
-                                 f"message larger than max ({len(decoded)} vs. "
-                                 f"{self.max_body_bytes})")
-            streams = _parse_push(decoded)
-            if not streams:
-                raise _PushError(422, "no streams in push request")
-            return self._ingest(streams)
-        except _PushError as exc:
-            return exc.status, exc.message + "\n"
-
-    def _ingest(self, streams: list[tuple[Labels, list[Entry]]]) -> tuple[int, str]:
-        now = time.time_ns()
-        oldest = None
-        if self.reject_old_max_age is not None:
-            oldest = now - int(self.reject_old_max_age * 1e9)
-        newest_ok = now + int(self.creation_grace * 1e9)
-        validation: list[str] = []
-        append_error: str | None = None
+            streams = decode_push(headers, body)
+        except ValueError as exc:
+            return 400, f"{exc}\n"
+        request.streams = streams
+        refused = 0
         with self._lock:
+            refuse = self._refuse
             for labels, entries in streams:
-                name = labels_text(labels)
-                # distributor: per stream, then per entry; invalid ones are dropped
-                if len(labels) > self.max_labels:
-                    validation.append(f"entry for stream '{name}' has {len(labels)} label "
-                                      f"names; limit {self.max_labels}")
-                    continue
-                valid: list[Entry] = []
+                stored = self._streams.setdefault(labels, [])
+                seen = self._seen.setdefault(labels, set())
                 for entry in entries:
-                    problem = self._validate(name, entry, oldest, newest_ok)
-                    if problem:
-                        validation.append(problem)
-                    else:
-                        valid.append(entry)
-                if not valid:
-                    continue
-                # ingester: the error of each stream overwrites the previous one
-                append_error = self._append(labels, name, valid)
-        if append_error:
-            return 400, append_error + "\n"
-        if validation:
-            return 400, "\n".join(validation) + "\n"
+                    if refuse is not None and refuse[0](labels, entry):
+                        refused += 1
+                        continue
+                    key = (entry.ts_ns, entry.line)
+                    if key not in seen:  # exact duplicates are dropped without a word
+                        stored.append(entry)
+                        seen.add(key)
+        if refused and refuse is not None:
+            return 400, refuse[1] + "\n"
         return 204, ""
 
-    def _validate(self, name: str, entry: Entry, oldest: int | None, newest_ok: int) -> str:
-        if oldest is not None and entry.ts_ns < oldest:
-            return (f"entry for stream '{name}' has timestamp too old: {_rfc3339(entry.ts_ns)}, "
-                    f"oldest acceptable timestamp is: {_rfc3339(oldest)}")
-        if entry.ts_ns > newest_ok:
-            return f"entry for stream '{name}' has timestamp too new: {_rfc3339(entry.ts_ns)}"
-        size = len(entry.line.encode("utf-8"))
-        if self.max_line_bytes and size > self.max_line_bytes:
-            return (f"Max entry size '{self.max_line_bytes}' bytes exceeded for stream '{name}' "
-                    f"while adding an entry with length '{size}' bytes")
-        if entry.metadata and not self.allow_structured_metadata:
-            return (f"stream '{name}' includes structured metadata, but this feature is "
-                    "disallowed. Please see `limits_config.structured_metadata` or contact "
-                    "your Loki administrator to enable it.")
-        return ""
 
-    def _append(self, labels: Labels, name: str, entries: list[Entry]) -> str | None:
-        stored = self._streams.setdefault(labels, [])
-        seen = self._seen.setdefault(labels, set())
-        window = int(self.out_of_order_window * 1e9)
-        failed: list[str] = []
-        for entry in entries:
-            key = (entry.ts_ns, entry.line)
-            if key in seen:
-                continue  # exact duplicate: dropped without a word
-            newest = self._newest.get(labels)
-            if newest is not None and entry.ts_ns < newest - window:
-                failed.append(
-                    f"entry with timestamp {_rfc3339(entry.ts_ns)} ignored, reason: 'entry too "
-                    f"far behind, entry timestamp is: {_rfc3339(entry.ts_ns)}, oldest "
-                    f"acceptable timestamp is: {_rfc3339(newest - window)}',"
-                )
-                continue
-            stored.append(entry)
-            seen.add(key)
-            if newest is None or entry.ts_ns > newest:
-                self._newest[labels] = entry.ts_ns
-        if not failed:
-            return None
-        return "\n".join(failed) + (f"\nuser 'fake', total ignored: {len(failed)} out of "
-                                    f"{len(entries)} for stream: {name}")
-
-
-def _decode_body(headers: Mapping[str, str], body: bytes) -> bytes:
+def decode_push(headers: Mapping[str, str], body: bytes) -> list[tuple[Labels, list[Entry]]]:
+    """The streams of a push, decoded as Loki would (ValueError if it cannot)."""
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        # Loki decodes anything else as protobuf+snappy, and fails on JSON.
-        raise _PushError(400, f"failed to decode protobuf push request (Content-Type "
-                         f"{content_type!r}): snappy: corrupt input")
-    encoding = headers.get("content-encoding", "").strip().lower()
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise _PushError(400, f"{encoding}: invalid body: {exc}") from exc
-    if encoding:
-        raise _PushError(415, f"Content-Encoding {encoding!r} not supported")
-    return body
-
-
-def _parse_push(decoded: bytes) -> list[tuple[Labels, list[Entry]]]:
-    """The streams of a JSON push; anything malformed rejects the whole request (400)."""
-    try:
-        doc = json.loads(decoded)
-    except ValueError as exc:
-        raise _PushError(400, f"loghttp.PushRequest: {exc}") from exc
-    streams = doc.get("streams") if isinstance(doc, dict) else None
-    if streams is None:
-        return []
-    if not isinstance(streams, list):
-        raise _PushError(400, "loghttp.PushRequest.Streams: expected an array")
-    out: list[tuple[Labels, list[Entry]]] = []
-    for stream in streams:
-        labels_doc = stream.get("stream") if isinstance(stream, dict) else None
-        values = stream.get("values") if isinstance(stream, dict) else None
-        if not isinstance(labels_doc, dict) or not isinstance(values, list):
-            raise _PushError(400, "loghttp.PushRequest.Streams: stream and values expected")
-        for name, value in labels_doc.items():
-            if not _LABEL_NAME.match(name) or not isinstance(value, str):
-                raise _PushError(400, f"error parsing labels {labels_text(labels_doc)}: "
-                                 f"1:2: parse error: invalid label name {name!r}")
-        if not labels_doc:
-            raise _PushError(400, "error at least one label pair is required per stream")
-        labels: Labels = tuple(sorted(labels_doc.items()))
-        out.append((labels, [_parse_value(v) for v in values]))
+    if headers.get("content-encoding", "").strip().lower() == "gzip":
+        body = gzip.decompress(body)
+    if content_type == "application/json":
+        doc = json.loads(body)
+        return [
+            (
+                tuple(sorted(stream["stream"].items())),
+                [Entry(int(v[0]), v[1], v[2] if len(v) > 2 else None) for v in stream["values"]],
+            )
+            for stream in doc["streams"]
+        ]
+    decoded = decode_protobuf(body)
+    out = []
+    for index, labels in enumerate(decoded.labels):
+        positions = [i for i, s in enumerate(decoded.stream_of) if s == index]
+        out.append((
+            tuple(sorted(labels.items())),
+            [Entry(decoded.ts_ns[i], decoded.lines[i], dict(decoded.meta[i]) or None)
+             for i in positions],
+        ))
     return out
-
-
-def _parse_value(value: Any) -> Entry:
-    if not isinstance(value, list) or len(value) not in (2, 3):
-        raise _PushError(400, "loghttp.Entry: expected [timestamp, line] or "
-                         "[timestamp, line, metadata]")
-    ts, line = value[0], value[1]
-    if not isinstance(ts, str):
-        raise _PushError(400, f"loghttp.Entry: timestamp must be a string, got {ts!r}")
-    try:
-        ts_ns = int(ts)
-    except ValueError as exc:
-        raise _PushError(400, f"loghttp.Entry: invalid timestamp {ts!r}") from exc
-    if not isinstance(line, str):
-        raise _PushError(400, "loghttp.Entry: line must be a string")
-    metadata = None
-    if len(value) == 3:
-        metadata = value[2]
-        if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-        ):
-            raise _PushError(400, "loghttp.Entry: structured metadata must map strings to "
-                             "strings")
-    return Entry(ts_ns, line, metadata or None)
 
 
 class _Server(ThreadingHTTPServer):

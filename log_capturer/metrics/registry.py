@@ -137,6 +137,17 @@ SINK_SEND_SECONDS = Histogram(
 SINK_RETRIES = Counter(
     f"{PREFIX}_sink_retries", "Send retries after a transient failure.", ["sink"]
 )
+SINK_REQUEST_SECONDS = Histogram(
+    f"{PREFIX}_sink_request_duration_seconds",
+    "Duration of one request of a network sink, by HTTP status ('error' = no response).",
+    ["sink", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SINK_REQUEST_BYTES = Counter(
+    f"{PREFIX}_sink_request_bytes",
+    "Bytes of the request bodies a network sink sent (as sent: compressed), retries included.",
+    ["sink"],
+)
 SINK_UP = Gauge(f"{PREFIX}_sink_up", "1 while the sink's last send succeeded, else 0.", ["sink"])
 SPOOL_BYTES = Gauge(f"{PREFIX}_spool_bytes", "Bytes held in a sink's disk spool.", ["sink"])
 SPOOL_RECORDS = Gauge(f"{PREFIX}_spool_records", "Records held in a sink's disk spool.", ["sink"])
@@ -160,12 +171,6 @@ POSITION_SAVES = Counter(f"{PREFIX}_position_saves", "Saves of the positions fil
 POSITIONS_TRACKED = Gauge(f"{PREFIX}_positions_containers", "Containers in the positions file.")
 
 # -- loki --------------------------------------------------------------------------------
-LOKI_REQUEST_SECONDS = Histogram(
-    f"{PREFIX}_loki_request_duration_seconds",
-    "Duration of one push request to Loki, by HTTP status ('error' = no response).",
-    ["status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
 LOKI_LINES_TRUNCATED = Counter(
     f"{PREFIX}_loki_lines_truncated",
     "Lines cut to the Loki sink's max_line_bytes (Loki rejects longer entries).",

@@ -1,8 +1,11 @@
-"""The Grafana Loki sink: config and credentials, encoding, Loki's answers, the sink itself."""
+"""The Grafana Loki sink: config, encoding, Loki's answers, the sink itself."""
 
-from .auth import SecretUnavailableError
+from ..auth import SecretUnavailableError
+from ..delivery import SinkUnavailableError
 from .config import LokiSinkConfig
-from .responses import LokiUnavailableError
 from .sink import LokiSink
+
+LokiUnavailableError = SinkUnavailableError
+"""Loki stayed unavailable for ``retry_budget`` and there is no spool to hold the batch."""
 
 __all__ = ["LokiSink", "LokiSinkConfig", "LokiUnavailableError", "SecretUnavailableError"]

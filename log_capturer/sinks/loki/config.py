@@ -6,14 +6,16 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from ...config.types import ByteSize, Duration, Section
+from ...config.types import ByteSize
+from ..network_config import NetworkSinkConfig, dead_letter_field, spool_dir_field
 
 PUSH_PATH = "/loki/api/v1/push"
 LOKI_MAX_LABELS = 15  # Loki's default max_label_names_per_series
 LOKI_MAX_LINE_BYTES = 262_144  # Loki's default max_line_size (bytes of the line)
 LOKI_MAX_BODY_BYTES = 4 * 1024 * 1024  # decoded push bodies above this fail with a 500
+MAX_BATCH_BYTES = 3 * 1024 * 1024  # batch_bytes bound: room below Loki's 4 MiB
 LOKI_MAX_LABEL_VALUE = 2048  # Loki's default max_label_value_length
 
 LABEL_SOURCES = ("container_name", "compose_service", "compose_project", "stream", "host")
@@ -51,30 +53,24 @@ def sanitize_label_name(name: str) -> str:
     return cleaned
 
 
-class LokiSinkConfig(Section):
-    enabled: bool = Field(False, description="Push records to Grafana Loki.")
+class LokiSinkConfig(NetworkSinkConfig):
+    """Loki's push API. Loki itself adds a ``service_name`` label to every stream (from
+    ``container_name``, or ``service``/``app``/``job``-like labels; Loki's
+    ``discover_service_name``) and a ``detected_level`` structured metadata field to every
+    entry (``discover_log_levels``); queries show both beside what is sent here."""
+
     url: str = Field(
         "http://localhost:3100",
         description="Loki base URL (http or https, no credentials); pushes go to "
         "{url}/loki/api/v1/push.",
     )
     tenant_id: str | None = Field(None, description="Sent as X-Scope-OrgID (multi-tenant Loki).")
-    username: str | None = Field(
-        None, description="Basic auth user; the password comes from password_env or password_file."
-    )
-    password_env: str | None = Field(
-        None, description="Name of the environment variable holding the basic auth password."
-    )
-    password_file: str | None = Field(None, description="File holding the basic auth password.")
-    bearer_token_env: str | None = Field(
-        None, description="Name of the environment variable holding a bearer token."
-    )
-    bearer_token_file: str | None = Field(None, description="File holding a bearer token.")
-    ca_file: str | None = Field(None, description="CA bundle for https; default: system CAs.")
     labels: list[str] = Field(
         default_factory=lambda: ["container_name", "compose_service", "stream", "host"],
         description="Stream labels, from: " + ", ".join(LABEL_SOURCES) + ". A label whose "
-        "value is missing is left out. Keep this set small: every combination is a stream.",
+        "value is missing is left out. Keep this set small: every combination is a stream. "
+        "Loki adds service_name (from container_name) and counts its max_label_names_per_"
+        "series (15) before adding it.",
     )
     static_labels: dict[str, str] = Field(
         default_factory=dict,
@@ -84,54 +80,44 @@ class LokiSinkConfig(Section):
     line_format: Literal["message", "json"] = Field(
         "message", description="message: the log line as is; json: the full record as JSON."
     )
+    encoding: Literal["protobuf", "json"] = Field(
+        "protobuf",
+        description="protobuf: Loki's native push encoding, protobuf + snappy, as Promtail "
+        "sends it (least CPU on both sides); json: JSON + gzip (smaller on the wire, for "
+        "proxies that must read the body).",
+    )
     structured_metadata: list[str] = Field(
-        default_factory=lambda: ["container_id", "image", "compose_project", "truncated"],
-        description="Per-entry structured metadata, from: "
+        default_factory=lambda: ["truncated"],
+        description="Per-entry structured metadata (Loki >= 2.9), from: "
         + ", ".join(METADATA_SOURCES)
-        + ". Empty for Loki before 2.9 or with structured metadata disabled.",
+        + ". truncated is sent (as \"true\") only on lines that were cut. The others repeat "
+        "the same value on every line of a stream, and Loki counts them against its "
+        "ingestion rate limit (4 MiB/s by default) and stores them per line: the 64-character "
+        "container_id alone can outweigh short log lines, so container_id and image are "
+        "opt-in; the container_name label already tells containers apart. Loki adds its own "
+        "detected_level field. Empty for a Loki with structured metadata disabled (the sink "
+        "also stops sending it when Loki answers that it is disallowed).",
     )
     max_line_bytes: ByteSize = Field(
         LOKI_MAX_LINE_BYTES,
         description="Longer lines are cut (and marked truncated) instead of being rejected "
-        "by Loki; 0 = never cut.",
+        "by Loki (its max_line_size); 0 = never cut.",
     )
-    max_request_bytes: ByteSize = Field(
+    batch_bytes: ByteSize = Field(
         1024 * 1024,
-        description="Largest uncompressed push body; bigger batches are split (Loki's limit "
-        "is 4MiB). A single larger entry is sent alone.",
+        validation_alias=AliasChoices("batch_bytes", "max_request_bytes"),
+        description="Push size: about this many bytes of lines, structured metadata and "
+        "24 bytes of framing per entry, as Promtail's batchsize (1MiB). A bigger batch from "
+        "the dispatcher becomes several pushes; pushes are no bigger than what the "
+        "dispatcher hands over at once (pipeline.batch_size). At most 3MiB (Loki refuses "
+        "decoded pushes over 4MiB). Formerly max_request_bytes.",
     )
-    timeout: Duration = Field(10.0, description="Read timeout of one push request.")
-    connect_timeout: Duration = Field(3.0, description="Connect timeout of one push request.")
-    min_backoff: Duration = Field(0.5, description="First wait before retrying a failed push.")
-    max_backoff: Duration = Field(30.0, description="Longest wait between retries.")
-    retry_budget: Duration = Field(
-        5.0,
-        description="How long a batch is retried before it goes to the spool (or, without "
-        "a spool, before the dispatcher is told to retry).",
-    )
-    spool_dir: str = Field("./data/spool/loki", description="Directory of the disk spool.")
-    spool_max_bytes: ByteSize = Field(
-        1024**3,
-        description="Disk spool bound; a full spool makes the sink push back. 0 = no spool.",
-    )
-    dead_letter_path: str = Field(
-        "./data/loki-dead-letter.jsonl",
-        description="JSON-lines file of the entries Loki rejected, with its reason.",
-    )
-    close_timeout: Duration = Field(5.0, description="At shutdown, longest wait for the replayer.")
+    spool_dir: str = spool_dir_field("./data/spool/loki")
+    dead_letter_path: str = dead_letter_field("./data/loki-dead-letter.jsonl")
 
-    @field_validator(
-        "tenant_id",
-        "username",
-        "password_env",
-        "password_file",
-        "bearer_token_env",
-        "bearer_token_file",
-        "ca_file",
-        mode="before",
-    )
+    @field_validator("tenant_id", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
+    def _empty_tenant_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
 
     @field_validator("url")
@@ -201,22 +187,8 @@ class LokiSinkConfig(Section):
                 "labels need one of container_name, stream or host (or a static "
                 "label): Loki rejects a stream without labels"
             )
-        if (self.password_env or self.password_file) and not self.username:
-            raise ValueError("password_env/password_file need username")
-        if self.username and bool(self.password_env) == bool(self.password_file):
-            raise ValueError("username needs exactly one of password_env or password_file")
-        if self.bearer_token_env and self.bearer_token_file:
-            raise ValueError("set bearer_token_env or bearer_token_file, not both")
-        if self.username and (self.bearer_token_env or self.bearer_token_file):
-            raise ValueError("use basic auth (username) or a bearer token, not both")
-        if not 1024 <= self.max_request_bytes <= LOKI_MAX_BODY_BYTES:
-            raise ValueError(
-                f"max_request_bytes must be between 1KiB and 4MiB (got {self.max_request_bytes})"
-            )
-        if self.spool_max_bytes and self.spool_max_bytes < 2 * self.max_request_bytes:
-            raise ValueError(
-                "spool_max_bytes must be 0 (no spool) or at least twice max_request_bytes"
-            )
-        if self.min_backoff > self.max_backoff:
-            raise ValueError("min_backoff is larger than max_backoff")
+        if not 1024 <= self.batch_bytes <= MAX_BATCH_BYTES:
+            raise ValueError(f"batch_bytes must be between 1KiB and 3MiB (got {self.batch_bytes})")
+        if self.spool_max_bytes and self.spool_max_bytes < 2 * self.batch_bytes:
+            raise ValueError("spool_max_bytes must be 0 (no spool) or at least twice batch_bytes")
         return self

@@ -1,4 +1,17 @@
-"""Records to Loki push requests: streams by label set, sorted values, bounded size."""
+"""Records to Loki pushes, in three steps the rest of the sink relies on:
+
+1. records (or the columns of a batch) -> :class:`Streams`: per stream its labels, and
+   per entry its timestamp, line and structured metadata, in columns, stream after
+   stream, each stream in timestamp order (:class:`Encoder`);
+2. :class:`Streams` -> :class:`Push` es of about ``batch_bytes`` of entries each
+   (:func:`split_pushes`), as Promtail batches;
+3. :class:`Push` -> the request body: protobuf + snappy (Loki's native encoding, as
+   Promtail sends it) or JSON + gzip (:func:`protobuf_body`, :func:`json_body`).
+
+A :class:`Push` is the :class:`~log_capturer.sinks.delivery.Payload` of the Loki sink:
+its parts are index lists into the same :class:`Streams`, so the delivery machinery can
+cut and merge them, and it knows its entries to write them to the dead-letter file.
+"""
 
 from __future__ import annotations
 
@@ -6,204 +19,547 @@ import gzip
 import json
 import socket
 import zlib
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import accumulate, compress, groupby, islice, pairwise, repeat
+from operator import eq, le
+from typing import Any, Literal
 
-from ...metrics.registry import (
-    LOKI_LINES_TRUNCATED,
-)
+import cramjam
+
+from ...discovery.container import ContainerInfo
+from ...metrics.registry import LOKI_LINES_TRUNCATED
+from ...pipeline.batch import Batch
 from ...pipeline.record import LogRecord
+from ..delivery import json_bytes
 from .config import LOKI_MAX_LABEL_VALUE, LokiSinkConfig
+from .labels import label_text, parse_label_text
+from .logproto import PushRequest
 
+Encoding = Literal["protobuf", "json"]
+Meta = tuple[tuple[str, str], ...]
+"""Structured metadata of one entry, ``()`` for none."""
+
+NO_META: Meta = ()
+_NS = 1_000_000_000
+ENTRY_OVERHEAD = 24
+"""Bytes of framing per entry in a push body (timestamp, lengths; JSON's quotes): counted
+with the line, so a push of tiny lines is not many times ``batch_bytes`` on the wire."""
 _GZIP_LEVEL = 5  # most of gzip's gain on log text for a fraction of level 9's CPU
-_BODY_OVERHEAD = len(b'{"streams":[]}')
-_STREAM_OVERHEAD = len(b'{"stream":,"values":[]},')
+_HEADERS: dict[str, Mapping[str, str]] = {
+    "protobuf": {"Content-Type": "application/x-protobuf"},
+    "json": {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+}
+# Spooled pushes: a tag line, then the body as it is sent. A spool written before the tag
+# existed holds bare gzip JSON bodies, which still replay.
+_SPOOL_TAGS: dict[str, bytes] = {
+    "protobuf": b"loki-push protobuf+snappy\n",
+    "json": b"loki-push json+gzip\n",
+}
+_GZIP_MAGIC = b"\x1f\x8b"
 
-# -- payload -------------------------------------------------------------------------------
 
-
-def json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-
-
-@dataclass(slots=True)
-class Entry:
-    """One Loki entry and its stream; ``data`` is its JSON value array, ready to send."""
-
-    stream: bytes  # the stream's labels as a JSON object
-    ts_ns: int
-    line: str
-    metadata: dict[str, str] | None
-    data: bytes = b""
-
-    def __post_init__(self) -> None:
-        value: list[Any] = [str(self.ts_ns), self.line]
-        if self.metadata:
-            value.append(self.metadata)
-        self.data = json_bytes(value)
+# -- step 1: entries in columns ------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class Push:
-    """The entries of one push request, in send order (per stream, by timestamp)."""
+class Streams:
+    """Entries in columns, stream after stream; each stream's entries in timestamp order."""
 
-    entries: list[Entry]
-    _gzipped: bytes | None = field(default=None, repr=False)
+    labels: list[dict[str, str]] = field(default_factory=list)  # per stream
+    texts: list[str] = field(default_factory=list)  # per stream: Loki's spelling
+    starts: list[int] = field(default_factory=list)  # per stream: its first entry
+    stream_of: list[int] = field(default_factory=list)  # per entry
+    ts_ns: list[int] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    meta: list[Meta] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.ts_ns)
+
+    def add(
+        self,
+        labels: dict[str, str],
+        ts_ns: Sequence[int],
+        lines: Sequence[str],
+        meta: Sequence[Meta],
+        text: str | None = None,
+    ) -> None:
+        """Append one stream's entries (columns of equal length, in timestamp order)."""
+        if not ts_ns:
+            return
+        index = len(self.labels)
+        self.labels.append(labels)
+        self.texts.append(text if text is not None else label_text(labels))
+        self.starts.append(len(self.ts_ns))
+        self.stream_of.extend([index] * len(ts_ns))
+        self.ts_ns.extend(ts_ns)
+        self.lines.extend(lines)
+        self.meta.extend(meta)
+
+    def without_metadata(self) -> Streams:
+        return Streams(
+            self.labels,
+            self.texts,
+            self.starts,
+            self.stream_of,
+            self.ts_ns,
+            self.lines,
+            [NO_META] * len(self.ts_ns),
+        )
+
+    def groups(
+        self, positions: Sequence[int]
+    ) -> Iterator[tuple[int, Sequence[int], Sequence[str], Sequence[Meta]]]:
+        """``(stream, timestamps, lines, metadata)`` of the entries at ``positions``."""
+        if isinstance(positions, range) and positions.step == 1:
+            start, stop = positions.start, positions.stop
+            if start >= stop:
+                return
+            first = self.stream_of[start]
+            last = self.stream_of[stop - 1]
+            for stream in range(first, last + 1):
+                lo = max(start, self.starts[stream])
+                hi = stop if stream == last else self.starts[stream + 1]
+                yield stream, self.ts_ns[lo:hi], self.lines[lo:hi], self.meta[lo:hi]
+            return
+        for stream, group in groupby(positions, key=self.stream_of.__getitem__):
+            ids = list(group)
+            yield (
+                stream,
+                [self.ts_ns[i] for i in ids],
+                [self.lines[i] for i in ids],
+                [self.meta[i] for i in ids],
+            )
+
+
+# -- step 3: bodies --------------------------------------------------------------------------
+
+
+def protobuf_body(
+    streams: Iterable[tuple[str, Sequence[int], Sequence[str], Sequence[Meta]]],
+) -> bytes:
+    """A snappy-compressed ``logproto.PushRequest`` of ``(labels text, ts, lines, meta)``."""
+    request = PushRequest()
+    add_stream = request.streams.add
+    for text, stamps, lines, metas in streams:
+        add = add_stream(labels=text).entries.add
+        if any(metas):
+            for ts_ns, line, meta in zip(stamps, lines, metas, strict=True):
+                entry = _entry(add, line)
+                stamp = entry.timestamp
+                stamp.seconds = ts_ns // _NS
+                stamp.nanos = ts_ns % _NS
+                if meta:
+                    pairs = entry.structuredMetadata
+                    for name, value in meta:
+                        pairs.add(name=name, value=value)
+        else:
+            for ts_ns, line in zip(stamps, lines, strict=True):
+                stamp = _entry(add, line).timestamp
+                stamp.seconds = ts_ns // _NS
+                stamp.nanos = ts_ns % _NS
+    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+
+def _entry(add: Any, line: str) -> Any:
+    try:
+        return add(line=line)
+    except (UnicodeEncodeError, ValueError):  # a lone surrogate: not UTF-8, protobuf refuses
+        return add(line=line.encode("utf-8", "replace").decode("utf-8"))
+
+
+def json_body(
+    streams: Iterable[tuple[dict[str, str], Sequence[int], Sequence[str], Sequence[Meta]]],
+) -> bytes:
+    """A gzip-compressed JSON push of ``(labels, ts, lines, meta)``."""
+    docs = []
+    for labels, stamps, lines, metas in streams:
+        values: list[list[Any]] = [
+            [str(ts_ns), line, dict(meta)] if meta else [str(ts_ns), line]
+            for ts_ns, line, meta in zip(stamps, lines, metas, strict=True)
+        ]
+        docs.append({"stream": labels, "values": values})
+    return gzip.compress(json_bytes({"streams": docs}), _GZIP_LEVEL)
+
+
+def decode_protobuf(body: bytes) -> Streams:
+    try:
+        request = PushRequest.FromString(bytes(cramjam.snappy.decompress_raw(body)))
+    except Exception as exc:  # cramjam and protobuf raise their own types
+        raise ValueError(f"not a snappy protobuf Loki push: {exc!r}") from exc
+    out = Streams()
+    for stream in request.streams:
+        labels = parse_label_text(stream.labels)
+        if labels is None:
+            raise ValueError(f"unreadable stream labels {stream.labels[:200]!r}")
+        entries = stream.entries
+        out.add(
+            labels,
+            [e.timestamp.seconds * _NS + e.timestamp.nanos for e in entries],
+            [e.line for e in entries],
+            [tuple((m.name, m.value) for m in e.structuredMetadata) for e in entries],
+            text=stream.labels,
+        )
+    return out
+
+
+def decode_json(body: bytes) -> Streams:
+    try:
+        doc = json.loads(gzip.decompress(body))
+        out = Streams()
+        for stream in doc["streams"]:
+            values = stream["values"]
+            out.add(
+                {str(k): str(v) for k, v in stream["stream"].items()},
+                [int(v[0]) for v in values],
+                [str(v[1]) for v in values],
+                [tuple(v[2].items()) if len(v) > 2 and v[2] else NO_META for v in values],
+            )
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, IndexError, TypeError,
+            AttributeError) as exc:
+        raise ValueError(f"not a gzip JSON Loki push: {exc!r}") from exc
+    return out
+
+
+# -- the payload ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Push:
+    """The entries of one push request (positions into ``streams``) and its body."""
+
+    streams: Streams
+    positions: Sequence[int]  # ascending; a range when contiguous
+    encoding: Encoding
+    _body: bytes | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def content_headers(self) -> Mapping[str, str]:
+        return _HEADERS[self.encoding]
 
     def body(self) -> bytes:
-        streams: dict[bytes, list[bytes]] = {}
-        for entry in self.entries:
-            streams.setdefault(entry.stream, []).append(entry.data)
-        parts = [
-            b'{"stream":' + stream + b',"values":[' + b",".join(values) + b"]}"
-            for stream, values in streams.items()
-        ]
-        return b'{"streams":[' + b",".join(parts) + b"]}"
+        if self._body is None:
+            groups = self.streams.groups(self.positions)
+            texts, labels = self.streams.texts, self.streams.labels
+            if self.encoding == "protobuf":
+                self._body = protobuf_body((texts[s], t, li, m) for s, t, li, m in groups)
+            else:
+                self._body = json_body((labels[s], t, li, m) for s, t, li, m in groups)
+        return self._body
 
-    def gzipped(self) -> bytes:
-        if self._gzipped is None:
-            self._gzipped = gzip.compress(self.body(), _GZIP_LEVEL)
-        return self._gzipped
+    def subset(self, positions: Sequence[int]) -> Push:
+        own = self.positions
+        if isinstance(own, range) and isinstance(positions, range) and positions.step == 1:
+            return Push(self.streams, own[positions.start : positions.stop], self.encoding)
+        return Push(self.streams, [own[i] for i in positions], self.encoding)
 
-    def split(self) -> tuple[Push, Push]:
-        half = len(self.entries) // 2
-        return Push(self.entries[:half]), Push(self.entries[half:])
+    def merge(self, others: Sequence[Push]) -> list[Push]:
+        by_root: dict[int, list[Push]] = {}
+        for push in (self, *others):
+            by_root.setdefault(id(push.streams), []).append(push)
+        out = []
+        for pushes in by_root.values():
+            first = pushes[0]
+            ids = sorted({i for push in pushes for i in push.positions})
+            out.append(Push(first.streams, ids, first.encoding))
+        return out
 
-    def without_metadata(self) -> Push:
-        return Push([Entry(e.stream, e.ts_ns, e.line, None) for e in self.entries])
+    def timestamps_ns(self) -> Sequence[int]:
+        return [self.streams.ts_ns[i] for i in self.positions[:: max(1, len(self) // 20)]]
+
+    def dead_letters(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        s = self.streams
+        docs = []
+        for p in positions:
+            i = self.positions[p]
+            doc: dict[str, Any] = {
+                "stream": s.labels[s.stream_of[i]],
+                "ts": str(s.ts_ns[i]),
+                "line": s.lines[i],
+            }
+            if s.meta[i]:
+                doc["metadata"] = dict(s.meta[i])
+            docs.append(doc)
+        return docs
+
+    def to_spool(self) -> bytes:
+        return _SPOOL_TAGS[self.encoding] + self.body()
 
     @property
     def has_metadata(self) -> bool:
-        return any(e.metadata for e in self.entries)
+        meta = self.streams.meta
+        return any(meta[i] for i in self.positions)
+
+    def without_metadata(self, positions: Sequence[int] | None = None) -> Push:
+        """These entries (or those at ``positions``) without structured metadata."""
+        chosen = self.positions if positions is None else [self.positions[p] for p in positions]
+        return Push(self.streams.without_metadata(), chosen, self.encoding)
+
+    # the positions of each stream, for matching Loki's answers to entries
+    def stream_positions(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for p, i in enumerate(self.positions):
+            out.setdefault(self.streams.stream_of[i], []).append(p)
+        return out
 
     @classmethod
-    def from_gzipped(cls, data: bytes) -> Push:
-        """Rebuild a spooled push (raises ValueError if it is not one)."""
-        try:
-            doc = json.loads(gzip.decompress(data))
-            entries = [
-                Entry(
-                    json_bytes(stream["stream"]),
-                    int(value[0]),
-                    str(value[1]),
-                    value[2] if len(value) > 2 else None,
-                )
-                for stream in doc["streams"]
-                for value in stream["values"]
-            ]
-        except (OSError, EOFError, zlib.error, KeyError, IndexError, TypeError) as exc:
-            raise ValueError(f"not a spooled Loki push: {exc!r}") from exc
-        push = cls(entries)
-        push._gzipped = data
-        return push
+    def from_spool(cls, data: bytes) -> Push:
+        """The push spooled as ``data``, its body as it was (raises ValueError)."""
+        if data.startswith(_SPOOL_TAGS["protobuf"]):
+            body = data[len(_SPOOL_TAGS["protobuf"]) :]
+            return cls._whole(decode_protobuf(body), "protobuf", body)
+        if data.startswith(_SPOOL_TAGS["json"]):
+            body = data[len(_SPOOL_TAGS["json"]) :]
+            return cls._whole(decode_json(body), "json", body)
+        if data.startswith(_GZIP_MAGIC):  # written before the upgrade: bare gzip JSON
+            return cls._whole(decode_json(data), "json", data)
+        raise ValueError("not a spooled Loki push (unknown format)")
+
+    @classmethod
+    def _whole(cls, streams: Streams, encoding: Encoding, body: bytes) -> Push:
+        return cls(streams, range(len(streams)), encoding, body)
 
 
-def split_pushes(entries: Iterable[Entry], max_bytes: int) -> list[Push]:
-    """Group entries into pushes whose body is at most ``max_bytes`` (estimate >= actual)."""
-    pushes: list[Push] = []
-    current: list[Entry] = []
-    size = _BODY_OVERHEAD
-    streams: set[bytes] = set()
-    for entry in entries:
-        cost = len(entry.data) + 1
-        if entry.stream not in streams:
-            cost += len(entry.stream) + _STREAM_OVERHEAD
-        if current and size + cost > max_bytes:
-            pushes.append(Push(current))
-            current, size, streams = [], _BODY_OVERHEAD, set()
-            cost = len(entry.data) + 1 + len(entry.stream) + _STREAM_OVERHEAD
-        current.append(entry)
-        size += cost
-        streams.add(entry.stream)
-    if current:
-        pushes.append(Push(current))
+# -- step 2: pushes of about batch_bytes -----------------------------------------------------
+
+
+def split_pushes(streams: Streams, batch_bytes: int, encoding: Encoding) -> list[Push]:
+    """Pushes of consecutive entries, each about ``batch_bytes`` of body: lines, metadata
+    (Loki's rate limit counts both) and :data:`ENTRY_OVERHEAD` per entry; an entry larger
+    than that goes alone."""
+    n = len(streams)
+    if not n:
+        return []
+    if any(streams.meta):
+        costs: Iterable[int] = (
+            len(line) + ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in meta)
+            for line, meta in zip(streams.lines, streams.meta, strict=True)
+        )
+    else:
+        costs = map(ENTRY_OVERHEAD.__add__, map(len, streams.lines))
+    totals = list(accumulate(costs))
+    pushes = []
+    start, done = 0, 0
+    while start < n:
+        stop = max(start + 1, bisect_right(totals, done + batch_bytes, lo=start))
+        pushes.append(Push(streams, range(start, stop), encoding))
+        done = totals[stop - 1]
+        start = stop
     return pushes
 
 
+# -- step 1 from records ---------------------------------------------------------------------
+
+
+class _Columns:
+    """One container stream's entries gathered from several batches."""
+
+    __slots__ = ("container", "texts", "truncated", "ts_ns")
+
+    def __init__(self, container: ContainerInfo) -> None:
+        self.container = container
+        self.ts_ns: list[int] = []
+        self.texts: list[str] = []
+        self.truncated: list[bool] | None = None
+
+    def add(self, ts_ns: list[int], texts: list[str], truncated: list[bool] | None) -> None:
+        if truncated is not None and self.truncated is None:
+            self.truncated = [False] * len(self.ts_ns)
+        if self.truncated is not None:
+            self.truncated += truncated if truncated is not None else [False] * len(ts_ns)
+        self.ts_ns += ts_ns
+        self.texts += texts
+
+    def in_order(self) -> None:
+        """Timestamp order (kept for equal timestamps), if a clock step broke it."""
+        if all(map(le, self.ts_ns, islice(self.ts_ns, 1, None))):
+            return
+        order = sorted(range(len(self.ts_ns)), key=self.ts_ns.__getitem__)
+        self.ts_ns = [self.ts_ns[i] for i in order]
+        self.texts = [self.texts[i] for i in order]
+        if self.truncated is not None:
+            self.truncated = [self.truncated[i] for i in order]
+
+
 class Encoder:
-    """Turns records into Loki entries: labels, line, metadata, size limits."""
+    """Turns batches (or records) into :class:`Streams`: labels, lines (cut to Loki's
+    limit), metadata."""
+
+    _CACHE_LIMIT = 4096
 
     def __init__(self, config: LokiSinkConfig) -> None:
         self.config = config
         self.host = config.host or socket.gethostname()
         self.metadata_enabled = bool(config.structured_metadata)
+        self._base_meta = [n for n in config.structured_metadata if n != "truncated"]
+        self._mark_truncated = "truncated" in config.structured_metadata
+        self._labels: dict[tuple[str, str, str], tuple[dict[str, str], str]] = {}
 
-    def build(self, records: list[LogRecord]) -> list[Push]:
-        streams: dict[bytes, list[tuple[int, int, Entry]]] = {}
-        labels_of: dict[tuple[str, str, str], bytes] = {}  # per batch: few keys, many records
-        metadata_of: dict[tuple[str, str, bool], dict[str, str] | None] = {}
-        for record in records:
-            key = (record.container.id, record.container.name, record.stream)
-            stream = labels_of.get(key)
-            if stream is None:
-                stream = labels_of[key] = json_bytes(self.labels(record))
-            line, cut = self.line(record)
-            metadata = None
-            if self.metadata_enabled:
-                mkey = (record.container.id, record.stream, record.truncated or cut)
-                if mkey not in metadata_of:
-                    metadata_of[mkey] = self.metadata(record, cut)
-                metadata = metadata_of[mkey]
-            streams.setdefault(stream, []).append(
-                (record.ts_ns, record.seq, Entry(stream, record.ts_ns, line, metadata))
+    def build(self, batches: Sequence[Batch]) -> list[Push]:
+        """The pushes of one delivery: every batch's lines, a Loki stream per container
+        stream, in pushes of about ``batch_bytes``."""
+        if self.config.line_format == "json":
+            streams = self.streams([r for batch in batches for r in batch.records()])
+        else:
+            streams = self.columns(batches)
+        return split_pushes(streams, self.config.batch_bytes, self.config.encoding)
+
+    def columns(self, batches: Sequence[Batch]) -> Streams:
+        """Batches (line format ``message``) as :class:`Streams`, without an object per line:
+        each container stream's timestamps, texts and cut flags gathered in columns."""
+        gathered: dict[tuple[str, str], _Columns] = {}
+        for batch in batches:
+            names = batch.streams
+            ts_ns, texts = batch.ts_ns(), batch.texts()
+            flags = batch.truncated_flags()
+            cut: list[bool] | None = flags if any(flags) else None
+            cid = batch.container.id
+            for stream in dict.fromkeys(names):  # in order of first appearance
+                key = (cid, stream)
+                columns = gathered.get(key)
+                if columns is None:
+                    columns = gathered[key] = _Columns(batch.container)
+                if names.count(stream) == len(names):
+                    columns.add(ts_ns, texts, cut)
+                    continue
+                mine = list(map(eq, names, repeat(stream)))
+                columns.add(
+                    list(compress(ts_ns, mine)),
+                    list(compress(texts, mine)),
+                    None if cut is None else list(compress(cut, mine)),
+                )
+        out = Streams()
+        for (_, stream), columns in gathered.items():
+            columns.in_order()
+            self.add_columns(
+                out, columns.container, stream, columns.ts_ns, columns.texts, columns.truncated
             )
-        ordered = (
-            item[2]
-            for group in streams.values()
-            for item in sorted(group, key=lambda t: (t[0], t[1]))
-        )
-        return split_pushes(ordered, self.config.max_request_bytes)
-
-    def value(self, record: LogRecord, name: str) -> str | None:
-        c = record.container
-        values = {
-            "container_name": c.name,
-            "container_id": c.id,
-            "image": c.image,
-            "compose_service": c.compose_service,
-            "compose_project": c.compose_project,
-            "stream": record.stream,
-            "host": self.host,
-        }
-        return values.get(name)
-
-    def labels(self, record: LogRecord) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for name in self.config.labels:
-            value = self.value(record, name)
-            if value:
-                out[name] = value[:LOKI_MAX_LABEL_VALUE]
-        out.update(self.config.static_labels)
         return out
 
-    def metadata(self, record: LogRecord, cut: bool) -> dict[str, str] | None:
-        out: dict[str, str] = {}
-        for name in self.config.structured_metadata:
-            if name == "truncated":
-                if record.truncated or cut:
-                    out["truncated"] = "true"
-                continue
-            value = self.value(record, name)
-            if value:
-                out[name] = value
-        return out or None
+    def streams(self, records: list[LogRecord]) -> Streams:
+        by_stream: dict[tuple[str, str], list[LogRecord]] = {}
+        for record in records:
+            key = (record.container.id, record.stream)
+            group = by_stream.get(key)
+            if group is None:
+                by_stream[key] = [record]
+            else:
+                group.append(record)
+        out = Streams()
+        for group in by_stream.values():
+            if any(r.ts_ns > s.ts_ns for r, s in pairwise(group)):
+                group.sort(key=lambda r: (r.ts_ns, r.seq))
+            first = group[0]
+            if self.config.line_format == "json":
+                lines, cut = zip(*map(self._json_line, group), strict=True)
+                self._add(out, first, [r.ts_ns for r in group], list(lines),
+                          [r.truncated or c for r, c in zip(group, cut, strict=True)])
+            else:
+                self.add_columns(
+                    out,
+                    first.container,
+                    first.stream,
+                    [r.ts_ns for r in group],
+                    [r.message for r in group],
+                    [r.truncated for r in group] if any(r.truncated for r in group) else None,
+                )
+        return out
 
-    def line(self, record: LogRecord) -> tuple[str, bool]:
-        """The entry line and whether it was cut to ``max_line_bytes``."""
+    def add_columns(
+        self,
+        out: Streams,
+        container: Any,
+        stream: str,
+        ts_ns: list[int],
+        messages: list[str],
+        truncated: list[bool] | None = None,
+    ) -> None:
+        """Add one container stream's lines (in timestamp order) as one Loki stream.
+
+        ``container`` is a :class:`~log_capturer.discovery.container.ContainerInfo`;
+        ``truncated`` flags lines the capture already cut (None: none was).
+        """
+        lines, cut = self._cut(messages)
+        if cut is not None:
+            truncated = [a or b for a, b in zip(truncated or cut, cut, strict=True)]
+        labels, text = self._stream_labels(container, stream)
+        out.add(labels, ts_ns, lines, self._metas(container, stream, truncated, len(lines)), text)
+
+    def _add(self, out: Streams, first: LogRecord, ts_ns: list[int], lines: list[str],
+             truncated: list[bool]) -> None:
+        labels, text = self._stream_labels(first.container, first.stream)
+        meta = self._metas(first.container, first.stream,
+                           truncated if any(truncated) else None, len(lines))
+        out.add(labels, ts_ns, lines, meta, text)
+
+    def _stream_labels(self, container: Any, stream: str) -> tuple[dict[str, str], str]:
+        key = (container.id, container.name, stream)
+        cached = self._labels.get(key)
+        if cached is None:
+            labels: dict[str, str] = {}
+            for name in self.config.labels:
+                value = self._value(container, stream, name)
+                if value:
+                    labels[name] = value[:LOKI_MAX_LABEL_VALUE]
+            labels.update(self.config.static_labels)
+            if len(self._labels) >= self._CACHE_LIMIT:
+                self._labels.clear()
+            cached = self._labels[key] = (labels, label_text(labels))
+        return cached
+
+    def _metas(self, container: Any, stream: str, truncated: list[bool] | None,
+               n: int) -> list[Meta]:
+        if not self.metadata_enabled:
+            return [NO_META] * n
+        base: Meta = tuple(
+            (name, value)
+            for name in self._base_meta
+            if (value := self._value(container, stream, name))
+        )
+        if truncated is None or not self._mark_truncated:
+            return [base] * n
+        cut: Meta = (*base, ("truncated", "true"))
+        return [cut if t else base for t in truncated]
+
+    def _value(self, container: Any, stream: str, name: str) -> str | None:
+        if name == "stream":
+            return stream
+        if name == "host":
+            return self.host
+        if name == "container_name":
+            return str(container.name)
+        if name == "container_id":
+            return str(container.id)
+        if name == "image":
+            return str(container.image)
+        value = getattr(container, name, None)  # compose_service, compose_project
+        return None if value is None else str(value)
+
+    def _cut(self, messages: list[str]) -> tuple[list[str], list[bool] | None]:
+        """Lines cut to ``max_line_bytes`` (bytes of UTF-8), and which were (None: none)."""
         limit = self.config.max_line_bytes
-        if self.config.line_format == "message":
-            text = record.message
-            if not limit or len(text) * 4 <= limit:  # cannot exceed: skip encoding
-                return text, False
+        if not limit or not messages or max(map(len, messages)) * 4 <= limit:
+            return messages, None  # no line can exceed the limit: skip encoding
+        lines = list(messages)
+        cut = [False] * len(lines)
+        for i, text in enumerate(messages):
+            if len(text) * 4 <= limit:
+                continue
             data = text.encode("utf-8", "replace")
-            if len(data) <= limit:
-                return text, False
-            LOKI_LINES_TRUNCATED.inc()
-            return data[:limit].decode("utf-8", "ignore"), True
+            if len(data) > limit:
+                LOKI_LINES_TRUNCATED.inc()
+                lines[i] = data[:limit].decode("utf-8", "ignore")
+                cut[i] = True
+        return lines, cut if any(cut) else None
+
+    def _json_line(self, record: LogRecord) -> tuple[str, bool]:
+        """The full record as JSON, cut to ``max_line_bytes`` while staying valid JSON."""
+        limit = self.config.max_line_bytes
         doc = record.to_dict()
         line = json_text(doc)
         if not limit or utf8_len(line) <= limit:

@@ -1,4 +1,4 @@
-"""Loki credentials: read once from the environment or a file, never shown."""
+"""Credentials of the network sinks: read once from the environment or a file, never shown."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from .config import LokiSinkConfig
+from .network_config import NetworkSinkConfig
 
 # -- secrets -------------------------------------------------------------------------------
 
@@ -35,13 +35,13 @@ class Secret:
     __str__ = __repr__
 
 
-def read_secret(env: str | None, path: str | None, what: str) -> Secret:
+def read_secret(env: str | None, path: str | None, what: str, sink: str) -> Secret:
     """The secret from environment variable ``env`` or file ``path`` (trailing newline cut)."""
     if env:
         value = os.environ.get(env, "")
         if not value:
             raise SecretUnavailableError(
-                f"loki sink: {what}: environment variable {env} is not set"
+                f"{sink} sink: {what}: environment variable {env} is not set"
             )
         return Secret(value)
     if path:
@@ -49,12 +49,12 @@ def read_secret(env: str | None, path: str | None, what: str) -> Secret:
             value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise SecretUnavailableError(
-                f"loki sink: {what}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+                f"{sink} sink: {what}: cannot read {path}: {exc.strerror or type(exc).__name__}"
             ) from None
         if not value:
-            raise SecretUnavailableError(f"loki sink: {what}: {path} is empty")
+            raise SecretUnavailableError(f"{sink} sink: {what}: {path} is empty")
         return Secret(value)
-    raise SecretUnavailableError(f"loki sink: {what}: no environment variable or file configured")
+    raise SecretUnavailableError(f"{sink} sink: {what}: no environment variable or file configured")
 
 
 class Auth(requests.auth.AuthBase):
@@ -80,11 +80,15 @@ def _basic(username: str, password: Secret) -> Callable[[], str]:
     return credentials
 
 
-def make_auth(config: LokiSinkConfig) -> Auth | None:
+def make_auth(config: NetworkSinkConfig, sink: str) -> Auth | None:
+    """The ``Authorization`` of ``config`` (basic or bearer), or None; raises
+    :class:`SecretUnavailableError` naming the variable or file when a secret is missing."""
     if config.username:
-        password = read_secret(config.password_env, config.password_file, "password")
+        password = read_secret(config.password_env, config.password_file, "password", sink)
         return Auth("Basic", _basic(config.username, password))
     if config.bearer_token_env or config.bearer_token_file:
-        token = read_secret(config.bearer_token_env, config.bearer_token_file, "bearer token")
+        token = read_secret(
+            config.bearer_token_env, config.bearer_token_file, "bearer token", sink
+        )
         return Auth("Bearer", token.reveal)
     return None

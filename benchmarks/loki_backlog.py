@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""A backlog into a real Grafana Loki: this daemon against Promtail v3.4.6, same run.
+
+Usage:
+  .venv/bin/python benchmarks/loki_backlog.py [--lines 1000000] [--rounds 4]
+  .venv/bin/python benchmarks/loki_backlog.py --quick          # 20k lines, one round
+
+The backlog container of benchmarks/capture_throughput.py (N numbered stdout lines, every
+10th also a stderr line; kept and reused with ``--reuse``) is shipped, in alternating
+order each round, by
+
+* daemon:   ``python -m log_capturer run`` with only the Loki sink (protobuf + snappy,
+            pushes of ``batch_bytes``; ``--batch-size`` records per dispatcher batch);
+* promtail: Promtail v3.4.6 (../shared/peers) with ``docker_sd_configs`` on
+            unix:///var/run/docker.sock, filtered on the container's label, and
+            ``__meta_docker_container_name`` relabelled (regex ``/(.*)``) to
+            ``container_name``;
+
+each into a fresh Loki v3.4.6 (../shared/peers, the shared single-binary config, its
+default limits unless ``--ingestion-mb``). Measured per run: wall time from the
+shipper's start until every line is queryable (``sum(count_over_time(...))`` polled
+every second), the shipper's CPU seconds and CPU µs per line, Loki's CPU seconds,
+pushes and bytes sent (the daemon's ``log_capturer_sink_request_*`` metrics; Promtail's
+``promtail_request_duration_seconds_count`` and ``promtail_encoded_bytes_total``).
+Printed: per round, and the ratios promtail/daemon (time: above 1 = the daemon is
+faster) and daemon/promtail (CPU: below 1 = the daemon spends less) with median and
+spread; the JSON summary is the last thing on stdout. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import _common as common
+import yaml
+from _common import log
+
+from tests.integration.harness import Daemon, free_port, scrape
+from tests.real_loki import RealLoki, peer_binary
+
+
+def loki_count(loki: RealLoki, selector: str, window_s: int) -> int:
+    """Entries matching ``selector`` in the last ``window_s`` seconds, counted by Loki."""
+    query = f"sum(count_over_time({selector}[{window_s}s]))"
+    url = f"{loki.url}/loki/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            result = json.load(response)["data"]["result"]
+    except OSError:
+        return -1
+    return int(float(result[0]["value"][1])) if result else 0
+
+
+def wait_count(loki: RealLoki, selector: str, window_s: int, expected: int,
+               timeout: float) -> float | None:
+    """Seconds (monotonic) when the count reached ``expected``, or None at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        count = loki_count(loki, selector, window_s)
+        if count >= expected:
+            return time.monotonic()
+        if count != last:
+            last = count
+        time.sleep(1.0)
+    log(f"timed out at {last} of {expected} lines")
+    return None
+
+
+def start_loki(workdir: Path, ingestion_mb: float | None) -> RealLoki:
+    limits: dict[str, Any] = {}
+    if ingestion_mb:
+        limits = {"ingestion_rate_mb": ingestion_mb, "ingestion_burst_size_mb": ingestion_mb * 2}
+    loki = RealLoki(workdir, auth=False, limits=limits, overrides={})
+    return loki.start()
+
+
+def run_daemon(args: argparse.Namespace, loki: RealLoki, label_value: str, selector: str,
+               window_s: int, expected: int, workdir: Path) -> dict[str, Any]:
+    daemon = Daemon(
+        workdir,
+        label_value,
+        {
+            "container_monitor": {"stream_window": "30s"},
+            "pipeline": {"batch_size": args.batch_size},
+            "sinks": {
+                "file": {"enabled": False},
+                "loki": {"enabled": True, "url": loki.url, "host": "bench",
+                         "spool_dir": str(workdir / "spool"),
+                         "dead_letter_path": str(workdir / "dead.jsonl")},
+            },
+            "logging": {"level": "warning"},
+        },
+        env=common.code_env(args.code),
+        label=common.LABEL,
+    )
+    loki_cpu0 = loki.cpu_seconds()
+    started = time.monotonic()
+    daemon.start(wait_ready=False)
+    try:
+        done = wait_count(loki, selector, window_s, expected, args.timeout)
+        cpu = common.cpu_seconds(daemon.pid)
+        metrics = daemon.metrics()
+    finally:
+        daemon.stop()
+    return {
+        "seconds": None if done is None else round(done - started, 2),
+        "cpu_s": round(cpu, 2),
+        "loki_cpu_s": round(loki.cpu_seconds() - loki_cpu0, 2),
+        "pushes": int(sum(v for k, v in metrics.items() if k.startswith(
+            "log_capturer_sink_request_duration_seconds_count{"))),
+        "bytes_sent": int(common.metric_total(metrics, "log_capturer_sink_request_bytes_total")),
+    }
+
+
+def run_promtail(args: argparse.Namespace, loki: RealLoki, label_value: str, selector: str,
+                 window_s: int, expected: int, workdir: Path) -> dict[str, Any]:
+    port = free_port()
+    config = {
+        "server": {"http_listen_address": "127.0.0.1", "http_listen_port": port,
+                   "grpc_listen_port": 0, "log_level": "warn"},
+        "positions": {"filename": str(workdir / "positions.yaml")},
+        "clients": [{"url": f"{loki.url}/loki/api/v1/push"}],
+        "scrape_configs": [{
+            "job_name": "docker",
+            "docker_sd_configs": [{
+                "host": "unix:///var/run/docker.sock",
+                "refresh_interval": "5s",
+                "filters": [{"name": "label", "values": [f"{common.LABEL}={label_value}"]}],
+            }],
+            "relabel_configs": [
+                {"source_labels": ["__meta_docker_container_name"], "regex": "/(.*)",
+                 "target_label": "container_name"},
+                {"source_labels": ["__meta_docker_container_log_stream"],
+                 "target_label": "stream"},
+            ],
+        }],
+    }
+    path = workdir / "promtail.yaml"
+    path.write_text(yaml.safe_dump(config))
+    binary = peer_binary("promtail")
+    loki_cpu0 = loki.cpu_seconds()
+    started = time.monotonic()
+    import subprocess
+
+    with open(workdir / "promtail.log", "ab") as out:
+        proc = subprocess.Popen([str(binary), f"-config.file={path}"], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        done = wait_count(loki, selector, window_s, expected, args.timeout)
+        cpu = common.cpu_seconds(proc.pid)
+        metrics = scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return {
+        "seconds": None if done is None else round(done - started, 2),
+        "cpu_s": round(cpu, 2),
+        "loki_cpu_s": round(loki.cpu_seconds() - loki_cpu0, 2),
+        "pushes": int(sum(v for k, v in metrics.items() if k.startswith(
+            "promtail_request_duration_seconds_count{"))),
+        "bytes_sent": int(common.metric_total(metrics, "promtail_encoded_bytes_total")),
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lines", type=int, default=1_000_000, help="stdout lines of the backlog")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
+    parser.add_argument("--quick", action="store_true", help="20k lines, one round")
+    parser.add_argument("--batch-size", type=int, default=10_000,
+                        help="the daemon's pipeline.batch_size (records per sink write)")
+    parser.add_argument("--ingestion-mb", type=float, default=None,
+                        help="Loki's ingestion_rate_mb (default: Loki's own default, 4)")
+    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                        help="reuse a kept backlog container of the same size")
+    parser.add_argument("--keep", action="store_true", help="keep the backlog container")
+    parser.add_argument("--timeout", type=float, default=900, help="per run (s)")
+    parser.add_argument("--json-out", help="also write the JSON summary here")
+    common.add_code_arg(parser)
+    args = parser.parse_args()
+    if args.quick:
+        args.lines, args.rounds = 20_000, 1
+
+    client = common.docker_client()
+    run_id = common.new_run_id("lokibench")
+    containers = common.BenchContainers(client, run_id, keep=args.keep)
+    work = Path(tempfile.mkdtemp(prefix="loki-backlog-"))
+    rounds: list[dict[str, Any]] = []
+    try:
+        container, reused = common.ensure_backlog(client, args.lines, args.reuse, run_id)
+        if reused and not args.keep:
+            containers.keep = True  # not ours to remove
+        label_value = container.labels[common.LABEL]
+        expected = common.backlog_expected(args.lines)
+        name = container.name
+        selector = f'{{container_name="{name}"}}'
+        container.reload()
+        created = container.attrs["Created"][:19]
+        age = time.time() - time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%S"))
+        window_s = int(age + 3600 * 24)  # covers every line of the backlog, whatever its age
+        log(f"{expected} lines in {name}; {args.rounds} rounds")
+        for n in range(args.rounds):
+            order = ["daemon", "promtail"] if n % 2 == 0 else ["promtail", "daemon"]
+            result: dict[str, Any] = {}
+            for shipper in order:
+                where = work / f"r{n}-{shipper}"
+                where.mkdir()
+                loki = start_loki(where / "loki", args.ingestion_mb)
+                try:
+                    run = run_daemon if shipper == "daemon" else run_promtail
+                    result[shipper] = run(args, loki, label_value, selector, window_s, expected,
+                                          where)
+                finally:
+                    loki.cleanup()
+                r = result[shipper]
+                r["cpu_us_per_line"] = round(r["cpu_s"] / expected * 1e6, 2)
+                log(f"round {n + 1} {shipper}: {json.dumps(r)}")
+            rounds.append(result)
+        complete = [r for r in rounds if r["daemon"]["seconds"] and r["promtail"]["seconds"]]
+        ratios = {}
+        if complete:
+            ratios = {
+                "speed_promtail_over_daemon": spread(
+                    [r["promtail"]["seconds"] / r["daemon"]["seconds"] for r in complete]),
+                "cpu_daemon_over_promtail": spread(
+                    [r["daemon"]["cpu_s"] / r["promtail"]["cpu_s"] for r in complete]),
+                "loki_cpu_daemon_over_promtail": spread(
+                    [r["daemon"]["loki_cpu_s"] / max(r["promtail"]["loki_cpu_s"], 0.01)
+                     for r in complete]),
+                "pushes_daemon_over_promtail": spread(
+                    [r["daemon"]["pushes"] / max(r["promtail"]["pushes"], 1) for r in complete]),
+                "bytes_daemon_over_promtail": spread(
+                    [r["daemon"]["bytes_sent"] / max(r["promtail"]["bytes_sent"], 1)
+                     for r in complete]),
+            }
+            for key, value in ratios.items():
+                log(f"{key}: median {value['median']} (min {value['min']}, max {value['max']})")
+        common.write_json({
+            "benchmark": "loki_backlog",
+            "lines": expected,
+            "rounds": rounds,
+            "ratios": ratios,
+            "medians": {
+                shipper: {key: statistics.median(r[shipper][key] for r in complete)
+                          for key in ("seconds", "cpu_s", "cpu_us_per_line", "loki_cpu_s",
+                                      "pushes", "bytes_sent")}
+                for shipper in ("daemon", "promtail")
+            } if complete else {},
+            "config": {"batch_size": args.batch_size, "ingestion_mb": args.ingestion_mb,
+                       "quick": args.quick},
+            "engine": common.engine_version(client),
+            "code": common.code_version(args.code),
+        }, args.json_out)
+        return 0 if len(complete) == len(rounds) else 1
+    finally:
+        containers.cleanup()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
