@@ -22,14 +22,18 @@ FILLER = "filler"
 def small_tmpfs(mount_point: Path, size: int) -> Iterator[Path]:
     """A tmpfs of ``size`` bytes at ``mount_point`` (created), unmounted at the end."""
     mount_point.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        reason = f"cannot mount a tmpfs (needs root): {result.stderr.strip() or result.returncode}"
+    try:
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        failure = result.stderr.strip() or f"exit code {result.returncode}"
+    except OSError as exc:  # no mount command
+        result, failure = None, str(exc)
+    if result is None or result.returncode != 0:
+        reason = f"cannot mount a tmpfs (needs root): {failure}"
         print(reason)
         pytest.skip(reason)
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import pytest
 
 from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_for
 
@@ -86,6 +87,11 @@ def rotated_files(log_path: str) -> list[Path]:
     return out
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 11 item 1: lines re-sent at a rotation are delivered twice (remove with the fix)",
+)
 def test_lines_repeated_by_the_engine_at_a_log_rotation_are_delivered_once(
     make_daemon: Callable[..., Daemon],
     containers: Containers,
