@@ -147,8 +147,8 @@ class FileSink(Sink):
         fh = self._open()
         if self._torn_at is not None:
             self._cut_back(fh, self._torn_at)
-        start = self._size
         fd = fh.fileno()
+        start = os.fstat(fd).st_size  # not a cached size: the file may have been cut outside
         view = memoryview(data)
         done = 0
         try:
@@ -166,10 +166,12 @@ class FileSink(Sink):
         self._size = start + done
 
     def _cut_back(self, fh: FileIO, size: int) -> None:
-        """Truncate the file to ``size`` (where the last whole record ends). If that fails
-        too, the next :meth:`_append` tries again before writing anything."""
+        """Truncate the file to ``size`` (where the last whole record ends), never extend
+        it (a copytruncate outside may have emptied it). If that fails too, the next
+        :meth:`_append` tries again before writing anything."""
         try:
-            os.ftruncate(fh.fileno(), size)
+            if os.fstat(fh.fileno()).st_size > size:
+                os.ftruncate(fh.fileno(), size)
         except OSError as exc:
             _log.error(
                 "file_sink_cut_back_failed", path=str(self.path), size=size, error=str(exc)

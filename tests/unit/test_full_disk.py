@@ -174,6 +174,30 @@ def test_a_crash_after_a_failed_cut_back_is_repaired_at_recovery(
     assert messages(tmp_path / "logs.jsonl") == [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_a_failed_write_after_a_copytruncate_does_not_extend_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logrotate's copytruncate empties the file under the open sink: undoing a failed
+    write must cut back to where that write began, not to the size the sink last saw."""
+    sink = sink_at(tmp_path)
+    sink.write(batch(1, 20))
+    os.truncate(tmp_path / "logs.jsonl", 0)  # copytruncate
+    real_write = os.write
+
+    def half_then_full(fd: int, data: Any) -> int:
+        monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(ENOSPC))
+        return real_write(fd, bytes(data[: len(data) // 2]))
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(SinkError):
+        sink.write(batch(21, 2))
+    assert (tmp_path / "logs.jsonl").read_bytes() == b""  # no hole of NULs, no torn part
+    monkeypatch.undo()
+    sink.write(batch(21, 2))
+    sink.close()
+    assert messages(tmp_path / "logs.jsonl") == [21, 22]
+
+
 def test_a_failed_fsync_leaves_nothing_of_the_batch_for_the_retry_to_duplicate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
