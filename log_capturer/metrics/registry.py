@@ -149,6 +149,12 @@ SINK_REQUEST_BYTES = Counter(
     ["sink"],
 )
 SINK_UP = Gauge(f"{PREFIX}_sink_up", "1 while the sink's last send succeeded, else 0.", ["sink"])
+FILE_SINK_WRITE_ERRORS = Counter(
+    f"{PREFIX}_file_sink_write_errors",
+    "Failed writes of the file sink, by errno name (ENOSPC: disk full, EDQUOT: quota). "
+    "Nothing of a failed write stays in the file; the batch is retried.",
+    ["errno"],
+)
 SPOOL_BYTES = Gauge(f"{PREFIX}_spool_bytes", "Bytes held in a sink's disk spool.", ["sink"])
 SPOOL_RECORDS = Gauge(f"{PREFIX}_spool_records", "Records held in a sink's disk spool.", ["sink"])
 SPOOL_CAPACITY_BYTES = Gauge(

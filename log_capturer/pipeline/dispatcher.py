@@ -13,8 +13,8 @@ from tenacity import (
     stop_when_event_set,
 )
 
-from ..backoff import capped_backoff
-from ..metrics.registry import SINK_BATCHES, SINK_RECORDS, SINK_SEND_SECONDS
+from ..backoff import backoff_seconds, capped_backoff
+from ..metrics.registry import POSITION_SAVES, SINK_BATCHES, SINK_RECORDS, SINK_SEND_SECONDS
 from ..positions.ledger import Ledger
 from ..sinks.base import Sink, SinkError
 from .batch import Batch, RecordBatch, total_lines
@@ -59,6 +59,7 @@ class Dispatcher:
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
         self.delivered = 0
+        self._checkpoint_failing = False
 
     def start(self) -> None:
         self._thread.start()
@@ -119,7 +120,13 @@ class Dispatcher:
         if not batches:
             return
         if any(sink.wants_checkpoint() for sink in self.sinks):
-            self.checkpoint(force=True)
+            # A sink rotates only right after a saved checkpoint (see FileSink.recover):
+            # wait for one (a full disk) rather than write without it.
+            failures = 0
+            while not self.checkpoint(force=True):
+                failures += 1
+                if self._abandon.wait(backoff_seconds(failures, 0.2, 10.0)):
+                    return  # abandoned at shutdown: nothing of this delivery is acknowledged
         lines = total_lines(batches)
         for sink in self.sinks:
             if not self._write_with_retry(sink, batches, lines):
@@ -128,11 +135,19 @@ class Dispatcher:
         self.delivered += lines
 
     def _write_with_retry(self, sink: Sink, batches: list[Batch], lines: int) -> bool:
+        failures = 0
+        failed_at = 0.0  # monotonic time of this delivery's first failure
+
         def before_sleep(state: RetryCallState) -> None:
+            nonlocal failures, failed_at
             exc = state.outcome.exception() if state.outcome else None
-            _log.warning(
-                "sink_write_failed", sink=sink.name, attempt=state.attempt_number, error=str(exc)
-            )
+            # One warning per episode (a full disk fails every retry for minutes); the
+            # retries are counted (sink_batches_total{status="error"}) and logged at debug.
+            log = _log.debug if failures else _log.warning
+            if not failures:
+                failed_at = time.monotonic()
+            failures += 1
+            log("sink_write_failed", sink=sink.name, attempt=state.attempt_number, error=str(exc))
 
         retrying = Retrying(
             retry=retry_if_exception_type(SinkError),
@@ -163,14 +178,42 @@ class Dispatcher:
             return False
         SINK_BATCHES.labels(sink.name, "accepted").inc()
         SINK_RECORDS.labels(sink.name, "accepted").inc(lines)
+        if failures:
+            _log.info(
+                "sink_write_recovered",
+                sink=sink.name,
+                attempts=failures + 1,
+                seconds=round(time.monotonic() - failed_at, 3),
+            )
         return True
 
     def _sleep(self, seconds: float) -> None:
         self._abandon.wait(seconds)
 
-    def checkpoint(self, force: bool = False) -> None:
-        """Make sinks durable, then save positions with their state (this thread only)."""
+    def checkpoint(self, force: bool = False) -> bool:
+        """Make sinks durable, then save positions with their state (this thread only).
+
+        False if that failed (a full disk): the previous positions file stays, and the
+        positions stay dirty for the next try. One warning per episode.
+        """
         if not (force or self.ledger.dirty):
-            return
-        states = {sink.name: sink.checkpoint() for sink in self.sinks}
-        self.ledger.save({k: v for k, v in states.items() if v is not None}, force=force)
+            return True
+        try:
+            states = {sink.name: sink.checkpoint() for sink in self.sinks}
+        except OSError as exc:  # not durable: positions must not move past it
+            POSITION_SAVES.labels("error").inc()
+            return self._checkpoint_failed(exc)
+        try:  # counts its own failures
+            self.ledger.save({k: v for k, v in states.items() if v is not None}, force=force)
+        except OSError as exc:
+            return self._checkpoint_failed(exc)
+        if self._checkpoint_failing:
+            self._checkpoint_failing = False
+            _log.info("checkpoint_recovered")
+        return True
+
+    def _checkpoint_failed(self, exc: OSError) -> bool:
+        if not self._checkpoint_failing:
+            self._checkpoint_failing = True
+            _log.warning("checkpoint_failed", error=str(exc))
+        return False

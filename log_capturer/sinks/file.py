@@ -3,11 +3,14 @@
 Exactly once, not just at least once: positions are saved with the file's inode and
 offset (after an fsync), and at start the sink reads what it wrote after that
 checkpoint. Records found there are not written again when the engine re-sends
-them, and a line torn by a crash mid-write is cut off.
+them, and a line torn by a crash mid-write is cut off. A write the disk cannot take
+(full, quota) is undone, back to the last whole record, and the batch is retried.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import json
 import os
@@ -15,13 +18,15 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from io import FileIO
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import structlog
 from pydantic import Field
 
 from ..config.types import ByteSize, Section
+from ..metrics.registry import FILE_SINK_WRITE_ERRORS, SINK_UP
 from ..pipeline.batch import Batch
 from ..positions.marks import Mark
 from ..positions.store import Marks
@@ -50,8 +55,10 @@ class FileSink(Sink):
     def __init__(self, config: FileSinkConfig) -> None:
         self.config = config
         self.path = Path(config.path).absolute()
-        self._fh: IO[bytes] | None = None
-        self._size = 0
+        self._fh: FileIO | None = None
+        self._size = 0  # of the open file: where the last whole record ends
+        self._torn_at: int | None = None  # a failed write could not be cut back to here
+        self._failing = False
         self._rotate_pending = False
         self._skip: dict[tuple[str, str], Mark] = {}
         self._compressor: ThreadPoolExecutor | None = None
@@ -113,20 +120,76 @@ class FileSink(Sink):
         data = b"".join([batch.jsonl() for batch in batches])
         if not data:
             return
+        self._write_bytes(data)
+        observe_delivered(self.name, batches)
+
+    def _write_bytes(self, data: bytes) -> None:
+        """Write whole records (``data``) to the file, all or nothing; rotate first if
+        due. Raises SinkError, and then the file holds nothing of ``data``."""
         try:
             if self._rotate_pending:
                 self._rotate()
-            fh = self._open()
-            fh.write(data)
-            fh.flush()  # in the OS before positions can move: a kill -9 loses nothing
-            if self.config.fsync == "batch":
-                os.fsync(fh.fileno())
+            self._append(data)
         except OSError as exc:
-            raise SinkError(f"file sink {self.path}: {exc}") from exc
-        self._size += len(data)
-        observe_delivered(self.name, batches)
+            raise self._write_failed(exc) from exc
+        if self._failing:
+            self._failing = False
+            SINK_UP.labels(self.name).set(1)
         if self.config.max_bytes and self._size >= self.config.max_bytes:
             self._rotate_pending = True
+
+    def _append(self, data: bytes) -> None:
+        """Append ``data`` (whole records) entirely or not at all; raises OSError.
+
+        A full disk takes part of a write: that part is cut off again before the error
+        goes up, so the retry does not glue a whole record to a torn one (nor write
+        twice what an fsync failed on). The file is unbuffered: a buffered writer would
+        keep the bytes it could not write and write them again at its next flush. The
+        bytes are in the OS when this returns: a kill -9 loses nothing.
+        """
+        fh = self._open()
+        if self._torn_at is not None:
+            self._cut_back(fh, self._torn_at)
+        fd = fh.fileno()
+        start = os.fstat(fd).st_size  # not a cached size: the file may have been cut outside
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(fd, view[done:])  # O_APPEND: at the end, short on a full disk
+            if self.config.fsync == "batch":
+                os.fsync(fd)
+        except OSError:
+            self._torn_at = start
+            # A failed cut-back is logged and retried before the next write; the write's
+            # own error is the one to report.
+            with contextlib.suppress(OSError):
+                self._cut_back(fh, start)
+            raise
+        self._size = start + done
+
+    def _cut_back(self, fh: FileIO, size: int) -> None:
+        """Truncate the file to ``size`` (where the last whole record ends), never extend
+        it (a copytruncate outside may have emptied it). If that fails too, the next
+        :meth:`_append` tries again before writing anything."""
+        try:
+            if os.fstat(fh.fileno()).st_size > size:
+                os.ftruncate(fh.fileno(), size)
+        except OSError as exc:
+            _log.error(
+                "file_sink_cut_back_failed", path=str(self.path), size=size, error=str(exc)
+            )
+            raise
+        self._torn_at = None
+
+    def _write_failed(self, exc: OSError) -> SinkError:
+        """Count a failed write (nothing of it is left in the file); the dispatcher
+        retries the batch and logs the episode."""
+        FILE_SINK_WRITE_ERRORS.labels(errno.errorcode.get(exc.errno or 0, "unknown")).inc()
+        if not self._failing:
+            self._failing = True
+            SINK_UP.labels(self.name).set(0)
+        return SinkError(f"file sink {self.path}: {exc}")
 
     def _unskipped(self, batches: list[Batch]) -> list[Batch]:
         """Without the records written before a crash, after the last checkpoint."""
@@ -150,11 +213,13 @@ class FileSink(Sink):
                 out.append(kept)
         return out
 
-    def _open(self) -> IO[bytes]:
+    def _open(self) -> FileIO:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "ab")  # noqa: SIM115 - owned until close()/rotate
-            self._size = self._fh.tell()
+            # Unbuffered: _append decides exactly which bytes reach the file.
+            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - owned until close()
+            self._size = os.fstat(self._fh.fileno()).st_size
+            self._torn_at = None
         return self._fh
 
     # -- rotation --------------------------------------------------------------------
@@ -195,11 +260,10 @@ class FileSink(Sink):
     def checkpoint(self) -> Any:
         self._reap_compressions()
         if self._fh is not None:
-            self._fh.flush()
             if self.config.fsync != "never":
                 os.fsync(self._fh.fileno())
             stat = os.fstat(self._fh.fileno())
-            return {"path": str(self.path), "inode": stat.st_ino, "offset": self._fh.tell()}
+            return {"path": str(self.path), "inode": stat.st_ino, "offset": self._size}
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -217,10 +281,11 @@ class FileSink(Sink):
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+            try:
+                os.fsync(self._fh.fileno())
+            finally:
+                self._fh.close()
+                self._fh = None
         if self._compressor is not None:
             self._compressor.shutdown(wait=True)
             self._compressor = None

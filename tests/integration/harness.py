@@ -221,6 +221,20 @@ class Daemon:
                     events.append({"event": "unparsed", "text": line})
         return events
 
+    def finished_container(self, name: str) -> bool:
+        """Whether the monitor of container ``name`` read it to its end (it exited): what
+        the daemon delivers of it is then queued, and a SIGTERM drains it (stop-and-drain
+        before an audit). Raises if the daemon itself exited."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
+        return any(
+            e.get("event") == "monitor_stopped"
+            and e.get("container_name") == name
+            and e.get("reason") == "exited"
+            for e in self.log_events()
+        )
+
     def records(self, path: Path | None = None) -> list[dict[str, Any]]:
         target = path or self.data / "logs.jsonl"
         try:
@@ -295,10 +309,12 @@ def assert_exactly_once(
         seen[message] += 1
     missing = [m for m in expected if m not in seen]
     duplicated = [m for m, n in seen.items() if n > 1]
-    unexpected = [m for m in seen if m not in set(expected)]
+    position = {m: i for i, m in enumerate(expected)}  # not expected.index: O(n^2) on 60k lines
+    unexpected = [m for m in seen if m not in position]
     raise AssertionError(
         f"{container}/{stream}: expected {len(expected)} lines, got {len(got)}; "
-        f"missing {len(missing)} {missing[:5]}, duplicated {len(duplicated)} {duplicated[:5]}, "
+        f"missing {len(missing)} {missing[:5]}, duplicated {len(duplicated)} {duplicated[:5]} "
+        f"(extra copies {len(got) - len(seen)}), "
         f"unexpected {len(unexpected)} {[u[:60] for u in unexpected[:3]]}, "
-        f"in order: {sorted(got, key=expected.index) == got if not unexpected else 'n/a'}"
+        f"in order: {sorted(got, key=position.__getitem__) == got if not unexpected else 'n/a'}"
     )

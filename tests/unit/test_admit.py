@@ -83,12 +83,12 @@ def test_a_read_in_order_is_admitted_whole_without_copies() -> None:
     dedup = StreamDedup(Mark(BASE + 1, 1))
     first = Lines(["stdout"] * 2, [ts(1), ts(2)], [b"old", b"new"])
     assert admit(first, {"stdout": dedup}, INFO).batch is not None  # the window's first read
-    second = Lines(["stdout"] * 3, [ts(3), ts(3), ts(4)], [b"x", b"y", b"z"])
+    second = Lines(["stdout"] * 3, [ts(3), ts(4), ts(5)], [b"x", b"y", b"z"])
     admitted = admit(second, {"stdout": dedup}, INFO)
     assert admitted.batch is not None
     assert admitted.batch.lines is second  # taken as it is
-    assert admitted.batch.seq_list() == [1, 2, 1]
-    assert admitted.batch.ends == {"stdout": Mark(BASE + 4, 1)}
+    assert admitted.batch.seq_list() == [1, 1, 1]
+    assert admitted.batch.ends == {"stdout": Mark(BASE + 5, 1)}
     assert (admitted.lines, admitted.bytes) == ({"stdout": 3}, {"stdout": 3})
 
 

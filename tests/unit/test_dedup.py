@@ -99,16 +99,25 @@ def test_a_repeat_is_recognised_across_windows() -> None:
 
 
 def test_new_lines_among_a_repeat_are_kept() -> None:
-    """Behind the newest timestamp, only lines equal to recent ones are repeats; the others
-    are new (a clock step) and delivered once, each equal line as often as it came before."""
+    """At or behind the newest timestamp, only lines equal to recent ones are repeats, as
+    often as they were delivered; the others are new (a clock step, a second line at the
+    newest nanosecond) and delivered once."""
     dedup = StreamDedup(ZERO)
-    admit_all(dedup, [1, 2, 2, 3], [b"x", b"y", b"y", b"z"])
-    got = admit_all(dedup, [2, 2, 2, 3, 3], [b"y", b"y", b"y", b"z", b"new at 3"])
-    # two "y" at 2 were delivered: the third is new; "z" repeats; "new at 3" is new
+    admit_all(dedup, [1, 2, 2, 3], [b"x", b"y1", b"y2", b"z"])
+    got = admit_all(dedup, [2, 2, 2, 3, 3], [b"y1", b"y2", b"w", b"z", b"new at 3"])
+    # y1, y2 and z repeat; "w" is new (stamped in the past); "new at 3" is new
     assert got == [(2, 3), (3, 2)]
     assert dedup.resent == 3
     assert dedup.clock_backwards == 1
     assert dedup.mark == mark(3, 2)
+
+
+def test_a_repeat_of_the_last_line_alone_is_dropped() -> None:
+    """The engine's most frequent repeat: the last line again, with its own timestamp (no
+    step back). The same bytes at the same nanosecond are taken for a repeat."""
+    dedup = StreamDedup(ZERO)
+    assert admit_all(dedup, [1, 2, 2, 3], [b"a", b"b", b"b", b"c"]) == [(1, 1), (2, 1), (3, 1)]
+    assert dedup.resent == 1
 
 
 def test_the_fast_path_gives_what_line_by_line_gives() -> None:
@@ -117,14 +126,15 @@ def test_the_fast_path_gives_what_line_by_line_gives() -> None:
     messages = [b"m%d" % i for i in range(len(stamps))]
     one = StreamDedup(mark(1, 1))
     many = StreamDedup(mark(1, 1))
-    want = admit_all(one, [*stamps, 5, 5, 6], [*messages, b"a", b"b", b"c"])
+    want = admit_all(one, [*stamps, 5, 6, 7], [*messages, b"a", b"b", b"c"])
     result = many.admit([ts(t) for t in stamps], messages, 0)  # first read: line by line
     assert result is not None
     got = [(t, seq) for t, keep, seq in zip(stamps, *result, strict=True) if keep]
-    assert many.admit([ts(5), ts(5), ts(6)], [b"a", b"b", b"c"], 3) is None  # in order: fast
-    got += [(5, 1), (5, 2), (6, 1)]
+    # strictly increasing and new: taken at once
+    assert many.admit([ts(5), ts(6), ts(7)], [b"a", b"b", b"c"], 3) is None
+    got += [(5, 1), (6, 1), (7, 1)]
     assert got == want
-    assert many.mark == one.mark == mark(6, 1)
+    assert many.mark == one.mark == mark(7, 1)
 
 
 def test_recent_lines_keep_at_least_the_last_read_within_the_budget() -> None:
