@@ -131,7 +131,7 @@ def daemon_path(
         daemon = Daemon(
             Path(tmp),
             label_value,
-            {"container_monitor": {"stream_window": "30s"}, "pipeline": {"batch_size": 2000}},
+            {"container_monitor": {"stream_window": "30s"}},
             env=common.code_env(code),
             label=common.LABEL,
         )

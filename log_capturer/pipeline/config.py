@@ -11,16 +11,29 @@ from .stages.config import StagesConfig
 
 
 class PipelineConfig(Section):
-    queue_records: int = Field(10000, ge=1, description="Queue bound in records.")
-    queue_bytes: ByteSize = Field(
-        64 * 1024 * 1024, description="Queue bound in message bytes (one record always fits)."
+    queue_records: int = Field(
+        100_000,
+        ge=1,
+        description="Queue bound in lines. The queue holds a batch per socket read (up to "
+        "thousands of lines); a batch always fits an empty queue.",
     )
-    batch_size: int = Field(500, ge=1, description="Most records handed to the sinks at once.")
-    batch_wait: Duration = Field(0.2, description="Longest wait to fill a batch.")
+    queue_bytes: ByteSize = Field(
+        64 * 1024 * 1024, description="Queue bound in message bytes (a batch always fits an "
+        "empty queue)."
+    )
+    batch_size: int = Field(
+        10_000,
+        ge=1,
+        description="Lines handed to the sinks at once (whole batches: at least one, however "
+        "large): one file write, about one 1 MiB Loki push.",
+    )
+    batch_wait: Duration = Field(
+        0.2, description="Longest wait for batch_size lines once a first batch is queued."
+    )
     when_full: Literal["block", "drop_newest"] = Field(
         "block",
         description="block: monitors wait (backpressure, nothing lost); "
-        "drop_newest: the new record is dropped and counted.",
+        "drop_newest: a batch that does not fit is dropped and its lines counted.",
     )
     drain_timeout: Duration = Field(
         10.0, description="At shutdown, longest time to deliver what is queued."
