@@ -133,49 +133,65 @@ class BulkLineDecoder:
         if len(parts) == 1 or parts[0]:
             return 0
         # parts: [b"", size, kind, length, ts, seconds, message, between, size, ...]
-        between = parts[_STEP::_STEP]  # text after each match; the last one is the tail
-        count = len(between)
-        if any(between[:-1]):  # a gap: only the matches before it are contiguous
-            count = list(map(bool, between)).index(True) + 1
-        sizes = parts[1::_STEP][:count]
-        messages = parts[6::_STEP][:count]
+        sizes = parts[1::_STEP]
+        messages = parts[6::_STEP]
         lengths = list(map(len, messages))
+        count = len(messages)
+        used = sum(map(len, sizes)) + sum(lengths) + _MATCH_OVERHEAD * count
+        if used + len(parts[-1]) != len(data):
+            # Text between two matches (every "between" but the last, the tail, is empty
+            # when the matches are contiguous): only the run before it counts.
+            between = parts[_STEP::_STEP]
+            count = list(map(bool, between)).index(True) + 1
+            del sizes[count:], messages[count:], lengths[count:]
+            used = sum(map(len, sizes)) + sum(lengths) + _MATCH_OVERHEAD * count
         try:  # the engine's own spelling of each size and frame length, from tables
             expected = list(map(_HEX.__getitem__, lengths))
             framed = list(map(_FRAME_LENGTH.__getitem__, lengths))
         except IndexError:  # a line longer than the engine puts in one message
             return 0
+        frame_lengths = parts[3::_STEP]
+        if len(frame_lengths) > count:
+            del frame_lengths[count:]
+        ok = count
         if sizes != expected:
-            count = _agreeing(sizes, expected)
-        frame_lengths = parts[3::_STEP][:count]
-        if frame_lengths != framed[:count]:
-            count = _agreeing(frame_lengths, framed)
-        if count and max(lengths[:count]) > self._assembler.max_line_bytes:
-            count = _agreeing(
-                [n > self._assembler.max_line_bytes for n in lengths[:count]],
-                [False] * count,
-            )
-        if count == 0:
+            ok = _agreeing(sizes, expected)
+        if frame_lengths != framed:
+            ok = min(ok, _agreeing(frame_lengths, framed))
+        if ok and max(lengths) > self._assembler.max_line_bytes:
+            too_long = [n > self._assembler.max_line_bytes for n in lengths]
+            ok = min(ok, _agreeing(too_long, [False] * ok))
+        if ok == 0:
             return 0
-        kinds = parts[2::_STEP][:count]
-        ts = parts[4::_STEP][:count]
+        kinds = parts[2::_STEP]
+        ts = parts[4::_STEP]
+        seconds = parts[5::_STEP]
+        if ok < len(kinds):
+            del kinds[ok:], ts[ok:], seconds[ok:]
+        if ok < count:
+            del sizes[ok:], messages[ok:], lengths[ok:]
+            count = ok
+            used = sum(map(len, sizes)) + sum(lengths) + _MATCH_OVERHEAD * count
         try:  # a date strptime refuses goes the general way, which counts it
-            for prefix in set(parts[5::_STEP][:count]):
+            for prefix in set(seconds):
                 seconds_of(prefix)
         except TimestampError:
             return 0
-        if count < len(messages):
-            messages = messages[:count]
-        out.streams += map(_STREAMS.__getitem__, kinds)
+        outs = kinds.count(b"\x01")
+        if outs == count or outs == 0:  # one stream: the usual read
+            out.streams += repeat("stdout" if outs else "stderr", count)
+        else:
+            out.streams += map(_STREAMS.__getitem__, kinds)
         out.ts += ts
         out.messages += messages
+        out.size += used - (_MATCH_OVERHEAD * count + sum(map(len, sizes)))
         if out.truncated is not None:
             out.truncated += repeat(False, count)
         self._frames.note_bulk(
             count, {_STREAMS[kind]: ts[i] for i, kind in _last_of_each(kinds)}
         )
         self.fast_lines += count
-        return sum(map(len, sizes[:count])) + sum(lengths[:count]) + _MATCH_OVERHEAD * count
+        return used
 
 
 def _agreeing(got: Sequence[object], want: Sequence[object]) -> int:

@@ -37,7 +37,7 @@ class Lines:
     is None when no line was cut (always, on the bulk decoder's fast path).
     """
 
-    __slots__ = ("messages", "streams", "truncated", "ts")
+    __slots__ = ("messages", "size", "streams", "truncated", "ts")
 
     def __init__(
         self,
@@ -45,11 +45,14 @@ class Lines:
         ts: list[bytes],
         messages: list[bytes],
         truncated: list[bool] | None = None,
+        size: int | None = None,
     ) -> None:
         self.streams = streams
         self.ts = ts
         self.messages = messages
         self.truncated = truncated
+        self.size = sum(map(len, messages)) if size is None else size
+        """Message bytes."""
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -59,7 +62,7 @@ class Lines:
 
     @classmethod
     def empty(cls) -> Lines:
-        return cls([], [], [], None)
+        return cls([], [], [], None, 0)
 
     def extend(self, other: Lines) -> None:
         """Append ``other``'s lines after these."""
@@ -68,6 +71,7 @@ class Lines:
         self.streams += other.streams
         self.ts += other.ts
         self.messages += other.messages
+        self.size += other.size
         if self.truncated is not None:
             self.truncated += other.truncated or [False] * len(other.messages)
 
@@ -79,6 +83,7 @@ class Lines:
             self.streams.append(stream)
             self.ts.append(ts_text)
             self.messages.append(message)
+            self.size += len(message)
             if truncated and self.truncated is None:
                 self.truncated = [False] * (len(self.messages) - 1)
             if self.truncated is not None:

@@ -205,7 +205,7 @@ def admit(lines: Lines, dedups: dict[str, StreamDedup], container: ContainerInfo
         dedup = dedups.get(first)
         if dedup is None:
             return Admitted(None, {}, {})
-        size = sum(map(len, lines.messages))
+        size = lines.size
         result = dedup.admit(lines.ts, lines.messages, size)
         if result is None:
             batch = LineBatch(container, lines, {first: dedup.mark}, size=size)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from typing import Any
 
 import msgspec
@@ -135,8 +135,18 @@ def lines_jsonl(
         cut = close + pieces.tail_truncated + b"}\n"
         tails = map((tail + _TS, cut + _TS).__getitem__, truncated)
     lines = zip(ts, head, quoted, tails, strict=False)  # head and tails may be repeats
-    text = b"".join(chain((_TS,), chain.from_iterable(lines)))
-    return text[: -len(_TS)]  # the last line's tail opened no next line
+    return b"".join(
+        chain((_TS,), chain.from_iterable(islice(lines, len(ts) - 1)), _last_line(lines))
+    )
+
+
+def _last_line(lines: Iterator[tuple[bytes, bytes, bytes, bytes]]) -> Iterator[bytes]:
+    """The last line's pieces: its tail opens no next line."""
+    ts, head, quoted, tail = next(lines)
+    yield ts
+    yield head
+    yield quoted
+    yield tail[: -len(_TS)]
 
 
 _TS = b'{"ts":"'

@@ -34,6 +34,7 @@ from ..timestamps import TimestampError, parse_docker_ts
 from .base import Sink, SinkError, observe_delivered
 
 _log = structlog.get_logger(__name__)
+_IOV_MAX = 1024  # pieces one writev takes (Linux's IOV_MAX)
 
 
 class FileSinkConfig(Section):
@@ -117,15 +118,15 @@ class FileSink(Sink):
     def write(self, batches: list[Batch]) -> None:
         if self._skip:
             batches = self._unskipped(batches)
-        data = b"".join([batch.jsonl() for batch in batches])
-        if not data:
+        parts = [batch.jsonl() for batch in batches]
+        if not any(parts):
             return
-        self._write_bytes(data)
+        self._write_bytes(parts)
         observe_delivered(self.name, batches)
 
-    def _write_bytes(self, data: bytes) -> None:
-        """Write whole records (``data``) to the file, all or nothing; rotate first if
-        due. Raises SinkError, and then the file holds nothing of ``data``."""
+    def _write_bytes(self, data: list[bytes]) -> None:
+        """Write whole records (``data``, pieces in order) to the file, all or nothing;
+        rotate first if due. Raises SinkError, and then the file holds nothing of them."""
         try:
             if self._rotate_pending:
                 self._rotate()
@@ -138,8 +139,9 @@ class FileSink(Sink):
         if self.config.max_bytes and self._size >= self.config.max_bytes:
             self._rotate_pending = True
 
-    def _append(self, data: bytes) -> None:
-        """Append ``data`` (whole records) entirely or not at all; raises OSError.
+    def _append(self, data: list[bytes]) -> None:
+        """Append ``data`` (whole records, in pieces written with one writev each, not
+        joined first) entirely or not at all; raises OSError.
 
         A full disk takes part of a write: that part is cut off again before the error
         goes up, so the retry does not glue a whole record to a torn one (nor write
@@ -152,11 +154,16 @@ class FileSink(Sink):
             self._cut_back(fh, self._torn_at)
         fd = fh.fileno()
         start = os.fstat(fd).st_size  # not a cached size: the file may have been cut outside
-        view = memoryview(data)
+        pending = [memoryview(piece) for piece in data if piece]
         done = 0
         try:
-            while done < len(data):
-                done += os.write(fd, view[done:])  # O_APPEND: at the end, short on a full disk
+            while pending:  # O_APPEND: at the end; short on a full disk
+                written = os.writev(fd, pending[:_IOV_MAX])
+                done += written
+                while pending and written >= len(pending[0]):
+                    written -= len(pending.pop(0))
+                if written:
+                    pending[0] = pending[0][written:]
             if self.config.fsync == "batch":
                 os.fsync(fd)
         except OSError:

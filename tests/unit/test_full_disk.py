@@ -48,6 +48,11 @@ def batch(first: int, count: int) -> list[Batch]:
     return RecordBatch.group([rec(n) for n in range(first, first + count)])
 
 
+def joined(buffers: Any) -> bytes:
+    """What one writev would write: its buffers, in order."""
+    return b"".join(bytes(b) for b in buffers)
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -80,15 +85,15 @@ def test_a_batch_the_disk_cannot_hold_leaves_nothing_and_the_retry_writes_it_onc
     before = (disk / "logs.jsonl").read_bytes()
     filler = fill(disk, leave=8 * 1024)
     short_writes: list[tuple[int, int]] = []
-    real_write = os.write
+    real_writev = os.writev
 
-    def spy(fd: int, data: Any) -> int:
-        written = real_write(fd, data)
-        if written < len(data):
-            short_writes.append((written, len(data)))
+    def spy(fd: int, buffers: Any) -> int:
+        written = real_writev(fd, buffers)
+        if written < len(joined(buffers)):
+            short_writes.append((written, len(joined(buffers))))
         return written
 
-    monkeypatch.setattr(os, "write", spy)
+    monkeypatch.setattr(os, "writev", spy)
     errors = sample("log_capturer_file_sink_write_errors_total", errno="ENOSPC")
     big = batch(11, 100)  # ~50 KB: part of it fits, the rest does not
     for _ in range(2):
@@ -118,10 +123,11 @@ def test_a_failed_cut_back_is_retried_before_the_next_write(
     real_write, real_ftruncate = os.write, os.ftruncate
     faults = {"write": 1, "ftruncate": 1}
 
-    def half_then_full(fd: int, data: Any) -> int:
+    def half_then_full(fd: int, buffers: Any) -> int:
+        data = joined(buffers)
         if faults["write"] == 1:
             faults["write"] = 2
-            return real_write(fd, bytes(data[: len(data) // 2]))
+            return real_write(fd, data[: len(data) // 2])
         if faults["write"] == 2:
             faults["write"] = 0
             raise ENOSPC
@@ -133,7 +139,7 @@ def test_a_failed_cut_back_is_retried_before_the_next_write(
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_ftruncate(fd, size)
 
-    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "writev", half_then_full)
     monkeypatch.setattr(os, "ftruncate", ftruncate_once)
     with structlog.testing.capture_logs() as logs, pytest.raises(SinkError, match="No space"):
         sink.write(batch(4, 3))
@@ -154,11 +160,11 @@ def test_a_crash_after_a_failed_cut_back_is_repaired_at_recovery(
     sink.write(batch(4, 2))  # after the checkpoint, before the crash
     real_write = os.write
 
-    def torn(fd: int, data: Any) -> int:
-        real_write(fd, bytes(data[:30]))
+    def torn(fd: int, buffers: Any) -> int:
+        real_write(fd, joined(buffers)[:30])
         raise ENOSPC
 
-    monkeypatch.setattr(os, "write", torn)
+    monkeypatch.setattr(os, "writev", torn)
     monkeypatch.setattr(os, "ftruncate", lambda fd, size: (_ for _ in ()).throw(ENOSPC))
     with pytest.raises(SinkError):
         sink.write(batch(6, 2))
@@ -186,11 +192,12 @@ def test_a_failed_write_after_a_copytruncate_does_not_extend_the_file(
     os.truncate(tmp_path / "logs.jsonl", 0)  # copytruncate
     real_write = os.write
 
-    def half_then_full(fd: int, data: Any) -> int:
-        monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(ENOSPC))
-        return real_write(fd, bytes(data[: len(data) // 2]))
+    def half_then_full(fd: int, buffers: Any) -> int:
+        monkeypatch.setattr(os, "writev", lambda fd, buffers: (_ for _ in ()).throw(ENOSPC))
+        data = joined(buffers)
+        return real_write(fd, data[: len(data) // 2])
 
-    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "writev", half_then_full)
     with pytest.raises(SinkError):
         sink.write(batch(21, 2))
     assert (tmp_path / "logs.jsonl").read_bytes() == b""  # no hole of NULs, no torn part
@@ -318,3 +325,25 @@ def test_the_dispatcher_outlives_positions_it_cannot_save(disk: Path) -> None:
     assert Ledger(str(disk / "positions.json")).file.load().marks == {
         INFO.id: {"stdout": Mark(T0 + 5, 1)}
     }
+
+
+def test_a_short_writev_goes_on_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery of several batches is one writev of their pieces; the kernel may take
+    part of it (a signal, a pipe): the rest follows, from the byte where it stopped."""
+    sink = sink_at(tmp_path)
+    real_write = os.write
+    calls: list[int] = []
+
+    def stingy(fd: int, buffers: Any) -> int:
+        data = joined(buffers)
+        calls.append(len(buffers))
+        return real_write(fd, data[: max(1, len(data) // 3)])  # a third at a time
+
+    monkeypatch.setattr(os, "writev", stingy)
+    sink.write([*batch(1, 3), *batch(4, 5), *batch(9, 2)])
+    monkeypatch.undo()
+    sink.close()
+    assert messages(tmp_path / "logs.jsonl") == list(range(1, 11))
+    assert calls[0] == 3 and len(calls) > 3  # three pieces, written in several calls
