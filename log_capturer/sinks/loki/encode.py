@@ -19,33 +19,26 @@ import gzip
 import json
 import socket
 import zlib
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, groupby, islice, pairwise, repeat
-from operator import eq, le
+from itertools import pairwise
 from typing import Any, Literal
 
 import cramjam
 
-from ...discovery.container import ContainerInfo
 from ...metrics.registry import LOKI_LINES_TRUNCATED
 from ...pipeline.batch import Batch
 from ...pipeline.record import LogRecord
+from .. import columns
+from ..columns import ENTRY_OVERHEAD, NO_META, Meta, cut_lines, gather, split_ranges
 from ..delivery import json_bytes
 from .config import LOKI_MAX_LABEL_VALUE, LokiSinkConfig
 from .labels import label_text, parse_label_text
 from .logproto import PushRequest
 
 Encoding = Literal["protobuf", "json"]
-Meta = tuple[tuple[str, str], ...]
-"""Structured metadata of one entry, ``()`` for none."""
-
-NO_META: Meta = ()
 _NS = 1_000_000_000
-ENTRY_OVERHEAD = 24
-"""Bytes of framing per entry in a push body (timestamp, lengths; JSON's quotes): counted
-with the line, so a push of tiny lines is not many times ``batch_bytes`` on the wire."""
+__all__ = ["ENTRY_OVERHEAD", "NO_META", "Encoder", "Meta", "Push", "Streams", "split_pushes"]
 _GZIP_LEVEL = 5  # most of gzip's gain on log text for a fraction of level 9's CPU
 _HEADERS: dict[str, Mapping[str, str]] = {
     "protobuf": {"Content-Type": "application/x-protobuf"},
@@ -64,19 +57,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(slots=True)
-class Streams:
-    """Entries in columns, stream after stream; each stream's entries in timestamp order."""
-
-    labels: list[dict[str, str]] = field(default_factory=list)  # per stream
-    texts: list[str] = field(default_factory=list)  # per stream: Loki's spelling
-    starts: list[int] = field(default_factory=list)  # per stream: its first entry
-    stream_of: list[int] = field(default_factory=list)  # per entry
-    ts_ns: list[int] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
-    meta: list[Meta] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.ts_ns)
+class Streams(columns.Streams):
+    """:class:`~log_capturer.sinks.columns.Streams` whose key is the labels in Loki's
+    spelling (``{a="1"}``), as protobuf pushes send them."""
 
     def add(
         self,
@@ -86,52 +69,9 @@ class Streams:
         meta: Sequence[Meta],
         text: str | None = None,
     ) -> None:
-        """Append one stream's entries (columns of equal length, in timestamp order)."""
-        if not ts_ns:
-            return
-        index = len(self.labels)
-        self.labels.append(labels)
-        self.texts.append(text if text is not None else label_text(labels))
-        self.starts.append(len(self.ts_ns))
-        self.stream_of.extend([index] * len(ts_ns))
-        self.ts_ns.extend(ts_ns)
-        self.lines.extend(lines)
-        self.meta.extend(meta)
-
-    def without_metadata(self) -> Streams:
-        return Streams(
-            self.labels,
-            self.texts,
-            self.starts,
-            self.stream_of,
-            self.ts_ns,
-            self.lines,
-            [NO_META] * len(self.ts_ns),
+        columns.Streams.add(
+            self, labels, ts_ns, lines, meta, label_text(labels) if text is None else text
         )
-
-    def groups(
-        self, positions: Sequence[int]
-    ) -> Iterator[tuple[int, Sequence[int], Sequence[str], Sequence[Meta]]]:
-        """``(stream, timestamps, lines, metadata)`` of the entries at ``positions``."""
-        if isinstance(positions, range) and positions.step == 1:
-            start, stop = positions.start, positions.stop
-            if start >= stop:
-                return
-            first = self.stream_of[start]
-            last = self.stream_of[stop - 1]
-            for stream in range(first, last + 1):
-                lo = max(start, self.starts[stream])
-                hi = stop if stream == last else self.starts[stream + 1]
-                yield stream, self.ts_ns[lo:hi], self.lines[lo:hi], self.meta[lo:hi]
-            return
-        for stream, group in groupby(positions, key=self.stream_of.__getitem__):
-            ids = list(group)
-            yield (
-                stream,
-                [self.ts_ns[i] for i in ids],
-                [self.lines[i] for i in ids],
-                [self.meta[i] for i in ids],
-            )
 
 
 # -- step 3: bodies --------------------------------------------------------------------------
@@ -329,61 +269,12 @@ class Push:
 
 
 def split_pushes(streams: Streams, batch_bytes: int, encoding: Encoding) -> list[Push]:
-    """Pushes of consecutive entries, each about ``batch_bytes`` of body: lines, metadata
-    (Loki's rate limit counts both) and :data:`ENTRY_OVERHEAD` per entry; an entry larger
-    than that goes alone."""
-    n = len(streams)
-    if not n:
-        return []
-    if any(streams.meta):
-        costs: Iterable[int] = (
-            len(line) + ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in meta)
-            for line, meta in zip(streams.lines, streams.meta, strict=True)
-        )
-    else:
-        costs = map(ENTRY_OVERHEAD.__add__, map(len, streams.lines))
-    totals = list(accumulate(costs))
-    pushes = []
-    start, done = 0, 0
-    while start < n:
-        stop = max(start + 1, bisect_right(totals, done + batch_bytes, lo=start))
-        pushes.append(Push(streams, range(start, stop), encoding))
-        done = totals[stop - 1]
-        start = stop
-    return pushes
+    """Pushes of consecutive entries, each about ``batch_bytes`` of body (see
+    :func:`~log_capturer.sinks.columns.split_ranges`)."""
+    return [Push(streams, part, encoding) for part in split_ranges(streams, batch_bytes)]
 
 
 # -- step 1 from records ---------------------------------------------------------------------
-
-
-class _Columns:
-    """One container stream's entries gathered from several batches."""
-
-    __slots__ = ("container", "texts", "truncated", "ts_ns")
-
-    def __init__(self, container: ContainerInfo) -> None:
-        self.container = container
-        self.ts_ns: list[int] = []
-        self.texts: list[str] = []
-        self.truncated: list[bool] | None = None
-
-    def add(self, ts_ns: list[int], texts: list[str], truncated: list[bool] | None) -> None:
-        if truncated is not None and self.truncated is None:
-            self.truncated = [False] * len(self.ts_ns)
-        if self.truncated is not None:
-            self.truncated += truncated if truncated is not None else [False] * len(ts_ns)
-        self.ts_ns += ts_ns
-        self.texts += texts
-
-    def in_order(self) -> None:
-        """Timestamp order (kept for equal timestamps), if a clock step broke it."""
-        if all(map(le, self.ts_ns, islice(self.ts_ns, 1, None))):
-            return
-        order = sorted(range(len(self.ts_ns)), key=self.ts_ns.__getitem__)
-        self.ts_ns = [self.ts_ns[i] for i in order]
-        self.texts = [self.texts[i] for i in order]
-        if self.truncated is not None:
-            self.truncated = [self.truncated[i] for i in order]
 
 
 class Encoder:
@@ -412,33 +303,10 @@ class Encoder:
     def columns(self, batches: Sequence[Batch]) -> Streams:
         """Batches (line format ``message``) as :class:`Streams`, without an object per line:
         each container stream's timestamps, texts and cut flags gathered in columns."""
-        gathered: dict[tuple[str, str], _Columns] = {}
-        for batch in batches:
-            names = batch.streams
-            ts_ns, texts = batch.ts_ns(), batch.texts()
-            flags = batch.truncated_flags()
-            cut: list[bool] | None = flags if any(flags) else None
-            cid = batch.container.id
-            for stream in dict.fromkeys(names):  # in order of first appearance
-                key = (cid, stream)
-                columns = gathered.get(key)
-                if columns is None:
-                    columns = gathered[key] = _Columns(batch.container)
-                if names.count(stream) == len(names):
-                    columns.add(ts_ns, texts, cut)
-                    continue
-                mine = list(map(eq, names, repeat(stream)))
-                columns.add(
-                    list(compress(ts_ns, mine)),
-                    list(compress(texts, mine)),
-                    None if cut is None else list(compress(cut, mine)),
-                )
         out = Streams()
-        for (_, stream), columns in gathered.items():
-            columns.in_order()
-            self.add_columns(
-                out, columns.container, stream, columns.ts_ns, columns.texts, columns.truncated
-            )
+        for part in gather(batches):
+            self.add_columns(out, part.container, part.stream, part.ts_ns, part.texts,
+                             part.truncated)
         return out
 
     def streams(self, records: list[LogRecord]) -> Streams:
@@ -542,20 +410,10 @@ class Encoder:
 
     def _cut(self, messages: list[str]) -> tuple[list[str], list[bool] | None]:
         """Lines cut to ``max_line_bytes`` (bytes of UTF-8), and which were (None: none)."""
-        limit = self.config.max_line_bytes
-        if not limit or not messages or max(map(len, messages)) * 4 <= limit:
-            return messages, None  # no line can exceed the limit: skip encoding
-        lines = list(messages)
-        cut = [False] * len(lines)
-        for i, text in enumerate(messages):
-            if len(text) * 4 <= limit:
-                continue
-            data = text.encode("utf-8", "replace")
-            if len(data) > limit:
-                LOKI_LINES_TRUNCATED.inc()
-                lines[i] = data[:limit].decode("utf-8", "ignore")
-                cut[i] = True
-        return lines, cut if any(cut) else None
+        lines, cut = cut_lines(messages, self.config.max_line_bytes)
+        if cut is not None:
+            LOKI_LINES_TRUNCATED.inc(sum(cut))
+        return lines, cut
 
     def _json_line(self, record: LogRecord) -> tuple[str, bool]:
         """The full record as JSON, cut to ``max_line_bytes`` while staying valid JSON."""

@@ -1,0 +1,210 @@
+"""Entries in columns, shared by the network sinks (Loki push, OTLP).
+
+* :func:`gather`: the batches of one delivery -> each container stream's timestamps,
+  texts and cut flags, in columns (no object per line), each in timestamp order;
+* :class:`Streams`: what a sink makes of them: per stream (a Loki stream, an OTLP
+  resource and iostream) its labels, and per entry its timestamp, line and per-entry
+  pairs (Loki's structured metadata, OTLP's log record attributes), stream after stream;
+* :func:`split_ranges`: consecutive entries in requests of about ``batch_bytes``;
+* :func:`cut_lines`: lines cut to a byte limit, valid UTF-8.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import accumulate, compress, groupby, islice, repeat
+from operator import eq, le
+from typing import Self
+
+from ..discovery.container import ContainerInfo
+from ..pipeline.batch import Batch
+
+Meta = tuple[tuple[str, str], ...]
+"""Per-entry pairs (structured metadata, log attributes) of one entry, ``()`` for none."""
+
+NO_META: Meta = ()
+ENTRY_OVERHEAD = 24
+"""Bytes of framing per entry in a request body (timestamp, lengths; JSON's quotes):
+counted with the line, so a request of tiny lines is not many times ``batch_bytes``."""
+
+
+# -- the batches' columns, per container stream ----------------------------------------------
+
+
+class StreamColumns:
+    """One container stream's entries gathered from several batches."""
+
+    __slots__ = ("container", "stream", "texts", "truncated", "ts_ns")
+
+    def __init__(self, container: ContainerInfo, stream: str) -> None:
+        self.container = container
+        self.stream = stream
+        self.ts_ns: list[int] = []
+        self.texts: list[str] = []
+        self.truncated: list[bool] | None = None  # None: no line was cut
+
+    def add(self, ts_ns: list[int], texts: list[str], truncated: list[bool] | None) -> None:
+        if truncated is not None and self.truncated is None:
+            self.truncated = [False] * len(self.ts_ns)
+        if self.truncated is not None:
+            self.truncated += truncated if truncated is not None else [False] * len(ts_ns)
+        self.ts_ns += ts_ns
+        self.texts += texts
+
+    def in_order(self) -> None:
+        """Timestamp order (kept for equal timestamps), if a clock step broke it."""
+        if all(map(le, self.ts_ns, islice(self.ts_ns, 1, None))):
+            return
+        order = sorted(range(len(self.ts_ns)), key=self.ts_ns.__getitem__)
+        self.ts_ns = [self.ts_ns[i] for i in order]
+        self.texts = [self.texts[i] for i in order]
+        if self.truncated is not None:
+            self.truncated = [self.truncated[i] for i in order]
+
+
+def gather(batches: Sequence[Batch]) -> list[StreamColumns]:
+    """Each container stream's lines of ``batches``, in timestamp order, a container's
+    streams next to each other (containers in order of first appearance)."""
+    gathered: dict[str, dict[str, StreamColumns]] = {}
+    for batch in batches:
+        names = batch.streams
+        ts_ns, texts = batch.ts_ns(), batch.texts()
+        flags = batch.truncated_flags()
+        cut: list[bool] | None = flags if any(flags) else None
+        container = batch.container
+        own = gathered.setdefault(container.id, {})
+        for stream in dict.fromkeys(names):  # in order of first appearance
+            columns = own.get(stream)
+            if columns is None:
+                columns = own[stream] = StreamColumns(container, stream)
+            if names.count(stream) == len(names):
+                columns.add(ts_ns, texts, cut)
+                continue
+            mine = list(map(eq, names, repeat(stream)))
+            columns.add(
+                list(compress(ts_ns, mine)),
+                list(compress(texts, mine)),
+                None if cut is None else list(compress(cut, mine)),
+            )
+    out = [columns for own in gathered.values() for columns in own.values()]
+    for columns in out:
+        columns.in_order()
+    return out
+
+
+# -- a sink's entries, stream after stream ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class Streams:
+    """Entries in columns, stream after stream; each stream's entries in timestamp order."""
+
+    labels: list[dict[str, str]] = field(default_factory=list)  # per stream
+    texts: list[str] = field(default_factory=list)  # per stream: its key (Loki's spelling)
+    starts: list[int] = field(default_factory=list)  # per stream: its first entry
+    stream_of: list[int] = field(default_factory=list)  # per entry
+    ts_ns: list[int] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    meta: list[Meta] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts_ns)
+
+    def add(
+        self,
+        labels: dict[str, str],
+        ts_ns: Sequence[int],
+        lines: Sequence[str],
+        meta: Sequence[Meta],
+        text: str = "",
+    ) -> None:
+        """Append one stream's entries (columns of equal length, in timestamp order);
+        ``text`` is the stream's key (the Loki sink: its labels in Loki's spelling)."""
+        if not ts_ns:
+            return
+        index = len(self.labels)
+        self.labels.append(labels)
+        self.texts.append(text)
+        self.starts.append(len(self.ts_ns))
+        self.stream_of.extend([index] * len(ts_ns))
+        self.ts_ns.extend(ts_ns)
+        self.lines.extend(lines)
+        self.meta.extend(meta)
+
+    def without_metadata(self) -> Self:
+        return type(self)(
+            self.labels,
+            self.texts,
+            self.starts,
+            self.stream_of,
+            self.ts_ns,
+            self.lines,
+            [NO_META] * len(self.ts_ns),
+        )
+
+    def groups(
+        self, positions: Sequence[int]
+    ) -> Iterator[tuple[int, Sequence[int], Sequence[str], Sequence[Meta]]]:
+        """``(stream, timestamps, lines, metadata)`` of the entries at ``positions``."""
+        if isinstance(positions, range) and positions.step == 1:
+            start, stop = positions.start, positions.stop
+            if start >= stop:
+                return
+            first = self.stream_of[start]
+            last = self.stream_of[stop - 1]
+            for stream in range(first, last + 1):
+                lo = max(start, self.starts[stream])
+                hi = stop if stream == last else self.starts[stream + 1]
+                yield stream, self.ts_ns[lo:hi], self.lines[lo:hi], self.meta[lo:hi]
+            return
+        for stream, group in groupby(positions, key=self.stream_of.__getitem__):
+            ids = list(group)
+            yield (
+                stream,
+                [self.ts_ns[i] for i in ids],
+                [self.lines[i] for i in ids],
+                [self.meta[i] for i in ids],
+            )
+
+
+def split_ranges(streams: Streams, batch_bytes: int) -> list[range]:
+    """Consecutive entries, each range about ``batch_bytes`` of body: lines, per-entry
+    pairs (Loki's rate limit counts its structured metadata) and :data:`ENTRY_OVERHEAD`
+    per entry; an entry larger than that goes alone."""
+    n = len(streams)
+    if not n:
+        return []
+    if any(streams.meta):
+        costs: Iterable[int] = (
+            len(line) + ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in meta)
+            for line, meta in zip(streams.lines, streams.meta, strict=True)
+        )
+    else:
+        costs = map(ENTRY_OVERHEAD.__add__, map(len, streams.lines))
+    totals = list(accumulate(costs))
+    out = []
+    start, done = 0, 0
+    while start < n:
+        stop = max(start + 1, bisect_right(totals, done + batch_bytes, lo=start))
+        out.append(range(start, stop))
+        done = totals[stop - 1]
+        start = stop
+    return out
+
+
+def cut_lines(messages: list[str], limit: int) -> tuple[list[str], list[bool] | None]:
+    """Lines cut to ``limit`` bytes of UTF-8 (0: no limit), and which were (None: none)."""
+    if not limit or not messages or max(map(len, messages)) * 4 <= limit:
+        return messages, None  # no line can exceed the limit: skip encoding
+    lines = list(messages)
+    cut = [False] * len(lines)
+    for i, text in enumerate(messages):
+        if len(text) * 4 <= limit:
+            continue
+        data = text.encode("utf-8", "replace")
+        if len(data) > limit:
+            lines[i] = data[:limit].decode("utf-8", "ignore")
+            cut[i] = True
+    return lines, cut if any(cut) else None
