@@ -181,6 +181,16 @@ LOKI_LINES_TRUNCATED = Counter(
     f"{PREFIX}_loki_lines_truncated",
     "Lines cut to the Loki sink's max_line_bytes (Loki rejects longer entries).",
 )
+OTLP_LINES_TRUNCATED = Counter(
+    f"{PREFIX}_otlp_lines_truncated",
+    "Lines cut to the OTLP sink's max_line_bytes (Loki rejects longer entries).",
+)
+LABEL_VALUES_REFUSED = Counter(
+    f"{PREFIX}_label_values_refused",
+    "Streams sent without a label (Loki) or resource attribute (OTLP) because it had "
+    "reached its sink's max_label_values distinct values.",
+    ["sink", "label"],
+)
 SPOOL_CORRUPT_ENTRIES = Counter(
     f"{PREFIX}_spool_corrupt_entries",
     "Spool entries that failed their checksum on read, moved aside as *.corrupt.",

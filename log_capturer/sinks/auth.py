@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import requests
 
@@ -57,19 +59,53 @@ def read_secret(env: str | None, path: str | None, what: str, sink: str) -> Secr
     raise SecretUnavailableError(f"{sink} sink: {what}: no environment variable or file configured")
 
 
-class Auth(requests.auth.AuthBase):
-    """Sets ``Authorization`` per request, so the secret is never stored in session state."""
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 
-    def __init__(self, scheme: str, credentials: Callable[[], str]) -> None:
+
+def parse_headers(text: str, where: str) -> dict[str, str]:
+    """``name=value`` pairs separated by commas or newlines, values percent-encoded (the
+    OTEL_EXPORTER_OTLP_HEADERS format). Errors name the pair's position, never its value."""
+    out: dict[str, str] = {}
+    for number, pair in enumerate((p for p in re.split(r"[,\n]", text) if p.strip()), 1):
+        name, sep, value = pair.partition("=")
+        name = unquote(name.strip())
+        if not sep or not _HEADER_NAME.match(name):
+            raise SecretUnavailableError(
+                f"{where}: header {number} is not name=value with a valid header name"
+            )
+        value = unquote(value.strip())
+        if "\r" in value or "\n" in value:
+            raise SecretUnavailableError(f"{where}: header {name} has a line break in its value")
+        out[name] = value
+    if not out:
+        raise SecretUnavailableError(f"{where}: no header")
+    return out
+
+
+class Auth(requests.auth.AuthBase):
+    """Sets ``Authorization`` and the extra headers per request, so no secret is stored in
+    session state; repr shows no value."""
+
+    def __init__(
+        self,
+        scheme: str | None,
+        credentials: Callable[[], str] | None,
+        headers: Secret | None = None,
+        where: str = "",
+    ) -> None:
         self._scheme = scheme
         self._credentials = credentials
+        self._headers = parse_headers(headers.reveal(), where) if headers is not None else {}
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"{self._scheme} {self._credentials()}"
+        if self._scheme is not None and self._credentials is not None:
+            request.headers["Authorization"] = f"{self._scheme} {self._credentials()}"
+        request.headers.update(self._headers)
         return request
 
     def __repr__(self) -> str:
-        return f"Auth({self._scheme}, ***)"
+        names = ", ".join(sorted(self._headers))
+        return f"Auth({self._scheme}, ***{', headers: ' + names if names else ''})"
 
 
 def _basic(username: str, password: Secret) -> Callable[[], str]:
@@ -81,14 +117,26 @@ def _basic(username: str, password: Secret) -> Callable[[], str]:
 
 
 def make_auth(config: NetworkSinkConfig, sink: str) -> Auth | None:
-    """The ``Authorization`` of ``config`` (basic or bearer), or None; raises
-    :class:`SecretUnavailableError` naming the variable or file when a secret is missing."""
+    """The ``Authorization`` of ``config`` (basic or bearer) and its extra headers, or None;
+    raises :class:`SecretUnavailableError` naming the variable or file when a secret is
+    missing or the headers cannot be read."""
+    headers = None
+    where = ""
+    if config.headers_env or config.headers_file:
+        headers = read_secret(config.headers_env, config.headers_file, "headers", sink)
+        where = f"{sink} sink: headers from " + (
+            f"environment variable {config.headers_env}"
+            if config.headers_env
+            else str(config.headers_file)
+        )
     if config.username:
         password = read_secret(config.password_env, config.password_file, "password", sink)
-        return Auth("Basic", _basic(config.username, password))
+        return Auth("Basic", _basic(config.username, password), headers, where)
     if config.bearer_token_env or config.bearer_token_file:
         token = read_secret(
             config.bearer_token_env, config.bearer_token_file, "bearer token", sink
         )
-        return Auth("Bearer", token.reveal)
+        return Auth("Bearer", token.reveal, headers, where)
+    if headers is not None:
+        return Auth(None, None, headers, where)
     return None

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, groupby, islice, repeat
 from operator import eq, le
-from typing import Self
+from typing import Self, TypeVar
 
 from ..discovery.container import ContainerInfo
 from ..pipeline.batch import Batch
@@ -208,3 +208,31 @@ def cut_lines(messages: list[str], limit: int) -> tuple[list[str], list[bool] | 
             lines[i] = data[:limit].decode("utf-8", "ignore")
             cut[i] = True
     return lines, cut if any(cut) else None
+
+
+# -- payloads as positions into Streams ------------------------------------------------------
+
+
+def sub_positions(own: Sequence[int], positions: Sequence[int]) -> Sequence[int]:
+    """The entries at ``positions`` (ascending) of a payload holding ``own``; a range
+    stays a range."""
+    if isinstance(own, range) and isinstance(positions, range) and positions.step == 1:
+        return own[positions.start : positions.stop]
+    return [own[i] for i in positions]
+
+
+S = TypeVar("S", bound=Streams)
+
+
+def merge_positions(parts: Sequence[tuple[S, Sequence[int]]]) -> list[tuple[S, list[int]]]:
+    """Payload parts as few as possible: one per :class:`Streams`, each entry once, in
+    order."""
+    by_root: dict[int, tuple[S, set[int]]] = {}
+    for streams, positions in parts:
+        by_root.setdefault(id(streams), (streams, set()))[1].update(positions)
+    return [(streams, sorted(ids)) for streams, ids in by_root.values()]
+
+
+def sample_timestamps(streams: Streams, positions: Sequence[int], samples: int = 20) -> list[int]:
+    """Timestamps of a few entries spread over ``positions`` (for the delivery lag)."""
+    return [streams.ts_ns[i] for i in positions[:: max(1, len(positions) // samples)]]

@@ -8,6 +8,7 @@ from ..config.types import Section
 from .base import Sink
 from .file import FileSink, FileSinkConfig
 from .loki import LokiSink, LokiSinkConfig
+from .otlp import OtlpSink, OtlpSinkConfig
 from .stdout import StdoutSink, StdoutSinkConfig
 
 
@@ -25,6 +26,13 @@ class SinksConfig(Section):
         description="Grafana Loki's push API. Batches Loki cannot take now go to a disk "
         "spool and are replayed in order; entries Loki refuses for good go to a dead-letter "
         "file. Secrets are never written in the config: name a variable or a file.",
+    )
+    otlp: OtlpSinkConfig = Field(
+        default_factory=OtlpSinkConfig,
+        description="OpenTelemetry's OTLP/HTTP logs export (Loki 3's /otlp endpoint, an "
+        "OpenTelemetry Collector), with the same delivery as the Loki sink: retries, disk "
+        "spool, dead letters. Secrets are never written in the config: name a variable or "
+        "a file.",
     )
 
     @model_validator(mode="after")
@@ -44,4 +52,6 @@ def build_sinks(config: SinksConfig) -> list[Sink]:
         sinks.append(StdoutSink(config.stdout))
     if config.loki.enabled:
         sinks.append(LokiSink(config.loki))
+    if config.otlp.enabled:
+        sinks.append(OtlpSink(config.otlp))
     return sinks

@@ -7,7 +7,8 @@ A network sink (Loki's push API; OTLP next) supplies two things:
   the spool, and describe for the dead-letter file;
 * its :class:`Endpoint`: the URL, and ``classify``, which reads the server's answer to a
   payload as :class:`Accepted`, :class:`Transient` (retry later) or :class:`Refused`
-  (for good: which entries the server names, which it refused without naming them).
+  (for good: which entries the server names, which it refused without naming them,
+  which may or may not be stored and must not be sent again).
 
 :class:`Delivery` does the rest, the same for every protocol: send, retry what is
 transient with capped backoff for ``retry_budget``, move what is still undelivered to
@@ -26,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -57,6 +59,10 @@ _log = structlog.get_logger(__name__)
 _LOG_ERROR_CHARS = 500
 REFUSAL_BASE_REQUESTS = 3
 """The constant of :func:`max_requests`."""
+MAX_RETRY_AFTER = 300.0
+"""A server asking for a longer ``Retry-After`` is still retried after 5 minutes."""
+MAX_ERROR_CHARS = 4096
+"""Of a server's error body, what is kept for the dead-letter file."""
 
 # -- what a sink supplies ------------------------------------------------------------------
 
@@ -121,7 +127,9 @@ class Refused(Generic[P]):
     go to the dead-letter file without another request. ``unresolved``: entries among
     which the server refused at least one without saying which: they are bisected.
     ``resend``: entries to send again in another form (for example without a feature
-    the server disallows).
+    the server disallows). ``doubtful``: entries among which the server refused some
+    and stored the others, without saying which, and which must not be sent again (an
+    OTLP partial success): dead-lettered marked ``"unresolved": true`` at once.
     """
 
     status: int
@@ -129,6 +137,7 @@ class Refused(Generic[P]):
     named: Sequence[tuple[Sequence[int], str]] = ()
     unresolved: Sequence[int] = ()
     resend: P | None = None
+    doubtful: Sequence[int] = ()
 
 
 Outcome = Accepted | Transient | Refused[P]
@@ -142,9 +151,9 @@ class Endpoint(Protocol[P]):
     """Sent with every request (tenant, ...), besides the payload's content headers."""
 
     def classify(
-        self, status: int, text: str, headers: Mapping[str, str], payload: P
+        self, status: int, body: bytes, headers: Mapping[str, str], payload: P
     ) -> Outcome[P]:
-        """What the answer ``status``/``text`` (the body, read only when >= 300) means."""
+        """What the answer ``status``/``body``/``headers`` to ``payload`` means."""
         ...
 
     def from_spool(self, data: bytes) -> P:
@@ -181,6 +190,26 @@ class _Undelivered(Exception):
         super().__init__(str(cause))
         self.remaining = remaining
         self.cause = cause
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), at most
+    :data:`MAX_RETRY_AFTER`; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def text_of(body: bytes, limit: int = MAX_ERROR_CHARS) -> str:
+    """A server's error body as text (invalid UTF-8 replaced), at most ``limit`` characters."""
+    return body[: limit * 4].decode("utf-8", "replace").strip()[:limit]
 
 
 def json_bytes(value: Any) -> bytes:
@@ -459,18 +488,20 @@ class Delivery(Generic[P]):
                 timeout=(self.config.connect_timeout, self.config.timeout),
             ) as response:
                 status = response.status_code
-                text = response.text if status >= 300 else ""
+                content = response.content
                 answer_headers = response.headers
         except requests.RequestException as exc:
             SINK_REQUEST_SECONDS.labels(self.name, "error").observe(time.monotonic() - started)
             self._set_up(False)
             raise _TransientFailure(Transient(None, f"{type(exc).__name__}: {exc}")) from exc
         SINK_REQUEST_SECONDS.labels(self.name, str(status)).observe(time.monotonic() - started)
-        outcome = self.endpoint.classify(status, text, answer_headers, payload)
+        outcome = self.endpoint.classify(status, content, answer_headers, payload)
         if isinstance(outcome, Accepted):
             return outcome
-        if isinstance(outcome, Transient) or status in (401, 403, 404) or status < 400:
+        if isinstance(outcome, Transient) or status in (401, 403, 404) or 300 <= status < 400:
             self._set_up(False)
+        elif status < 300:  # a partial success: the server is up
+            self._set_up(True)
         if status in (401, 403):
             _log.error(
                 "sink_unauthorized",
@@ -529,8 +560,12 @@ class Delivery(Generic[P]):
                 bad.append((sent.subset(refused.unresolved), refused.message))
             if refused.resend is not None:
                 unknown.append(refused.resend)
+            if refused.doubtful:
+                dead.append(_Dead(sent, refused.doubtful, refused.message, True))
             resent = len(refused.resend) if refused.resend is not None else 0
-            stored += max(0, len(sent) - named - len(refused.unresolved) - resent)
+            stored += max(
+                0, len(sent) - named - len(refused.unresolved) - resent - len(refused.doubtful)
+            )
 
         absorb(payload, first)
         taken: P | None = None  # the part being worked on, back to ``remaining`` on failure

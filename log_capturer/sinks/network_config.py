@@ -46,6 +46,18 @@ class NetworkSinkConfig(Section):
         None, description="Name of the environment variable holding a bearer token."
     )
     bearer_token_file: str | None = Field(None, description="File holding a bearer token.")
+    headers_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding extra request headers (API "
+        "keys, a tenant header), as OpenTelemetry's OTEL_EXPORTER_OTLP_HEADERS writes them: "
+        "name=value pairs separated by commas, values percent-encoded (api-key=s3cr%3Dt). "
+        "Read once at start; never logged.",
+    )
+    headers_file: str | None = Field(
+        None,
+        description="File holding extra request headers, as headers_env (pairs separated by "
+        "commas or newlines).",
+    )
     ca_file: str | None = Field(None, description="CA bundle for https; default: system CAs.")
     timeout: Duration = Field(10.0, description="Read timeout of one request.")
     connect_timeout: Duration = Field(3.0, description="Connect timeout of one request.")
@@ -69,6 +81,8 @@ class NetworkSinkConfig(Section):
         "password_file",
         "bearer_token_env",
         "bearer_token_file",
+        "headers_env",
+        "headers_file",
         "ca_file",
         mode="before",
     )
@@ -84,6 +98,8 @@ class NetworkSinkConfig(Section):
             raise ValueError("username needs exactly one of password_env or password_file")
         if self.bearer_token_env and self.bearer_token_file:
             raise ValueError("set bearer_token_env or bearer_token_file, not both")
+        if self.headers_env and self.headers_file:
+            raise ValueError("set headers_env or headers_file, not both")
         if self.username and (self.bearer_token_env or self.bearer_token_file):
             raise ValueError("use basic auth (username) or a bearer token, not both")
         if self.min_backoff > self.max_backoff:

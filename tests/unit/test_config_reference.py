@@ -98,7 +98,7 @@ def test_every_key_of_the_models_is_in_the_reference(name: str, reference: str) 
     missing = []
     for path, field, in_item in keys(Config):
         if in_item:
-            head = re.escape(path[-1]) + r" \((required|default: [^)]*)\):"
+            head = re.escape(path[-1]) + r" \((required|default: .*?)\):"
             if not re.search(r"(^| )" + head, comments):
                 missing.append(dotted(path))
         else:

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ...config.types import ByteSize
 from ..network_config import NetworkSinkConfig, dead_letter_field, spool_dir_field
+from ..relabel import RelabelRule, check_rules, relabel_field
 
 PUSH_PATH = "/loki/api/v1/push"
 LOKI_MAX_LABELS = 15  # Loki's default max_label_names_per_series
@@ -98,6 +99,25 @@ class LokiSinkConfig(NetworkSinkConfig):
         "detected_level field. Empty for a Loki with structured metadata disabled (the sink "
         "also stops sending it when Loki answers that it is disallowed).",
     )
+    relabel_configs: list[RelabelRule] = relabel_field(
+        "each stream's labels (labels and static_labels are where they start). A keep or "
+        "drop rule that drops a stream keeps its lines from this sink only (counted in "
+        "log_capturer_sink_records_total{status=\"relabel_dropped\"}). A stream left without "
+        "a label gets stream=<stdout|stderr|tty> (Loki refuses a stream without labels)"
+    )
+    metadata_relabel_configs: list[RelabelRule] = relabel_field(
+        "each stream's structured metadata (structured_metadata, but truncated, is where it "
+        "starts); truncated is still added to the lines that were cut"
+    )
+    max_label_values: int = Field(
+        1000,
+        ge=0,
+        description="Cardinality guard: a label that already has this many distinct values "
+        "(since start) gets no new one; streams with a new value are sent without that "
+        "label (their lines are delivered), logged once per label "
+        "(label_values_limit_reached) and counted in "
+        "log_capturer_label_values_refused_total. 0 = no bound.",
+    )
     max_line_bytes: ByteSize = Field(
         LOKI_MAX_LINE_BYTES,
         description="Longer lines are cut (and marked truncated) instead of being rejected "
@@ -161,6 +181,17 @@ class LokiSinkConfig(NetworkSinkConfig):
             raise ValueError("a field is listed twice")
         return value
 
+    @field_validator("relabel_configs")
+    @classmethod
+    def _check_relabel(cls, value: list[RelabelRule]) -> list[RelabelRule]:
+        def why(name: str) -> str | None:
+            if LABEL_NAME.match(name):
+                return None
+            return "not a Loki label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+
+        check_rules(value, why)
+        return value
+
     @field_validator("static_labels")
     @classmethod
     def _check_static_labels(cls, value: dict[str, str]) -> dict[str, str]:
@@ -182,7 +213,8 @@ class LokiSinkConfig(NetworkSinkConfig):
         total = len(self.labels) + len(self.static_labels)
         if total > LOKI_MAX_LABELS:
             raise ValueError(f"{total} labels; Loki accepts at most {LOKI_MAX_LABELS} per stream")
-        if not (ALWAYS_PRESENT & set(self.labels)) and not self.static_labels:
+        if (not (ALWAYS_PRESENT & set(self.labels)) and not self.static_labels
+                and not self.relabel_configs):
             raise ValueError(
                 "labels need one of container_name, stream or host (or a static "
                 "label): Loki rejects a stream without labels"

@@ -25,18 +25,32 @@ from itertools import pairwise
 from typing import Any, Literal
 
 import cramjam
+import structlog
 
-from ...metrics.registry import LOKI_LINES_TRUNCATED
+from ...discovery.container import ContainerInfo
+from ...metrics.registry import LOKI_LINES_TRUNCATED, SINK_RECORDS
 from ...pipeline.batch import Batch
 from ...pipeline.record import LogRecord
 from .. import columns
-from ..columns import ENTRY_OVERHEAD, NO_META, Meta, cut_lines, gather, split_ranges
+from ..columns import (
+    ENTRY_OVERHEAD,
+    NO_META,
+    Meta,
+    cut_lines,
+    gather,
+    merge_positions,
+    sample_timestamps,
+    split_ranges,
+    sub_positions,
+)
 from ..delivery import json_bytes
+from ..relabel import CardinalityGuard, Relabeler, docker_meta, visible
 from .config import LOKI_MAX_LABEL_VALUE, LokiSinkConfig
 from .labels import label_text, parse_label_text
 from .logproto import PushRequest
 
 Encoding = Literal["protobuf", "json"]
+_log = structlog.get_logger(__name__)
 _NS = 1_000_000_000
 __all__ = ["ENTRY_OVERHEAD", "NO_META", "Encoder", "Meta", "Push", "Streams", "split_pushes"]
 _GZIP_LEVEL = 5  # most of gzip's gain on log text for a fraction of level 9's CPU
@@ -193,24 +207,14 @@ class Push:
         return self._body
 
     def subset(self, positions: Sequence[int]) -> Push:
-        own = self.positions
-        if isinstance(own, range) and isinstance(positions, range) and positions.step == 1:
-            return Push(self.streams, own[positions.start : positions.stop], self.encoding)
-        return Push(self.streams, [own[i] for i in positions], self.encoding)
+        return Push(self.streams, sub_positions(self.positions, positions), self.encoding)
 
     def merge(self, others: Sequence[Push]) -> list[Push]:
-        by_root: dict[int, list[Push]] = {}
-        for push in (self, *others):
-            by_root.setdefault(id(push.streams), []).append(push)
-        out = []
-        for pushes in by_root.values():
-            first = pushes[0]
-            ids = sorted({i for push in pushes for i in push.positions})
-            out.append(Push(first.streams, ids, first.encoding))
-        return out
+        parts = [(push.streams, push.positions) for push in (self, *others)]
+        return [Push(streams, ids, self.encoding) for streams, ids in merge_positions(parts)]
 
     def timestamps_ns(self) -> Sequence[int]:
-        return [self.streams.ts_ns[i] for i in self.positions[:: max(1, len(self) // 20)]]
+        return sample_timestamps(self.streams, self.positions)
 
     def dead_letters(self, positions: Sequence[int]) -> list[dict[str, Any]]:
         s = self.streams
@@ -277,19 +281,35 @@ def split_pushes(streams: Streams, batch_bytes: int, encoding: Encoding) -> list
 # -- step 1 from records ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """What the config makes of one container stream."""
+
+    labels: dict[str, str]
+    text: str
+    meta: Meta  # structured metadata of every entry (truncated aside)
+
+
 class Encoder:
     """Turns batches (or records) into :class:`Streams`: labels, lines (cut to Loki's
     limit), metadata."""
 
     _CACHE_LIMIT = 4096
 
-    def __init__(self, config: LokiSinkConfig) -> None:
+    def __init__(self, config: LokiSinkConfig, name: str = "loki") -> None:
         self.config = config
+        self.name = name
         self.host = config.host or socket.gethostname()
-        self.metadata_enabled = bool(config.structured_metadata)
+        self.metadata_enabled = bool(
+            config.structured_metadata or config.metadata_relabel_configs
+        )
         self._base_meta = [n for n in config.structured_metadata if n != "truncated"]
         self._mark_truncated = "truncated" in config.structured_metadata
-        self._labels: dict[tuple[str, str, str], tuple[dict[str, str], str]] = {}
+        self._label_rules = Relabeler(config.relabel_configs)
+        self._meta_rules = Relabeler(config.metadata_relabel_configs)
+        self._guard = CardinalityGuard(name, config.max_label_values)
+        self._resolved: dict[tuple[str, str, str], _Resolved | None] = {}
+        self._unlabelled_reported = False
 
     def build(self, batches: Sequence[Batch]) -> list[Push]:
         """The pushes of one delivery: every batch's lines, a Loki stream per container
@@ -325,8 +345,8 @@ class Encoder:
             first = group[0]
             if self.config.line_format == "json":
                 lines, cut = zip(*map(self._json_line, group), strict=True)
-                self._add(out, first, [r.ts_ns for r in group], list(lines),
-                          [r.truncated or c for r, c in zip(group, cut, strict=True)])
+                self._add(out, first.container, first.stream, [r.ts_ns for r in group],
+                          list(lines), [r.truncated or c for r, c in zip(group, cut, strict=True)])
             else:
                 self.add_columns(
                     out,
@@ -341,7 +361,7 @@ class Encoder:
     def add_columns(
         self,
         out: Streams,
-        container: Any,
+        container: ContainerInfo,
         stream: str,
         ts_ns: list[int],
         messages: list[str],
@@ -349,52 +369,86 @@ class Encoder:
     ) -> None:
         """Add one container stream's lines (in timestamp order) as one Loki stream.
 
-        ``container`` is a :class:`~log_capturer.discovery.container.ContainerInfo`;
         ``truncated`` flags lines the capture already cut (None: none was).
         """
         lines, cut = self._cut(messages)
         if cut is not None:
             truncated = [a or b for a, b in zip(truncated or cut, cut, strict=True)]
-        labels, text = self._stream_labels(container, stream)
-        out.add(labels, ts_ns, lines, self._metas(container, stream, truncated, len(lines)), text)
+        self._add(out, container, stream, ts_ns, lines, truncated)
 
-    def _add(self, out: Streams, first: LogRecord, ts_ns: list[int], lines: list[str],
-             truncated: list[bool]) -> None:
-        labels, text = self._stream_labels(first.container, first.stream)
-        meta = self._metas(first.container, first.stream,
-                           truncated if any(truncated) else None, len(lines))
-        out.add(labels, ts_ns, lines, meta, text)
+    def _add(self, out: Streams, container: ContainerInfo, stream: str, ts_ns: list[int],
+             lines: list[str], truncated: list[bool] | None) -> None:
+        resolved = self.resolve(container, stream)
+        if resolved is None:
+            SINK_RECORDS.labels(self.name, "relabel_dropped").inc(len(lines))
+            return
+        if truncated is not None and not any(truncated):
+            truncated = None
+        out.add(resolved.labels, ts_ns, lines, self._metas(resolved.meta, truncated, len(lines)),
+                resolved.text)
 
-    def _stream_labels(self, container: Any, stream: str) -> tuple[dict[str, str], str]:
+    def resolve(self, container: ContainerInfo, stream: str) -> _Resolved | None:
+        """The labels and metadata of one container stream (None: a rule dropped it);
+        decided once (cached), the cardinality guard consulted then."""
         key = (container.id, container.name, stream)
-        cached = self._labels.get(key)
-        if cached is None:
-            labels: dict[str, str] = {}
-            for name in self.config.labels:
-                value = self._value(container, stream, name)
-                if value:
-                    labels[name] = value[:LOKI_MAX_LABEL_VALUE]
-            labels.update(self.config.static_labels)
-            if len(self._labels) >= self._CACHE_LIMIT:
-                self._labels.clear()
-            cached = self._labels[key] = (labels, label_text(labels))
-        return cached
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
+        resolved = self._decide(container, stream)
+        if len(self._resolved) >= self._CACHE_LIMIT:
+            self._resolved.clear()
+        self._resolved[key] = resolved
+        return resolved
 
-    def _metas(self, container: Any, stream: str, truncated: list[bool] | None,
-               n: int) -> list[Meta]:
+    def _decide(self, container: ContainerInfo, stream: str) -> _Resolved | None:
+        labels: dict[str, str] = {}
+        for name in self.config.labels:
+            value = self._value(container, stream, name)
+            if value:
+                labels[name] = value
+        labels.update(self.config.static_labels)
+        meta_labels = None
+        if self._label_rules:
+            meta_labels = docker_meta(container, stream, self.host)
+            relabelled = self._label_rules.apply(meta_labels | labels)
+            if relabelled is None:
+                return None
+            labels = visible(relabelled)
+        labels = {k: v[:LOKI_MAX_LABEL_VALUE] for k, v in labels.items()}
+        labels = self._guard.admit(labels)
+        if not labels:
+            labels = {"stream": stream}
+            if not self._unlabelled_reported:
+                self._unlabelled_reported = True
+                _log.error(
+                    "loki_stream_without_labels",
+                    sink=self.name,
+                    container_name=container.name,
+                    hint="the relabel rules (or the cardinality guard) left no label; sent "
+                    "with stream=<stream> only",
+                )
+        meta: dict[str, str] = {}
+        for name in self._base_meta:
+            value = self._value(container, stream, name)
+            if value:
+                meta[name] = value
+        if self._meta_rules:
+            if meta_labels is None:
+                meta_labels = docker_meta(container, stream, self.host)
+            relabelled = self._meta_rules.apply(meta_labels | meta)
+            meta = visible(relabelled) if relabelled is not None else {}
+        return _Resolved(labels, label_text(labels), tuple(meta.items()))
+
+    def _metas(self, base: Meta, truncated: list[bool] | None, n: int) -> list[Meta]:
         if not self.metadata_enabled:
             return [NO_META] * n
-        base: Meta = tuple(
-            (name, value)
-            for name in self._base_meta
-            if (value := self._value(container, stream, name))
-        )
         if truncated is None or not self._mark_truncated:
             return [base] * n
         cut: Meta = (*base, ("truncated", "true"))
         return [cut if t else base for t in truncated]
 
-    def _value(self, container: Any, stream: str, name: str) -> str | None:
+    def _value(self, container: ContainerInfo, stream: str, name: str) -> str | None:
         if name == "stream":
             return stream
         if name == "host":

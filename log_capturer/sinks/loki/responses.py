@@ -33,22 +33,26 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
-from ..delivery import ACCEPTED, Accepted, Refused, Transient
+from ..delivery import (
+    ACCEPTED,
+    MAX_ERROR_CHARS,
+    Accepted,
+    Refused,
+    Transient,
+    parse_retry_after,
+)
 from .encode import Push
 from .labels import parse_label_text
 
-_TOO_LARGE_5XX = ("ResourceExhausted", "larger than max")
-_MAX_RETRY_AFTER = 300.0  # a server asking for more is still retried after 5 minutes
-_MAX_ERROR_CHARS = 4096  # of a server's error body kept for the dead-letter file
+TOO_LARGE_5XX = ("ResourceExhausted", "larger than max")
 METADATA_DISALLOWED = "structured metadata, but this feature is disallowed"
 SERVICE_NAME = "service_name"
 _NS = 1_000_000_000
 
 _GROUP = re.compile(r"(?:^|; )(\d+) errors like: ")
 _STREAM = r"'(\{.*\})'"
-_LINE_TOO_LONG = re.compile(
+LINE_TOO_LONG = re.compile(
     rf"^Max entry size '(\d+)' bytes exceeded for stream {_STREAM} while adding an entry "
     r"with length '(\d+)' bytes$", re.S
 )
@@ -71,7 +75,7 @@ _WHOLE_STREAM = re.compile(
     r" too long: .*)$",
     re.S,
 )
-_ANY_STREAM = re.compile(r"stream:? '?(\{.*?\})'?(?:[ ,;.]|$)", re.S)
+ANY_STREAM = re.compile(r"stream:? '?(\{.*?\})'?(?:[ ,;.]|$)", re.S)
 _IGNORED = re.compile(r"entry with timestamp (.+?) ignored, reason: '", re.S)
 _IGNORED_STREAM = re.compile(r"total ignored: (\d+) out of (\d+) for stream: (\{.*\})\s*$", re.S)
 _GO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d{1,9}))? \+0000 UTC$")
@@ -87,12 +91,12 @@ def classify(
     """What Loki's answer ``status``/``text`` to ``push`` means for its entries."""
     if 200 <= status < 300:
         return ACCEPTED
-    message = text.strip()[:_MAX_ERROR_CHARS] or f"HTTP {status}"
+    message = text.strip()[:MAX_ERROR_CHARS] or f"HTTP {status}"
     everything = range(len(push))
-    if status >= 500 and any(marker in message for marker in _TOO_LARGE_5XX):
+    if status >= 500 and any(marker in message for marker in TOO_LARGE_5XX):
         return Refused(status, message, unresolved=everything)  # smaller pushes pass
     if status in (408, 429) or status >= 500:
-        return Transient(status, message, _parse_retry_after(headers.get("Retry-After")))
+        return Transient(status, message, parse_retry_after(headers.get("Retry-After")))
     if status == 400:
         return read_400(text.strip(), push, on_metadata_disallowed)
     if status == 413:
@@ -130,9 +134,9 @@ def read_400(text: str, push: Push, on_metadata_disallowed: Callable[[str], None
     if "total ignored:" in text and _IGNORED.search(text):
         _read_ignored(text, push, stream_of, reading)
     else:
-        for count, line in _groups(text):
+        for count, line in error_groups(text):
             _read_line(line, count, push, stream_of, reading, on_metadata_disallowed)
-    message = text[:_MAX_ERROR_CHARS] or "HTTP 400"
+    message = text[:MAX_ERROR_CHARS] or "HTTP 400"
     named_positions = {p for positions, _ in reading.named for p in positions}
     unresolved = sorted(reading.unresolved - named_positions)
     resend = sorted(set(reading.resend) - named_positions - set(unresolved))
@@ -145,8 +149,8 @@ def read_400(text: str, push: Push, on_metadata_disallowed: Callable[[str], None
     )
 
 
-def _groups(text: str) -> list[tuple[int, str]]:
-    """``(count, line)`` of each distinct error of a 400's text."""
+def error_groups(text: str) -> list[tuple[int, str]]:
+    """``(count, line)`` of each distinct error of a 400's text (also Loki's OTLP answers)."""
     marks = list(_GROUP.finditer(text))
     if not marks or marks[0].start() != 0:
         return [(1, line) for line in text.splitlines() if line.strip()] or [(1, text)]
@@ -172,7 +176,7 @@ def _read_line(
         return positions[p]
 
     chosen: list[int] | None = None
-    if m := _LINE_TOO_LONG.match(line):
+    if m := LINE_TOO_LONG.match(line):
         where = stream_of(m.group(2))
         if where is not None:
             length = int(m.group(3))
@@ -220,7 +224,7 @@ def _read_line(
         reading.named.append((chosen, line))
         return
     # A line we cannot pin to entries: its stream's entries are in doubt, or all of them.
-    for found in _ANY_STREAM.finditer(line):
+    for found in ANY_STREAM.finditer(line):
         where = stream_of(found.group(1))
         if where is not None:
             reading.unresolved.update(where)
@@ -265,19 +269,6 @@ def _go_time_ns(text: str) -> int | None:
     seconds = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
     fraction = (m.group(2) or "").ljust(9, "0")
     return seconds * _NS + int(fraction)
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
 
 
 def positions_of(refused: Refused[Push]) -> Sequence[int]:

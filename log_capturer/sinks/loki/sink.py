@@ -31,8 +31,9 @@ class LokiEndpoint:
         self._encoder = encoder
 
     def classify(
-        self, status: int, text: str, headers: Mapping[str, str], payload: Push
+        self, status: int, body: bytes, headers: Mapping[str, str], payload: Push
     ) -> Accepted | Transient | Refused[Push]:
+        text = body.decode("utf-8", "replace") if status >= 300 else ""
         return classify(status, text, headers, payload, self._metadata_disallowed)
 
     def from_spool(self, data: bytes) -> Push:

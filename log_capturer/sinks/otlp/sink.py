@@ -1,0 +1,76 @@
+"""The OTLP/HTTP logs sink: batches -> export requests (encode.py), the server's answers
+(responses.py), and the delivery machinery every network sink shares (sinks/delivery.py:
+retries, spool, replay, dead letters)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ...pipeline.batch import Batch
+from ..base import Sink
+from ..delivery import Accepted, Delivery, Refused, Transient
+from ..spool import DiskSpool
+from .config import LOGS_PATH, OtlpSinkConfig
+from .encode import Encoder, Export
+from .responses import classify
+
+
+class OtlpEndpoint:
+    """Where exports go, what the answers mean, how a spooled export comes back."""
+
+    name = "otlp"
+
+    def __init__(self, config: OtlpSinkConfig) -> None:
+        self.url = config.endpoint + LOGS_PATH
+        self.headers: Mapping[str, str] = (
+            {"X-Scope-OrgID": config.tenant_id} if config.tenant_id else {}
+        )
+
+    def classify(
+        self, status: int, body: bytes, headers: Mapping[str, str], payload: Export
+    ) -> Accepted | Transient | Refused[Export]:
+        return classify(status, body, headers, payload)
+
+    def from_spool(self, data: bytes) -> Export:
+        return Export.from_spool(data)
+
+
+class OtlpSink(Sink):
+    """Exports records over OTLP/HTTP with at-least-once delivery.
+
+    :meth:`write` encodes the batches into requests of about ``batch_bytes`` and hands
+    them to :class:`~log_capturer.sinks.delivery.Delivery`, which returns only once every
+    record is stored by the server, durably spooled, or dead-lettered with the server's
+    reason (read its docstring), exactly as for the Loki sink.
+    """
+
+    name = "otlp"
+
+    def __init__(self, config: OtlpSinkConfig) -> None:
+        self.config = config
+        self._encoder = Encoder(config, self.name)
+        self._delivery = Delivery(
+            OtlpEndpoint(config),
+            config,
+            spool_dir=config.spool_dir,
+            dead_letter_path=config.dead_letter_path,
+        )
+
+    def __repr__(self) -> str:
+        return f"OtlpSink(endpoint={self.config.endpoint!r}, tenant_id={self.config.tenant_id!r})"
+
+    @property
+    def up(self) -> bool:
+        """False after a send failed (unavailable, 401/403/404); True after one succeeded."""
+        return self._delivery.up
+
+    @property
+    def spool(self) -> DiskSpool | None:
+        return self._delivery.spool
+
+    def write(self, batches: list[Batch]) -> None:
+        self._delivery.deliver(self._encoder.build(batches))
+
+    def close(self) -> None:
+        """Stop and join the replayer (at most ``close_timeout``); the spool stays on disk."""
+        self._delivery.close()
