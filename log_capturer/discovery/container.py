@@ -8,6 +8,14 @@ from typing import Any
 COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_PROJECT = "com.docker.compose.project"
 
+# Settings a container carries itself, as labels (no daemon config needed).
+EXCLUDE_LABEL = "io.log_capturer.exclude"
+"""``io.log_capturer.exclude=true``: the container is never captured."""
+MULTILINE_START_LABEL = "io.log_capturer.multiline.start"
+"""``io.log_capturer.multiline.start=<regex>``: the container's lines are merged into
+multiline records that start at lines matching the regex (pipeline.stages.multiline,
+with this start pattern, for this container, also when the stage is off)."""
+
 
 @dataclass(frozen=True)
 class ContainerInfo:

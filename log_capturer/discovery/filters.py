@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..monitor.config import MonitorConfig
-from .container import ContainerInfo
+from .container import EXCLUDE_LABEL, ContainerInfo
 
 _CONTAINER_ID = re.compile(r"/(?:docker/)?containers/([0-9a-f]{64})/")
 _CGROUP_ID = re.compile(r"(?:docker[-/]|/)([0-9a-f]{64})(?:\.scope)?$")
@@ -77,6 +77,8 @@ class ContainerFilter:
     ) -> bool | None:
         c = self.config
         if self.is_self_id(container_id):
+            return False
+        if labels.get(EXCLUDE_LABEL, "").strip().lower() == "true":
             return False
         if c.include_names and not any(fnmatchcase(name, p) for p in c.include_names):
             return False

@@ -210,6 +210,11 @@ MULTILINE_RELEASES = Counter(
     "Multiline groups released, by why (start, timeout, max_lines, max_bytes, flush).",
     ["reason"],
 )
+MULTILINE_LABEL_ERRORS = Counter(
+    f"{PREFIX}_multiline_label_errors",
+    "Containers whose io.log_capturer.multiline.start label is not a valid regex (their "
+    "lines are not merged by it).",
+)
 MULTILINE_HELD = Gauge(
     f"{PREFIX}_multiline_groups_held", "Multiline groups waiting for more lines."
 )

@@ -29,7 +29,10 @@ class MonitorConfig(Section):
         description="Labels that must all be present; value '' or '*' matches any value.",
     )
     exclude_labels: dict[str, str] = Field(
-        default_factory=dict, description="A container with any of these labels is skipped."
+        default_factory=dict,
+        description="A container with any of these labels is skipped; value '' or '*' "
+        "matches any value. A container labelled io.log_capturer.exclude=true is always "
+        "skipped, without any setting here.",
     )
     include_images: list[str] = Field(
         default_factory=list, description="Glob patterns on image names; empty = all."

@@ -109,12 +109,21 @@ class Dispatcher:
                 _log.exception("final_checkpoint_failed")
 
     def _through_stages(self, batches: list[Batch]) -> list[Batch]:
+        """Batches of containers a stage applies to become records and go through the
+        stages; the others pass as they are (columns)."""
         if not self._staged:
             return batches
         records: list[LogRecord] = []
+        passed: list[Batch] = []
+        applies = self.stages.applies_to
         for batch in batches:
-            records += batch.records()
-        return RecordBatch.group(self.stages.process(records, time.monotonic()))
+            if applies(batch.container):
+                records += batch.records()
+            else:
+                passed.append(batch)
+        if not records:
+            return passed
+        return passed + RecordBatch.group(self.stages.process(records, time.monotonic()))
 
     def _deliver(self, batches: list[Batch]) -> None:
         if not batches:

@@ -147,3 +147,14 @@ def test_every_glob_pair_agrees_between_engine_and_client() -> None:
         for name in NAMES:
             engine = any(engine_matches(p, name) for p in patterns if p is not None)
             assert engine == (fnmatchcase(name, a) or fnmatchcase(name, b)), (a, b, name)
+
+
+def test_the_exclude_label_on_the_container_needs_no_config() -> None:
+    f = ContainerFilter(MonitorConfig())
+    base = {"Id": "c" * 64, "Names": ["/web-1"], "Image": "web:1", "ImageID": "sha256:1"}
+    for value, captured in (("true", False), ("TRUE", False), ("false", True), ("", True)):
+        labels = {"io.log_capturer.exclude": value}
+        info = ContainerInfo(id="c" * 64, name="web-1", image="web:1", labels=labels)
+        assert f.matches(info) is captured, value
+        assert f.judge_listed({**base, "Labels": labels}) is captured, value
+    assert f.matches(ContainerInfo(id="c" * 64, name="web-1", image="web:1"))

@@ -14,13 +14,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from log_capturer.config.loader import ConfigError, load_config
-from log_capturer.discovery.container import ContainerInfo
-from log_capturer.pipeline.batch import Batch, RecordBatch
+from log_capturer.discovery.container import MULTILINE_START_LABEL, ContainerInfo
+from log_capturer.pipeline.batch import Batch, LineBatch, RecordBatch
 from log_capturer.pipeline.config import PipelineConfig
 from log_capturer.pipeline.dispatcher import Dispatcher
 from log_capturer.pipeline.queue import BatchQueue
 from log_capturer.pipeline.record import LogRecord
-from log_capturer.pipeline.stages import NoStages, StageChain
+from log_capturer.pipeline.stages import StageChain
 from log_capturer.pipeline.stages.chain import build_stages
 from log_capturer.pipeline.stages.config import (
     MultilineConfig,
@@ -478,7 +478,12 @@ def test_config_errors_name_the_key(tmp_path: Path, yaml_text: str, key: str) ->
 
 
 def test_stages_are_off_by_default_and_built_in_order(tmp_path: Path) -> None:
-    assert isinstance(build_stages(load(tmp_path, "{}").pipeline.stages), NoStages)
+    default = build_stages(load(tmp_path, "{}").pipeline.stages)
+    # Off: every container passes by (as batches), but one that asks by its own label.
+    assert not default.applies_to(WEB) and not default.applies_to(DB)
+    labelled = ContainerInfo(id="c" * 64, name="app", image="app:1",
+                             labels={MULTILINE_START_LABEL: "^[0-9]"})
+    assert default.applies_to(labelled)
     config = load(
         tmp_path,
         """
@@ -626,3 +631,73 @@ def test_file_sink_recovers_marks_at_merged_records_last_lines(tmp_path: Path) -
         ("next", 1),
         ("new", 1),
     ]
+
+
+# -- per-container settings from the container's labels ---------------------------------------
+
+JAVA = ContainerInfo(id="d" * 64, name="java-1", image="java:1",
+                     labels={MULTILINE_START_LABEL: r"^\d{4}-\d\d-\d\d "})
+BROKEN = ContainerInfo(id="e" * 64, name="broken-1", image="x:1",
+                       labels={MULTILINE_START_LABEL: "(unclosed"})
+
+
+def test_a_containers_multiline_label_merges_its_lines_with_the_stage_off() -> None:
+    stage = Multiline(MultilineConfig())  # enabled: false, as by default
+    java = ["2026-01-01 12:00:00 ERROR boom", "java.lang.IllegalStateException: x",
+            "\tat a.b.C.d(C.java:1)", "2026-01-01 12:00:01 INFO next"]
+    out = stage.process(lines(java, info=JAVA) + lines(["web 1", "  web 2"], T0 + 10), now=0.0)
+    # web-1 has no label: passed by unchanged; java-1's record waits for its next start
+    assert [(r.container.name, r.message) for r in out] == [
+        ("java-1", "\n".join(java[:3])), ("web-1", "web 1"), ("web-1", "  web 2")]
+    assert [r.message for r in stage.flush()] == [java[3]]
+    assert stage.applies_to(JAVA) and not stage.applies_to(WEB)
+
+
+def test_the_label_overrides_the_configured_start_pattern() -> None:
+    stage = multiline(match_containers=["web-*"])  # java-1 matches no pattern: the label wins
+    out = stage.process(lines(["2026-01-01 12:00:00 a", "Caused by: b", "2026-01-01 c"],
+                              info=JAVA), now=0.0)
+    assert [r.message for r in out] == ["2026-01-01 12:00:00 a\nCaused by: b"]
+
+
+def test_an_invalid_label_is_reported_once_and_the_lines_pass_unmerged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stage = Multiline(MultilineConfig())
+    before = metric("log_capturer_multiline_label_errors_total")
+    out = stage.process(lines(["a", "  b"], info=BROKEN), now=0.0)
+    out += stage.process(lines(["c"], T0 + 5, info=BROKEN), now=0.0)
+    assert [r.message for r in out] == ["a", "  b", "c"]
+    assert metric("log_capturer_multiline_label_errors_total") == before + 1
+    assert not stage.applies_to(BROKEN)
+
+
+def test_dispatcher_passes_unlabelled_containers_as_batches_and_merges_labelled_ones(
+    tmp_path: Path,
+) -> None:
+    queue = BatchQueue(1000, 10**6)
+    seen: list[Batch] = []
+
+    class Keep(CapturingSink):
+        def write(self, batches: list[Batch]) -> None:
+            seen.extend(batches)
+            super().write(batches)
+
+    sink = Keep()
+    positions = Ledger(str(tmp_path / "positions.json"))
+    for info in (WEB, JAVA):
+        assert positions.open(info, ("stdout", "stderr"), start_now=False) is not None
+    dispatcher = Dispatcher(queue, [sink], positions, PipelineConfig(batch_wait=0.01), 0.05,
+                            stages=build_stages(StagesConfig()))
+    dispatcher.start()
+    try:
+        put_all(queue, lines(["web 1", "  web 2"]))
+        put_all(queue, lines(["2026-01-01 12:00:00 ERROR x", "  at y", "2026-01-01 12:00:01 z"],
+                             T0 + 100, info=JAVA))
+        wait_for(lambda: len(sink.records) == 3)
+    finally:
+        dispatcher.stop(timeout=5)
+    assert [r.message for r in sink.records if r.container is WEB] == ["web 1", "  web 2"]
+    assert [r.message for r in sink.records if r.container is JAVA] == [
+        "2026-01-01 12:00:00 ERROR x\n  at y", "2026-01-01 12:00:01 z"]
+    assert all(isinstance(b, LineBatch) for b in seen if b.container is WEB)

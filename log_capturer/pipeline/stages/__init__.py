@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ...discovery.container import ContainerInfo
 from ..record import LogRecord
 
 
 class StageChain(Protocol):
+    def applies_to(self, container: ContainerInfo) -> bool:
+        """True if this container's lines must go through :meth:`process` (as records);
+        the others pass on as the batches they are."""
+
     def process(self, records: list[LogRecord], now: float) -> list[LogRecord]:
         """Transform a batch; a stage may hold records back (an open multiline group)."""
 
@@ -27,6 +32,9 @@ class StageChain(Protocol):
 
 class NoStages:
     """The default: records pass through unchanged."""
+
+    def applies_to(self, container: ContainerInfo) -> bool:
+        return False
 
     def process(self, records: list[LogRecord], now: float) -> list[LogRecord]:
         return records

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ...discovery.container import ContainerInfo
 from ..record import LogRecord
-from . import NoStages, StageChain
+from . import StageChain
 from .config import StagesConfig
 from .multiline import Multiline
 from .parse_json import ParseJson
@@ -30,6 +31,9 @@ class Stages:
         self._holder = holder
         self._transforms = transforms
 
+    def applies_to(self, container: ContainerInfo) -> bool:
+        return bool(self._transforms) or self._holder.applies_to(container)
+
     def process(self, records: list[LogRecord], now: float) -> list[LogRecord]:
         return self._transform(self._holder.process(records, now))
 
@@ -50,13 +54,12 @@ class Stages:
 
 
 def build_stages(config: StagesConfig) -> StageChain:
-    """The enabled stages in the order multiline -> parse_json -> redact; NoStages if none."""
+    """The enabled stages in the order multiline -> parse_json -> redact. The multiline
+    stage is always there: containers labelled io.log_capturer.multiline.start use it
+    also when it is off (it then passes every other container by, as batches)."""
     transforms: list[Transform] = []
     if config.parse_json.enabled:
         transforms.append(ParseJson(config.parse_json))
     if config.redact.enabled:
         transforms.append(Redact(config.redact))
-    if not config.multiline.enabled and not transforms:
-        return NoStages()
-    holder: StageChain = Multiline(config.multiline) if config.multiline.enabled else NoStages()
-    return Stages(holder, transforms)
+    return Stages(Multiline(config.multiline), transforms)

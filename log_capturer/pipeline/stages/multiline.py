@@ -6,9 +6,12 @@ import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from ...discovery.container import ContainerInfo
+import structlog
+
+from ...discovery.container import MULTILINE_START_LABEL, ContainerInfo
 from ...metrics.registry import (
     MULTILINE_HELD,
+    MULTILINE_LABEL_ERRORS,
     MULTILINE_LINES,
     MULTILINE_MERGED,
     MULTILINE_RELEASES,
@@ -17,6 +20,8 @@ from ..record import LogRecord
 from .config import MultilineConfig
 
 _MATCH_CACHE_LIMIT = 10_000
+_STREAMS = ("stdout", "stderr", "tty")
+_log = structlog.get_logger(__name__)
 
 
 def utf8_len(text: str) -> int:
@@ -74,17 +79,32 @@ class Multiline:
     ``truncated`` is set if any merged line was truncated at capture. A group is
     released by the next start line, by ``max_lines``/``max_bytes``, after
     ``flush_timeout`` without a new line (:meth:`poll`), and by :meth:`flush`.
+
+    Which containers: with the stage enabled, those whose name matches
+    ``match_containers`` (all when empty); enabled or not, a container labelled
+    ``io.log_capturer.multiline.start=<regex>``, with that start pattern. A label that is
+    not a valid regex is reported once per container (``multiline_label_invalid``,
+    counted) and the container is treated as if it had none.
     """
 
     def __init__(self, config: MultilineConfig) -> None:
+        self._enabled = config.enabled
         self._start = re.compile(config.start_pattern)
         self._containers = tuple(config.match_containers)
         self._timeout = config.flush_timeout
         self._max_lines = config.max_lines
         self._max_bytes = config.max_bytes
         self._groups: dict[tuple[str, str], _Group] = {}
-        # container id -> (name, whether the name matches match_containers)
-        self._applies_to: dict[str, tuple[str, bool]] = {}
+        # container id -> (name, its start pattern, or None when the stage passes it by)
+        self._applies_to: dict[str, tuple[str, re.Pattern[str] | None]] = {}
+
+    def applies_to(self, container: ContainerInfo) -> bool:
+        """True if the container's records must come through :meth:`process` (it is merged,
+        or a group of it is still held)."""
+        if self._start_of(container) is not None:
+            return True
+        cid = container.id
+        return any((cid, stream) in self._groups for stream in _STREAMS)
 
     def process(self, records: list[LogRecord], now: float) -> list[LogRecord]:
         out: list[LogRecord] = []
@@ -92,14 +112,15 @@ class Multiline:
         for record in records:
             key = record.key
             group = self._groups.get(key)
-            if not self._applies(record.container):
+            start = self._start_of(record.container)
+            if start is None:
                 if group is not None:  # renamed out of match_containers: order first
                     out.append(self._release(key, "flush"))
                 out.append(record)
                 continue
             size = utf8_len(record.message)
             if group is not None:
-                if self._start.search(record.message):
+                if start.search(record.message):
                     out.append(self._release(key, "start"))
                 elif group.size + 1 + size > self._max_bytes:
                     out.append(self._release(key, "max_bytes"))
@@ -164,14 +185,35 @@ class Multiline:
             MULTILINE_LINES.inc(record.lines)
         return record
 
-    def _applies(self, container: ContainerInfo) -> bool:
-        if not self._containers:
-            return True
+    def _start_of(self, container: ContainerInfo) -> re.Pattern[str] | None:
+        """The start pattern of the container's records, None when it is not merged."""
         known = self._applies_to.get(container.id)
         if known is not None and known[0] == container.name:
             return known[1]
         if len(self._applies_to) >= _MATCH_CACHE_LIMIT:
             self._applies_to.clear()
-        applies = any(fnmatchcase(container.name, p) for p in self._containers)
-        self._applies_to[container.id] = (container.name, applies)
-        return applies
+        start = self._label_pattern(container)
+        if start is None and self._enabled and (
+            not self._containers or any(fnmatchcase(container.name, p) for p in self._containers)
+        ):
+            start = self._start
+        self._applies_to[container.id] = (container.name, start)
+        return start
+
+    def _label_pattern(self, container: ContainerInfo) -> re.Pattern[str] | None:
+        value = container.labels.get(MULTILINE_START_LABEL)
+        if not value:
+            return None
+        try:
+            return re.compile(value)
+        except re.error as exc:
+            MULTILINE_LABEL_ERRORS.inc()
+            _log.error(
+                "multiline_label_invalid",
+                container_id=container.short_id,
+                container_name=container.name,
+                label=MULTILINE_START_LABEL,
+                error=f"invalid regular expression: {exc}",
+                hint="the container's lines are not merged by this label; fix the label",
+            )
+            return None
