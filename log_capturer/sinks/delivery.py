@@ -321,8 +321,9 @@ class Delivery(Generic[P]):
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = f"log-capturer/{__version__}"
         self._session.auth = auth
-        if config.ca_file:
-            self._session.verify = config.ca_file
+        # Per request, not session.verify: requests lets REQUESTS_CA_BUNDLE and
+        # CURL_CA_BUNDLE override a session's verify (requests#3829), not a request's.
+        self._verify: str | bool = config.ca_file or True
         SINK_UP.labels(self.name).set(1)
         if self._spool is not None and not self._spool.empty:
             _log.info(
@@ -486,6 +487,7 @@ class Delivery(Generic[P]):
                 headers=headers,
                 allow_redirects=False,
                 timeout=(self.config.connect_timeout, self.config.timeout),
+                verify=self._verify,
             ) as response:
                 status = response.status_code
                 content = response.content
