@@ -5,7 +5,9 @@ pushes and queries its own tenant (``X-Scope-OrgID``) and never sees another's e
 Tenants with small limits, for the cases where Loki refuses entries, are set in a runtime
 overrides file: :data:`LIMITS_TENANT` (short lines, few labels, old samples refused) and
 :data:`NO_METADATA_TENANT` (structured metadata disallowed); tests that share one of them
-tell their entries apart by a label of their own.
+tell their entries apart by a label of their own. :data:`OTLP_LIMITS_TENANT` has short
+lines only (an OTLP push carries its resource attributes as structured metadata on every
+line, over the metadata limits of :data:`LIMITS_TENANT`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 PEERS = Path(os.environ.get("LOG_CAPTURER_PEERS", REPO.parent / "shared" / "peers"))
 LIMITS_TENANT = "limits"
 NO_METADATA_TENANT = "no-metadata"
+OTLP_LIMITS_TENANT = "otlp-limits"
 LIMITS = {
     "max_line_size": 1024,
     "max_label_names_per_series": 4,
@@ -89,7 +92,11 @@ class RealLoki:
         self.auth = auth
         self.limits = limits or {}
         self.overrides = (
-            {LIMITS_TENANT: LIMITS, NO_METADATA_TENANT: {"allow_structured_metadata": False}}
+            {
+                LIMITS_TENANT: LIMITS,
+                NO_METADATA_TENANT: {"allow_structured_metadata": False},
+                OTLP_LIMITS_TENANT: {"max_line_size": LIMITS["max_line_size"]},
+            }
             if overrides is None
             else overrides
         )
