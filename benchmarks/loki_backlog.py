@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""A backlog into a real Grafana Loki: this daemon against Promtail v3.4.6, same run.
+"""A backlog into a real Grafana Loki: this daemon's Loki push and OTLP sinks against
+Promtail v3.4.6, same run.
 
 Usage:
   .venv/bin/python benchmarks/loki_backlog.py [--lines 1000000] [--rounds 4]
   .venv/bin/python benchmarks/loki_backlog.py --quick          # 20k lines, one round
+  .venv/bin/python benchmarks/loki_backlog.py --shippers daemon,promtail   # a subset
 
 The backlog container of benchmarks/capture_throughput.py (N numbered stdout lines, every
-10th also a stderr line; kept and reused with ``--reuse``) is shipped, in alternating
+10th also a stderr line; kept and reused with ``--reuse``) is shipped, in rotating
 order each round, by
 
 * daemon:   ``python -m log_capturer run`` with only the Loki sink (protobuf + snappy,
             pushes of ``batch_bytes``; ``--batch-size`` records per dispatcher batch);
+* otlp:     the same daemon with only the OTLP sink, into Loki's ``/otlp/v1/logs``
+            (protobuf + gzip, requests of ``batch_bytes``);
 * promtail: Promtail v3.4.6 (../shared/peers) with ``docker_sd_configs`` on
             unix:///var/run/docker.sock, filtered on the container's label, and
             ``__meta_docker_container_name`` relabelled (regex ``/(.*)``) to
@@ -24,7 +28,8 @@ pushes and bytes sent (the daemon's ``log_capturer_sink_request_*`` metrics; Pro
 ``promtail_request_duration_seconds_count`` and ``promtail_encoded_bytes_total``).
 Printed: per round, and the ratios promtail/daemon (time: above 1 = the daemon is
 faster) and daemon/promtail (CPU: below 1 = the daemon spends less) with median and
-spread; the JSON summary is the last thing on stdout. Nothing is asserted.
+spread, the same for otlp against promtail and against daemon; the JSON summary is the
+last thing on stdout. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -85,19 +90,21 @@ def start_loki(workdir: Path, ingestion_mb: float | None) -> RealLoki:
 
 
 def run_daemon(args: argparse.Namespace, loki: RealLoki, label_value: str, selector: str,
-               window_s: int, expected: int, workdir: Path) -> dict[str, Any]:
+               window_s: int, expected: int, workdir: Path, sink: str = "loki"
+               ) -> dict[str, Any]:
+    where = {"spool_dir": str(workdir / "spool"), "dead_letter_path": str(workdir / "dead.jsonl")}
+    if sink == "loki":
+        sinks = {"loki": {"enabled": True, "url": loki.url, "host": "bench", **where}}
+    else:  # Loki makes container.name the container_name label: the same selector
+        sinks = {"otlp": {"enabled": True, "endpoint": f"{loki.url}/otlp", "host": "bench",
+                          **where}}
     daemon = Daemon(
         workdir,
         label_value,
         {
             "container_monitor": {"stream_window": "30s"},
             "pipeline": {"batch_size": args.batch_size},
-            "sinks": {
-                "file": {"enabled": False},
-                "loki": {"enabled": True, "url": loki.url, "host": "bench",
-                         "spool_dir": str(workdir / "spool"),
-                         "dead_letter_path": str(workdir / "dead.jsonl")},
-            },
+            "sinks": {"file": {"enabled": False}, **sinks},
             "logging": {"level": "warning"},
         },
         env=common.code_env(args.code),
@@ -176,6 +183,16 @@ def run_promtail(args: argparse.Namespace, loki: RealLoki, label_value: str, sel
     }
 
 
+def run_otlp(args: argparse.Namespace, loki: RealLoki, label_value: str, selector: str,
+             window_s: int, expected: int, workdir: Path) -> dict[str, Any]:
+    return run_daemon(args, loki, label_value, selector, window_s, expected, workdir, "otlp")
+
+
+RUNNERS = {"daemon": run_daemon, "otlp": run_otlp, "promtail": run_promtail}
+PAIRS = (("daemon", "promtail"), ("otlp", "promtail"), ("otlp", "daemon"))
+"""(a, b): ratios b/a of time (above 1 = a is faster), a/b of CPU, pushes and bytes."""
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
             "max": round(max(values), 3)}
@@ -186,7 +203,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--lines", type=int, default=1_000_000, help="stdout lines of the backlog")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds, each in rotated order")
+    parser.add_argument("--shippers", default="daemon,otlp,promtail",
+                        help="comma-separated, of: daemon (Loki push), otlp, promtail")
     parser.add_argument("--quick", action="store_true", help="20k lines, one round")
     parser.add_argument("--batch-size", type=int, default=10_000,
                         help="the daemon's pipeline.batch_size (records per sink write)")
@@ -201,6 +220,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.lines, args.rounds = 20_000, 1
+    shippers = [s.strip() for s in args.shippers.split(",") if s.strip()]
+    unknown = set(shippers) - set(RUNNERS)
+    if unknown or not shippers:
+        parser.error(f"--shippers: unknown {sorted(unknown)}; choose from {sorted(RUNNERS)}")
 
     client = common.docker_client()
     run_id = common.new_run_id("lokibench")
@@ -221,41 +244,39 @@ def main() -> int:
         window_s = int(age + 3600 * 24)  # covers every line of the backlog, whatever its age
         log(f"{expected} lines in {name}; {args.rounds} rounds")
         for n in range(args.rounds):
-            order = ["daemon", "promtail"] if n % 2 == 0 else ["promtail", "daemon"]
+            order = shippers[n % len(shippers):] + shippers[: n % len(shippers)]
             result: dict[str, Any] = {}
             for shipper in order:
                 where = work / f"r{n}-{shipper}"
                 where.mkdir()
                 loki = start_loki(where / "loki", args.ingestion_mb)
                 try:
-                    run = run_daemon if shipper == "daemon" else run_promtail
-                    result[shipper] = run(args, loki, label_value, selector, window_s, expected,
-                                          where)
+                    result[shipper] = RUNNERS[shipper](args, loki, label_value, selector,
+                                                       window_s, expected, where)
                 finally:
                     loki.cleanup()
                 r = result[shipper]
                 r["cpu_us_per_line"] = round(r["cpu_s"] / expected * 1e6, 2)
                 log(f"round {n + 1} {shipper}: {json.dumps(r)}")
             rounds.append(result)
-        complete = [r for r in rounds if r["daemon"]["seconds"] and r["promtail"]["seconds"]]
+        complete = [r for r in rounds if all(r[shipper]["seconds"] for shipper in shippers)]
         ratios = {}
-        if complete:
-            ratios = {
-                "speed_promtail_over_daemon": spread(
-                    [r["promtail"]["seconds"] / r["daemon"]["seconds"] for r in complete]),
-                "cpu_daemon_over_promtail": spread(
-                    [r["daemon"]["cpu_s"] / r["promtail"]["cpu_s"] for r in complete]),
-                "loki_cpu_daemon_over_promtail": spread(
-                    [r["daemon"]["loki_cpu_s"] / max(r["promtail"]["loki_cpu_s"], 0.01)
-                     for r in complete]),
-                "pushes_daemon_over_promtail": spread(
-                    [r["daemon"]["pushes"] / max(r["promtail"]["pushes"], 1) for r in complete]),
-                "bytes_daemon_over_promtail": spread(
-                    [r["daemon"]["bytes_sent"] / max(r["promtail"]["bytes_sent"], 1)
-                     for r in complete]),
+        for a, b in PAIRS:
+            if not complete or a not in shippers or b not in shippers:
+                continue
+            ratios |= {
+                f"speed_{b}_over_{a}": spread(
+                    [r[b]["seconds"] / r[a]["seconds"] for r in complete]),
+                f"cpu_{a}_over_{b}": spread([r[a]["cpu_s"] / r[b]["cpu_s"] for r in complete]),
+                f"loki_cpu_{a}_over_{b}": spread(
+                    [r[a]["loki_cpu_s"] / max(r[b]["loki_cpu_s"], 0.01) for r in complete]),
+                f"pushes_{a}_over_{b}": spread(
+                    [r[a]["pushes"] / max(r[b]["pushes"], 1) for r in complete]),
+                f"bytes_{a}_over_{b}": spread(
+                    [r[a]["bytes_sent"] / max(r[b]["bytes_sent"], 1) for r in complete]),
             }
-            for key, value in ratios.items():
-                log(f"{key}: median {value['median']} (min {value['min']}, max {value['max']})")
+        for key, value in ratios.items():
+            log(f"{key}: median {value['median']} (min {value['min']}, max {value['max']})")
         common.write_json({
             "benchmark": "loki_backlog",
             "lines": expected,
@@ -265,10 +286,10 @@ def main() -> int:
                 shipper: {key: statistics.median(r[shipper][key] for r in complete)
                           for key in ("seconds", "cpu_s", "cpu_us_per_line", "loki_cpu_s",
                                       "pushes", "bytes_sent")}
-                for shipper in ("daemon", "promtail")
+                for shipper in shippers
             } if complete else {},
             "config": {"batch_size": args.batch_size, "ingestion_mb": args.ingestion_mb,
-                       "quick": args.quick},
+                       "quick": args.quick, "shippers": shippers},
             "engine": common.engine_version(client),
             "code": common.code_version(args.code),
         }, args.json_out)
