@@ -1,1 +1,1 @@
-"""Where records go: one module per sink (file, stdout, Loki)."""
+"""Where records go: one module per sink (file, stdout, Loki, OTLP)."""

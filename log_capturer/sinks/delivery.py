@@ -1,6 +1,6 @@
 """At-least-once delivery over HTTP, shared by the network sinks.
 
-A network sink (Loki's push API; OTLP next) supplies two things:
+A network sink (Loki's push API, OTLP/HTTP) supplies two things:
 
 * its :class:`Payload`: the entries of one request, encoded (``body``), which it can
   cut into parts (``subset``), put back together (``merge``), write to and read from

@@ -1,6 +1,6 @@
 """The settings every network sink shares: credentials, TLS, timeouts, retries, spool, dead letters.
 
-A network sink's section (``sinks.loki``, and the OTLP sink next) subclasses
+A network sink's section (``sinks.loki``, ``sinks.otlp``) subclasses
 :class:`NetworkSinkConfig` and adds what is its own (URL, labels, encoding). Fields whose
 default names the sink (``spool_dir``, ``dead_letter_path``) are declared by the subclass
 with :func:`spool_dir_field` and :func:`dead_letter_field`, so their description is

@@ -255,6 +255,12 @@ def test_observability_override_is_valid_and_ships_to_loki() -> None:
     loaded = load_config(DAEMON_CONFIG, environ=env)
     assert loaded.sinks.loki.enabled and loaded.sinks.loki.url == "http://loki:3100"
     assert loaded.sinks.loki.spool_dir.startswith("/var/lib/log_capturer/")
+    # and through OTLP into the same Loki, its spool and dead letters in the volume too
+    otlp = loaded.sinks.otlp
+    assert otlp.enabled and otlp.endpoint == "http://loki:3100/otlp"
+    assert otlp.spool_dir.startswith("/var/lib/log_capturer/")
+    assert otlp.dead_letter_path.startswith("/var/lib/log_capturer/")
+    assert otlp.resource_attributes == {"deployment.environment": "compose-otlp"}
     assert loaded.sinks.file.enabled
     grafana_volumes = services["grafana"]["volumes"]
     assert f"{GRAFANA / 'provisioning'}:/etc/grafana/provisioning:ro" in grafana_volumes

@@ -223,3 +223,30 @@ def test_the_guard_on_loki_labels_sends_new_values_without_the_label() -> None:
         {"stream": "stdout"},
         {"stream": "stdout"},
     ]
+
+
+# -- the README's Promtail migration example ---------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def migration_blocks() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Coming from Promtail", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```yaml\n(.*?)```", section, re.S)
+
+
+def test_the_readme_migration_example_loads_and_labels_as_promtail_does(tmp_path: Path) -> None:
+    promtail, loki, otlp = migration_blocks()
+    assert "relabel_configs" in promtail
+    path = tmp_path / "c.yaml"
+    path.write_text(loki)
+    config = load_config(path, environ={})
+    assert config.container_monitor.include_labels == {"logging": "on"}
+    assert config.pipeline.stages.multiline.enabled
+    assert re.search(config.pipeline.stages.multiline.start_pattern, "2026-01-02 x")
+    ((labels, meta),) = encode(config.sinks.loki, WEB)
+    assert labels == {"container": "shop-web-1", "stream": "stdout", "project": "shop"}
+    assert dict(meta) == {"version": "1.2.3"}
+    path.write_text(otlp)
+    assert load_config(path, environ={}).sinks.otlp.relabel_configs[1].regex == r"container\.id"
