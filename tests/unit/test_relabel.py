@@ -250,3 +250,15 @@ def test_the_readme_migration_example_loads_and_labels_as_promtail_does(tmp_path
     assert dict(meta) == {"version": "1.2.3"}
     path.write_text(otlp)
     assert load_config(path, environ={}).sinks.otlp.relabel_configs[1].regex == r"container\.id"
+
+
+def test_rule_made_names_loki_cannot_take_are_sanitized_and_cut_to_its_limit() -> None:
+    many = ContainerInfo(id="f" * 64, name="many", image="x",
+                         labels={f"k{i:02d}": "v" for i in range(20)} | {"1bad.name": "x"})
+    config = LokiSinkConfig(labels=[], relabel_configs=[
+        {"action": "labelmap", "regex": "__meta_docker_container_label_(.+)",
+         "replacement": "$1"}])
+    ((labels, _),) = encode(config, many)
+    assert len(labels) == 15  # Loki's max_label_names_per_series: it would refuse the stream
+    assert "_1bad_name" in labels  # a name Loki cannot parse would refuse the whole push
+    assert all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) for name in labels)

@@ -45,7 +45,13 @@ from ..columns import (
 )
 from ..delivery import json_bytes
 from ..relabel import CardinalityGuard, Relabeler, docker_meta, visible
-from .config import LOKI_MAX_LABEL_VALUE, LokiSinkConfig
+from .config import (
+    LABEL_NAME,
+    LOKI_MAX_LABEL_VALUE,
+    LOKI_MAX_LABELS,
+    LokiSinkConfig,
+    sanitize_label_name,
+)
 from .labels import label_text, parse_label_text
 from .logproto import PushRequest
 
@@ -309,7 +315,7 @@ class Encoder:
         self._meta_rules = Relabeler(config.metadata_relabel_configs)
         self._guard = CardinalityGuard(name, config.max_label_values)
         self._resolved: dict[tuple[str, str, str], _Resolved | None] = {}
-        self._unlabelled_reported = False
+        self._reported: set[str] = set()
 
     def build(self, batches: Sequence[Batch]) -> list[Push]:
         """The pushes of one delivery: every batch's lines, a Loki stream per container
@@ -414,20 +420,14 @@ class Encoder:
             relabelled = self._label_rules.apply(meta_labels | labels)
             if relabelled is None:
                 return None
-            labels = visible(relabelled)
+            labels = self._loki_names(visible(relabelled), container)
         labels = {k: v[:LOKI_MAX_LABEL_VALUE] for k, v in labels.items()}
         labels = self._guard.admit(labels)
         if not labels:
             labels = {"stream": stream}
-            if not self._unlabelled_reported:
-                self._unlabelled_reported = True
-                _log.error(
-                    "loki_stream_without_labels",
-                    sink=self.name,
-                    container_name=container.name,
-                    hint="the relabel rules (or the cardinality guard) left no label; sent "
-                    "with stream=<stream> only",
-                )
+            self._report_once("loki_stream_without_labels", container,
+                              sent={"stream": stream},
+                              why="the relabel rules (or the cardinality guard) left no label")
         meta: dict[str, str] = {}
         for name in self._base_meta:
             value = self._value(container, stream, name)
@@ -439,6 +439,30 @@ class Encoder:
             relabelled = self._meta_rules.apply(meta_labels | meta)
             meta = visible(relabelled) if relabelled is not None else {}
         return _Resolved(labels, label_text(labels), tuple(meta.items()))
+
+    def _loki_names(self, labels: dict[str, str], container: ContainerInfo) -> dict[str, str]:
+        """What rules made, as Loki takes it: names Loki cannot parse sanitized (it would
+        refuse the whole push), at most its 15 labels (it would refuse the stream); each
+        reported once."""
+        out: dict[str, str] = {}
+        for name, value in labels.items():
+            clean = name if LABEL_NAME.match(name) else sanitize_label_name(name)
+            if clean != name:
+                self._report_once("loki_label_name_sanitized", container, label=name,
+                                  sent_as=clean)
+            out.setdefault(clean, value)
+        if len(out) > LOKI_MAX_LABELS:
+            kept = sorted(out)[:LOKI_MAX_LABELS]
+            self._report_once("loki_too_many_labels", container, labels=sorted(out),
+                              sent=kept, limit=LOKI_MAX_LABELS)
+            out = {k: out[k] for k in kept}
+        return out
+
+    def _report_once(self, event: str, container: ContainerInfo, **fields: Any) -> None:
+        if event not in self._reported:
+            self._reported.add(event)
+            _log.error(event, sink=self.name, container_name=container.name,
+                       hint="check the sink's relabel_configs", **fields)
 
     def _metas(self, base: Meta, truncated: list[bool] | None, n: int) -> list[Meta]:
         if not self.metadata_enabled:
