@@ -6,6 +6,8 @@ label of its own), audits by querying Loki's API, and prints a line
 answers come from a TCP proxy in front of Loki (tests/tcp_proxy.py), so Loki itself keeps
 running. Loki drops exact duplicates and its queries merge identical entries, so a line
 sent twice cannot show; every line here is distinct, and a line lost or out of order does.
+The 60 s outage with a SIGKILL inside it is tested for both network sinks at once, in
+tests/integration/test_otlp_delivery.py.
 """
 
 from __future__ import annotations
@@ -131,34 +133,6 @@ def test_bulk_slow_and_both_streams_exactly_once_in_loki(
     audit("both", real_loki, loki_tenant, both, "stderr", numbered(2000, "err"))
     print(f"DELIVERY pushes by status: {pushes}")
     assert set(pushes) == {"204"}  # never refused, never retried
-
-
-def test_a_60s_outage_with_a_sigkill_inside_every_line_once_after(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
-    loki_tenant: str, proxy: TcpProxy,
-) -> None:
-    daemon = loki_daemon(make_daemon, proxy.url, loki_tenant).start()
-    name = f"outage-{daemon.run_id}"
-    container = containers.run(paced(2000, 25, "1"), name=name)  # about 80 s of logging
-    wait_for(lambda: len(stored(real_loki, loki_tenant, name)) > 50, 30, interval=0.5,
-             what="first lines in Loki")
-    proxy.down()
-    outage_started = time.monotonic()
-    wait_for(lambda: daemon.metric_sum("log_capturer_spool_records") > 100, 40,
-             what="lines spooled while Loki is away")
-    time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
-    daemon.kill()  # SIGKILL inside the outage: the spool and the positions are on disk
-    assert list((daemon.data / "spool").glob("*.seg"))
-    daemon.start()
-    time.sleep(max(0.0, 60 - (time.monotonic() - outage_started)))  # the outage is 60 s long
-    assert len(stored(real_loki, loki_tenant, name)) < 2000  # Loki really was away
-    proxy.up()
-    containers.wait_exit(container, timeout=120)
-    wait_stored(real_loki, loki_tenant, name, 2000)
-    wait_for(lambda: daemon.metric_sum("log_capturer_spool_records") == 0, 30,
-             what="an empty spool")
-    assert daemon.stop() == 0
-    audit("outage-60s-sigkill", real_loki, loki_tenant, name, "stdout", numbered(2000))
 
 
 def test_refused_entries_are_dead_lettered_the_rest_stored_once_in_bounded_requests(

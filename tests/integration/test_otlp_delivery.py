@@ -195,29 +195,55 @@ def test_entries_loki_refuses_are_dead_lettered_the_rest_stored_once(
     assert requests.get("400") == 1
 
 
-def test_a_60s_outage_with_a_sigkill_inside_every_line_once_after_through_otlp(
+def test_a_60s_outage_with_a_sigkill_inside_every_line_once_after_in_both_sinks(
     make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
     loki_tenant: str, proxy: TcpProxy,
 ) -> None:
-    daemon = otlp_daemon(make_daemon, proxy.url, loki_tenant).start()
+    """Both network sinks of one daemon behind the same proxy, each with its own spool:
+    Loki goes away for 60 s, the daemon is killed (SIGKILL) 30 s into it and restarted;
+    afterwards every line is in Loki exactly once through each sink (the Loki push streams
+    carry a ``stream`` label, the OTLP stream a ``log_iostream`` field). One outage for
+    both keeps the suite short."""
+    daemon = otlp_daemon(make_daemon, proxy.url, loki_tenant)
+    daemon.config["sinks"]["loki"] = {
+        "enabled": True, "url": proxy.url, "tenant_id": loki_tenant, "host": "test-host",
+        "retry_budget": "1s", "min_backoff": "100ms", "max_backoff": "1s", "timeout": "5s",
+        "spool_dir": str(daemon.data / "spool-loki"),
+        "dead_letter_path": str(daemon.data / "dead-letter-loki.jsonl"),
+    }
+    daemon.start()
     name = f"outage-{daemon.run_id}"
+
+    def pushed() -> list[str]:
+        return real_loki.lines(selector(container_name=name, stream="stdout"), loki_tenant)
+
     container = containers.run(paced(1300, 20, "1"), name=name)  # about 65 s of logging
-    wait_for(lambda: len(stored(real_loki, loki_tenant, name)) >= 20, 30, interval=0.5,
-             what="first lines in Loki")
+    wait_for(lambda: len(stored(real_loki, loki_tenant, name)) >= 20 and len(pushed()) >= 20,
+             30, interval=0.5, what="first lines in Loki through both sinks")
     proxy.down()
     outage_started = time.monotonic()
-    wait_for(lambda: daemon.metric_sum("log_capturer_spool_records") >= 60, 40,
-             what="lines spooled while Loki is away")
+    def spooled(sink: str) -> float:
+        return daemon.metric(f'log_capturer_spool_records{{sink="{sink}"}}')
+
+    wait_for(lambda: spooled("otlp") >= 60 and spooled("loki") >= 60, 40,
+             what="lines spooled by both sinks while Loki is away")
     time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
-    daemon.kill()  # SIGKILL inside the outage: the spool and the positions are on disk
+    daemon.kill()  # SIGKILL inside the outage: the spools and the positions are on disk
     assert list((daemon.data / "spool").glob("*.seg"))
+    assert list((daemon.data / "spool-loki").glob("*.seg"))
     daemon.start()
     time.sleep(max(0.0, 60 - (time.monotonic() - outage_started)))  # the outage is 60 s long
     assert len(stored(real_loki, loki_tenant, name)) < 1300  # Loki really was away
+    assert len(pushed()) < 1300
     proxy.up()
     containers.wait_exit(container, timeout=60)
     wait_stored(real_loki, loki_tenant, name, 1300)
+    wait_for(lambda: len(pushed()) >= 1300, 60, interval=1.0, what="1300 pushed lines")
     wait_for(lambda: daemon.metric_sum("log_capturer_spool_records") == 0, 30,
-             what="an empty spool")
+             what="empty spools")
     assert daemon.stop() == 0
     audit("outage-60s-sigkill", real_loki, loki_tenant, name, "stdout", numbered(1300))
+    lines = pushed()
+    print(f"DELIVERY loki-outage-60s-sigkill {name}/stdout: sent=1300 stored={len(lines)}")
+    assert_exactly_once([{"container_name": name, "stream": "stdout", "message": m}
+                         for m in lines], name, "stdout", numbered(1300))
