@@ -101,7 +101,6 @@ class ContainerMonitor:
         self.engine = engine
         self.queue = queue
         self.config = config
-        self.position = position
         self.marks = position.read  # stream -> where reading got to (this thread writes it)
         self.checked = Checked(self.marks, int(config.reorder_tolerance * 1e9))
         self._recent = {stream: RecentLines() for stream in self.marks}

@@ -31,7 +31,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
@@ -278,8 +278,3 @@ def _parse_retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
     return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
-
-
-def positions_of(refused: Refused[Push]) -> Sequence[int]:
-    """Every position a refusal names (for tests and logs)."""
-    return sorted({p for positions, _ in refused.named for p in positions})
