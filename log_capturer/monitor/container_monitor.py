@@ -39,7 +39,6 @@ from ..metrics.registry import (
 from ..pipeline.queue import BatchQueue
 from ..positions.ledger import ContainerPosition, MonitorEnd
 from ..timestamps import parse_docker_ts
-from . import faults
 from .admit import RecentLines, StreamDedup, admit
 from .config import MonitorConfig
 from .plan import ReadPlan, plan_window
@@ -243,7 +242,6 @@ class ContainerMonitor:
         window = self.config.stream_window
         grace = min(1.0, window * 0.25)
         self.windows += 1
-        faults.on_window()
         complete = True
         end: StreamEnd | None = StreamEnd.EOF
         until_ns = 0
