@@ -131,7 +131,7 @@ class Dispatcher:
                 if self._abandon.wait(backoff_seconds(failures, 0.2, 10.0)):
                     # Abandoned at shutdown: no sink got this delivery, none acknowledges it.
                     for sink in self.sinks:
-                        self._abandoned(sink, total_lines(batches), "checkpoint_failed")
+                        self._abandoned(sink, total_lines(batches), "positions not saved")
                     return
         lines = total_lines(batches)
         for sink in self.sinks:
