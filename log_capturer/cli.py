@@ -61,9 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     from .logging_setup import configure_logging
+    from .monitor import faults
     from .supervisor import Supervisor
 
     configure_logging(config.logging)
+    try:
+        faults.install()
+    except ValueError as exc:
+        print(f"log-capturer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         supervisor = Supervisor(config)
     except OSError as exc:

@@ -78,7 +78,6 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[str], source: str) -> None:
         self.problems = problems
-        self.source = source
         super().__init__(f"invalid configuration ({source}):\n  " + "\n  ".join(problems))
 
 

@@ -70,7 +70,6 @@ class EventWatcher:
         self._since_ns = time.time_ns() - 1_000_000_000
         self._gap_started: int | None = None
         self.connected = False
-        self.last_connected = 0.0
         self.thread = threading.Thread(target=self._run, name="discovery", daemon=True)
 
     def start(self) -> None:
@@ -171,6 +170,4 @@ class EventWatcher:
 
     def _set_connected(self, up: bool) -> None:
         self.connected = up
-        if up:
-            self.last_connected = time.monotonic()
         DISCOVERY_UP.set(1 if up else 0)

@@ -48,9 +48,6 @@ class ContainerFilter:
         self.config = config
         self.self_id = self_id
 
-    def is_self(self, info: ContainerInfo) -> bool:
-        return self.is_self_id(info.id)
-
     def is_self_id(self, container_id: str) -> bool:
         return bool(self.self_id) and container_id.startswith(self.self_id)
 

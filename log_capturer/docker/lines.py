@@ -91,6 +91,7 @@ class Lines:
 
     @classmethod
     def of(cls, lines: Iterable[LogLine]) -> Lines:
+        """Columns of the general decoders' lines."""
         out = cls.empty()
         out.add_loglines(lines)
         return out
@@ -102,18 +103,6 @@ class Lines:
     def truncated_flags(self) -> list[bool]:
         return self.truncated if self.truncated is not None else [False] * len(self.messages)
 
-    def loglines(self) -> list[LogLine]:
-        """As :class:`LogLine` tuples (for tests and the rare per-line path)."""
-        return list(
-            map(
-                LogLine,
-                self.streams,
-                self.ts_ns(),
-                self.ts,
-                self.messages,
-                self.truncated_flags(),
-            )
-        )
 
 
 def ts_ns_of(ts: list[bytes]) -> list[int]:
@@ -159,10 +148,6 @@ class LineAssembler:
     def __init__(self, max_line_bytes: int) -> None:
         self.max_line_bytes = max_line_bytes
         self._pending: dict[str, _Pending] = {}
-
-    @property
-    def pending_bytes(self) -> int:
-        return sum(p.size for p in self._pending.values())
 
     @property
     def has_pending(self) -> bool:

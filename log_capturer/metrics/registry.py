@@ -38,7 +38,8 @@ DISCOVERY_RECONNECTS = Counter(
     "Times the /events stream was reopened after it ended or failed.",
 )
 DISCOVERY_RELISTS = Counter(
-    f"{PREFIX}_discovery_relists", "Full container listings (at start and after each event gap)."
+    f"{PREFIX}_discovery_relists",
+    "Full container listings (at start, every relist_interval, and after each event gap).",
 )
 DISCOVERY_UP = Gauge(
     f"{PREFIX}_discovery_up", "1 while the /events stream is connected, else 0."

@@ -39,7 +39,6 @@ from ..metrics.registry import (
 from ..pipeline.queue import BatchQueue
 from ..positions.ledger import ContainerPosition, MonitorEnd
 from ..timestamps import parse_docker_ts
-from . import faults
 from .admit import RecentLines, StreamDedup, admit
 from .config import MonitorConfig
 from .plan import ReadPlan, plan_window
@@ -101,7 +100,6 @@ class ContainerMonitor:
         self.engine = engine
         self.queue = queue
         self.config = config
-        self.position = position
         self.marks = position.read  # stream -> where reading got to (this thread writes it)
         self.checked = Checked(self.marks, int(config.reorder_tolerance * 1e9))
         self._recent = {stream: RecentLines() for stream in self.marks}
@@ -244,7 +242,6 @@ class ContainerMonitor:
         window = self.config.stream_window
         grace = min(1.0, window * 0.25)
         self.windows += 1
-        faults.on_window()
         complete = True
         end: StreamEnd | None = StreamEnd.EOF
         until_ns = 0

@@ -102,11 +102,10 @@ class TailCheck:
     may have been full; fall back to an unbounded read.
     """
 
-    __slots__ = ("first_data_ns", "limit", "state")
+    __slots__ = ("limit", "state")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.first_data_ns = 0
         self.state: TailState = PENDING
 
     def on_line(self, ts_ns: int, messages_so_far: int, first_data_ns: int) -> TailState:

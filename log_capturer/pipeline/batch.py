@@ -77,10 +77,6 @@ class Batch(ABC):
         """Docker's timestamp text of each line."""
         return [r.ts for r in self.records()]
 
-    def json_lines(self) -> list[bytes]:
-        """:meth:`jsonl`, a line each (JSON strings never hold a raw newline)."""
-        return self.jsonl().split(b"\n")[:-1]
-
     def sample_ts_ns(self) -> list[int]:
         """Timestamps of a few lines spread over the batch (for the delivery lag)."""
         return self.ts_ns()[:: max(1, len(self) // _SAMPLES)]

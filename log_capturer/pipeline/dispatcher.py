@@ -107,6 +107,9 @@ class Dispatcher:
                 self.checkpoint(force=True)
             except Exception:
                 _log.exception("final_checkpoint_failed")
+            left = len(self.queue)
+            if left:  # not acknowledged: the next start reads them again from the engine
+                _log.warning("queue_abandoned_at_shutdown", records=left)
 
     def _through_stages(self, batches: list[Batch]) -> list[Batch]:
         """Batches of containers a stage applies to become records and go through the
@@ -135,7 +138,10 @@ class Dispatcher:
             while not self.checkpoint(force=True):
                 failures += 1
                 if self._abandon.wait(backoff_seconds(failures, 0.2, 10.0)):
-                    return  # abandoned at shutdown: nothing of this delivery is acknowledged
+                    # Abandoned at shutdown: no sink got this delivery, none acknowledges it.
+                    for sink in self.sinks:
+                        self._abandoned(sink, total_lines(batches), "positions not saved")
+                    return
         lines = total_lines(batches)
         for sink in self.sinks:
             if not self._write_with_retry(sink, batches, lines):
@@ -177,13 +183,7 @@ class Dispatcher:
                         raise
                     SINK_SEND_SECONDS.labels(sink.name).observe(time.monotonic() - started)
         except SinkError as exc:
-            SINK_RECORDS.labels(sink.name, "abandoned").inc(lines)
-            _log.error(
-                "sink_batch_abandoned_at_shutdown",
-                sink=sink.name,
-                records=lines,
-                error=str(exc),
-            )
+            self._abandoned(sink, lines, str(exc))
             return False
         SINK_BATCHES.labels(sink.name, "accepted").inc()
         SINK_RECORDS.labels(sink.name, "accepted").inc(lines)
@@ -198,6 +198,13 @@ class Dispatcher:
 
     def _sleep(self, seconds: float) -> None:
         self._abandon.wait(seconds)
+
+    @staticmethod
+    def _abandoned(sink: Sink, lines: int, error: str) -> None:
+        """Shutdown gave up on a delivery ``sink`` had not accepted (it is re-read at the
+        next start, from the positions that did not move past it)."""
+        SINK_RECORDS.labels(sink.name, "abandoned").inc(lines)
+        _log.error("sink_batch_abandoned_at_shutdown", sink=sink.name, records=lines, error=error)
 
     def checkpoint(self, force: bool = False) -> bool:
         """Make sinks durable, then save positions with their state (this thread only).

@@ -11,7 +11,6 @@ from typing import Any
 
 from ..discovery.container import ContainerInfo
 from ..timestamps import format_rfc3339_ns
-from .jsonl import record_json
 
 
 @dataclass(slots=True)
@@ -79,17 +78,3 @@ class LogRecord:
             out["end_ts"] = format_rfc3339_ns(self.end_ts_ns)
             out["end_seq"] = self.end_seq
         return out
-
-    def to_json(self) -> str:
-        """``to_dict`` as compact JSON (UTF-8 kept), byte for byte (see jsonl.py)."""
-        return record_json(
-            self.container,
-            self.stream,
-            self.ts,
-            self.message,
-            self.truncated,
-            self.fields,
-            self.lines,
-            self.end_ts_ns,
-            self.end_seq,
-        ).decode()

@@ -31,10 +31,6 @@ class PositionsConfig(Section):
     flush_interval: Duration = Field(1.0, description="How often acknowledged positions are saved.")
 
 
-class PositionsError(Exception):
-    """The positions file exists but cannot be used."""
-
-
 @dataclass
 class SavedPositions:
     """What a positions file holds."""

@@ -11,6 +11,8 @@ import signal
 import time
 from collections.abc import Callable
 
+from log_capturer.timestamps import parse_docker_ts
+
 from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_for
 
 # ~8 s of numbered lines on both streams, a line pair every ~4 ms: crosses 4 windows.
@@ -212,6 +214,39 @@ def test_restarted_container_is_captured_across_runs(
     got = by_stream(daemon.records())[(name, "stdout")]
     assert got == [str(i) for i in range(1, 101)] * 2
     assert daemon.stop() == 0
+
+
+def test_a_container_that_exits_while_the_daemon_is_down_is_read_to_its_end(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    daemon = make_daemon().start()
+    name = f"downexit-{daemon.run_id}"
+    script = (
+        'seq 1 200 | sed "s/^/before /"; '
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; "  # until the daemon is down
+        'seq 1 300 | sed "s/^/after /"'
+    )
+    container = containers.run(script, name=name)
+    wait_for(lambda: len(daemon.records()) >= 200, 30, what="the lines before the stop")
+    assert daemon.stop() == 0  # drains and saves positions
+    container.exec_run(["sh", "-c", "echo > /tmp/go"])
+    assert containers.wait_exit(container) == 0
+    container.reload()
+    exited_ns = parse_docker_ts(container.attrs["State"]["FinishedAt"].encode())
+    # A start replays the engine's events of the last second: let the exit be older, so
+    # only the positions file can tell the daemon to read the rest.
+    wait_for(lambda: time.time_ns() - exited_ns > 2e9, 10, what="the exit 2 s old")
+    daemon.start()
+    wait_for(lambda: daemon.finished_container(name), 60, what="the rest read to its end")
+    assert daemon.stop() == 0
+    expected = [f"before {i}" for i in range(1, 201)] + [f"after {i}" for i in range(1, 301)]
+    assert_exactly_once(daemon.records(), name, "stdout", expected)
+    started = [
+        e["running"]
+        for e in daemon.log_events()
+        if e["event"] == "monitor_started" and e["container_name"] == name
+    ]
+    assert started == [True, False]  # the second start found it stopped
 
 
 def test_quick_restarts_by_a_restart_policy_are_all_captured(

@@ -39,6 +39,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, self.server.list_containers(query))
         elif path.startswith("containers/") and path.endswith("/json"):
             cid = path.split("/")[1]
+            barrier = self.server.inspect_barrier
+            if barrier is not None:
+                barrier.wait(10)
             found = self.server.containers.get(cid)
             if found is None:
                 self._send_json(404, {"message": f"No such container: {cid}"})
@@ -178,6 +181,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.changed = threading.Condition()
         self.event_generation = 0  # bumped to end every open /events stream
         self.events_down = False
+        self.inspect_barrier: threading.Barrier | None = None
         super().__init__(path, _Handler)
 
     def list_containers(self, query: dict[str, str]) -> list[dict[str, Any]]:
@@ -223,6 +227,8 @@ class FakeEngine:
     def __init__(self, path: Path) -> None:
         self.path = str(path)
         self.server = _Server(self.path)
+        self._made = 0
+        self._removed: dict[str, dict[str, Any]] = {}  # id -> inspect, for a destroy event
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -246,10 +252,12 @@ class FakeEngine:
         image: str = "app:1",
         image_untagged: bool = False,
         running: bool = True,
+        started_at: str = "2026-01-01T00:00:00.000000000Z",
     ) -> str:
         """A container; ``image_untagged``: its image name no longer points to its image, so
         the listing shows the image id (as the engine does)."""
-        cid = hashlib.sha256(b"container %d" % len(self.server.containers)).hexdigest()
+        self._made += 1
+        cid = hashlib.sha256(b"container %d" % self._made).hexdigest()
         image_id = "sha256:" + hashlib.sha256(image.encode()).hexdigest()
         self.server.containers[cid] = {
             "Id": cid,
@@ -260,17 +268,34 @@ class FakeEngine:
             "State": {
                 "Running": running,
                 "Status": "running" if running else "exited",
-                "StartedAt": "2026-01-01T00:00:00.000000000Z",
+                "StartedAt": started_at,
             },
         }
         return cid
 
+    def answer_inspects_together(self, count: int) -> None:
+        """Hold every inspect until ``count`` of them wait, then answer them all at once
+        (callers that race each other); 0 answers at once again."""
+        self.server.inspect_barrier = threading.Barrier(count) if count else None
+
     def rename(self, container_id: str, name: str) -> None:
         self.server.containers[container_id]["Name"] = "/" + name
 
+    def set_state(self, container_id: str, running: bool, started_at: str | None = None) -> None:
+        """The container stopped (``running`` False) or (re)started at ``started_at``."""
+        state = self.server.containers[container_id]["State"]
+        state["Running"] = running
+        state["Status"] = "running" if running else "exited"
+        if started_at is not None:
+            state["StartedAt"] = started_at
+
+    def remove(self, container_id: str) -> None:
+        """The engine no longer has the container (404 on inspect, not listed)."""
+        self._removed[container_id] = self.server.containers.pop(container_id)
+
     def emit(self, action: str, container_id: str, time_ns: int | None = None) -> int:
         """Record a container event (streamed to open /events readers); its timeNano."""
-        data = self.server.containers[container_id]
+        data = self.server.containers.get(container_id) or self._removed[container_id]
         attributes = {**data["Config"]["Labels"], "image": data["Config"]["Image"]}
         attributes["name"] = data["Name"].lstrip("/")
         ts = time_ns if time_ns is not None else time.time_ns()

@@ -98,7 +98,9 @@ def bulk(wire: bytes, max_line: int, rng: random.Random) -> tuple[list[LogLine],
         pos += step
     done = decoder.done
     out.add_loglines(assembler.flush())
-    lines = out.loglines()
+    lines = list(
+        map(LogLine, out.streams, out.ts_ns(), out.ts, out.messages, out.truncated_flags())
+    )
     # Columns carry Docker's canonical spelling of each line's timestamp.
     assert [ln.ts_text for ln in lines] == [format_rfc3339_ns(ln.ts_ns).encode() for ln in lines]
     return lines, stats.bad_timestamps, decoder.fast_lines, done

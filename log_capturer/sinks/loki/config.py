@@ -15,8 +15,7 @@ from ..relabel import RelabelRule, check_rules, relabel_field
 PUSH_PATH = "/loki/api/v1/push"
 LOKI_MAX_LABELS = 15  # Loki's default max_label_names_per_series
 LOKI_MAX_LINE_BYTES = 262_144  # Loki's default max_line_size (bytes of the line)
-LOKI_MAX_BODY_BYTES = 4 * 1024 * 1024  # decoded push bodies above this fail with a 500
-MAX_BATCH_BYTES = 3 * 1024 * 1024  # batch_bytes bound: room below Loki's 4 MiB
+MAX_BATCH_BYTES = 3 * 1024 * 1024  # batch_bytes bound: room below Loki's 4 MiB (a 500 above)
 LOKI_MAX_LABEL_VALUE = 2048  # Loki's default max_label_value_length
 
 LABEL_SOURCES = ("container_name", "compose_service", "compose_project", "stream", "host")

@@ -23,7 +23,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 _F = descriptor_pb2.FieldDescriptorProto
 
 
-def _build() -> dict[str, Any]:
+def _build() -> Any:
+    """The PushRequest class (its nested messages are reached through its fields)."""
     proto = descriptor_pb2.FileDescriptorProto(
         name="log_capturer/loki_push.proto",
         package="logproto",
@@ -60,14 +61,7 @@ def _build() -> dict[str, Any]:
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(proto)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"logproto.{name}"))
-        for name in ("PushRequest", "StreamAdapter", "EntryAdapter", "LabelPairAdapter")
-    }
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("logproto.PushRequest"))
 
 
-_CLASSES = _build()
-PushRequest: Any = _CLASSES["PushRequest"]
-StreamAdapter: Any = _CLASSES["StreamAdapter"]
-EntryAdapter: Any = _CLASSES["EntryAdapter"]
-LabelPairAdapter: Any = _CLASSES["LabelPairAdapter"]
+PushRequest: Any = _build()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..delivery import (
@@ -269,8 +269,3 @@ def _go_time_ns(text: str) -> int | None:
     seconds = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
     fraction = (m.group(2) or "").ljust(9, "0")
     return seconds * _NS + int(fraction)
-
-
-def positions_of(refused: Refused[Push]) -> Sequence[int]:
-    """Every position a refusal names (for tests and logs)."""
-    return sorted({p for positions, _ in refused.named for p in positions})
