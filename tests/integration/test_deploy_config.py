@@ -346,10 +346,24 @@ def compose_records(container: Any) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(900)  # a cold image build takes minutes
 def test_compose_deployment_captures_the_generators_and_not_itself(
-    compose_project: tuple[list[str], str], daemon_image: str, docker_client: Any
+    compose_project: tuple[list[str], str],
+    daemon_image: str,
+    docker_client: Any,
+    tmp_path: Path,
 ) -> None:
-    """docker-compose up of the daemon and the generators, as an operator runs it."""
+    """docker-compose up of the daemon and the generators, as an operator runs it.
+
+    The daemon captures only this project's containers (the project's own label, set as
+    an operator would in an override file): on a shared engine, other containers' logs
+    would rotate its file sink under the test's reads."""
     cmd, project = compose_project
+    override = tmp_path / "docker-compose.override.yml"
+    override.write_text(
+        'version: "2.4"\nservices:\n  log_capturer:\n    environment:\n'
+        "      LOG_CAPTURER__CONTAINER_MONITOR__INCLUDE_LABELS: "
+        f"'{{com.docker.compose.project: {project}}}'\n"
+    )
+    cmd = [*cmd[:3], "-f", str(override), *cmd[3:]]
     gid = os.stat("/var/run/docker.sock").st_gid
     port = free_port()
     env = compose_env(DOCKER_GID=str(gid), LOG_CAPTURER_PORT=str(port))
