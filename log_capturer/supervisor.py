@@ -183,8 +183,14 @@ class Supervisor:
             self._refresh(container_id)
 
     def relist(self, gap_started_ns: int | None) -> None:
+        """Start what the listing shows should be read. ``gap_started_ns``: events may
+        have been missed since then, so containers that started and stopped meanwhile are
+        found by their StartedAt; the first listing after a restart treats the time the
+        daemon was down (since its last positions save) as such a gap."""
         self.engine.ensure_api_version()
         first = not self._listed_once
+        if first and gap_started_ns is None:
+            gap_started_ns = self.ledger.down_since_ns
         containers = self.selector.list()  # filtered: see ContainerSelector
         present = {c["Id"] for c in containers}
         for summary in containers:
@@ -194,10 +200,10 @@ class Supervisor:
                 self.ensure_monitor(cid, first_listing=first)
             elif cid in self._monitors:
                 continue
-            elif gap_started_ns is not None and state in ("exited", "dead"):
-                self._catch_up_after_gap(cid, gap_started_ns)
             elif self.ledger.unfinished(cid):
                 self.ensure_monitor(cid)  # stopped while we were down: read the rest
+            elif gap_started_ns is not None and state in ("exited", "dead"):
+                self._catch_up_after_gap(cid, gap_started_ns)
         if first:
             unlisted = [cid for cid in self.ledger.container_ids() if cid not in present]
             pruned = self.ledger.prune(self.selector.missing(unlisted))

@@ -71,6 +71,8 @@ class Ledger:
         self._lock = threading.Lock()
         self._containers: dict[str, ContainerPosition] = {}
         self._dirty = False
+        self.down_since_ns: int | None = None
+        """When the daemon last saved positions before this start (None: a first start)."""
 
     # -- start ---------------------------------------------------------------------------
 
@@ -78,6 +80,7 @@ class Ledger:
         """Read the positions file; each sink reports what it already holds (at least the
         saved marks), and a stream resumes from the lowest of them."""
         saved = self.file.load()
+        self.down_since_ns = saved.saved_at_ns
         per_sink = [sink.recover(saved.marks, saved.sinks.get(sink.name)) for sink in sinks]
         per_sink = per_sink or [saved.marks]
         with self._lock:

@@ -38,6 +38,7 @@ class SavedPositions:
     marks: Marks = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     sinks: dict[str, Any] = field(default_factory=dict)
+    saved_at_ns: int | None = None  # when the file was last written; None: no file
 
 
 class PositionFile:
@@ -51,10 +52,13 @@ class PositionFile:
         """Read the file (absent = empty); a corrupt one is set aside and reported, never reused."""
         try:
             raw = self.path.read_text(encoding="utf-8")
+            saved_at_ns = self.path.stat().st_mtime_ns
         except FileNotFoundError:
             return SavedPositions()
         try:
-            return _decode(json.loads(raw))
+            saved = _decode(json.loads(raw))
+            saved.saved_at_ns = saved_at_ns
+            return saved
         except (ValueError, KeyError, TypeError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             os.replace(self.path, aside)

@@ -249,6 +249,30 @@ def test_a_container_that_exits_while_the_daemon_is_down_is_read_to_its_end(
     assert started == [True, False]  # the second start found it stopped
 
 
+def test_a_container_that_starts_and_exits_while_the_daemon_is_down_is_read(
+    make_daemon: Callable[..., Daemon], containers: Containers
+) -> None:
+    """Not in the positions file and no event for it: the first listing after the restart
+    treats the time the daemon was down (since its last save) as an event gap."""
+    daemon = make_daemon().start()
+    seen = containers.run("echo seen", name=f"seen-{daemon.run_id}")
+    assert containers.wait_exit(seen) == 0
+    wait_for(lambda: len(daemon.records()) >= 1, 30, what="a first line: a positions file")
+    assert daemon.stop() == 0  # drains and saves positions
+    name = f"whiledown-{daemon.run_id}"
+    container = containers.run('seq 1 300 | sed "s/^/down /"', name=name)
+    assert containers.wait_exit(container) == 0
+    container.reload()
+    exited_ns = parse_docker_ts(container.attrs["State"]["FinishedAt"].encode())
+    # A start replays the engine's events of the last second: let the exit be older, so
+    # only the downtime gap can find it.
+    wait_for(lambda: time.time_ns() - exited_ns > 2e9, 10, what="the exit 2 s old")
+    daemon.start()
+    wait_for(lambda: daemon.finished_container(name), 60, what="the container read to its end")
+    assert daemon.stop() == 0
+    assert_exactly_once(daemon.records(), name, "stdout", [f"down {i}" for i in range(1, 301)])
+
+
 def test_quick_restarts_by_a_restart_policy_are_all_captured(
     make_daemon: Callable[..., Daemon], containers: Containers
 ) -> None:
