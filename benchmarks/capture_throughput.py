@@ -31,18 +31,18 @@ The backlog container is labelled ``log-capturer-bench=<run id>`` and
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import _common as common
-from _common import log
-
-from tests.integration.harness import Daemon
+from log_capturer_testkit import BENCH_LABEL, Daemon, Fleet, cpu_seconds, dockerd_pid, rss_mb
+from log_capturer_testkit import bench as common
+from log_capturer_testkit.bench import log
+from log_capturer_testkit.sink import LineCounter
+from log_capturer_testkit.waiting import wait_count
+from log_capturer_testkit.workloads import backlog_expected, ensure_backlog, log_file_size
 
 
 def reference(container_id: str) -> float:
@@ -96,111 +96,77 @@ class StreamPath:
         self.engine.close()
 
 
-class LineCounter:
-    """Counts complete lines of a growing file, reading only what is new."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.count = 0
-        self._fh: Any = None
-
-    def poll(self) -> int:
-        if self._fh is None:
-            try:
-                self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-            except FileNotFoundError:
-                return 0
-        while True:
-            data = self._fh.read(8 << 20)
-            if not data:
-                return self.count
-            self.count += data.count(b"\n")
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-
-
 def daemon_path(
-    run_id: str, label_value: str, expected: int, timeout: float, code: str
+    args: Any, label_value: str, expected: int, workdir: Path, n: int
 ) -> dict[str, float]:
     """Start a daemon that captures only the backlog container; time until the file sink
-    holds every line. Also its CPU seconds and dockerd's over the same span."""
-    dockerd = common.dockerd_pid()
-    with tempfile.TemporaryDirectory(prefix="bench-backlog-") as tmp:
-        daemon = Daemon(
-            Path(tmp),
-            label_value,
-            {"container_monitor": {"stream_window": "30s"}},
-            env=common.code_env(code),
-            label=common.LABEL,
+    holds every line. Also its CPU seconds and dockerd's over the same span. Then stop it
+    (SIGTERM drains) and count what it wrote beyond the backlog (duplicates)."""
+    dockerd = dockerd_pid()
+    daemon = Daemon(
+        workdir / f"daemon{n}",
+        label_value,
+        {"container_monitor": {"stream_window": args.stream_window}},
+        env=common.code_env(args.code),
+        label=BENCH_LABEL,
+    )
+    counter = LineCounter(daemon.output)
+    engine_cpu0 = cpu_seconds(dockerd)
+    started = time.perf_counter()
+    daemon.start(wait_ready=False)
+    try:
+        done = wait_count(
+            counter.poll, expected, args.drain_timeout, args.stall_timeout, lambda: daemon.running
         )
-        counter = LineCounter(daemon.data / "logs.jsonl")
-        engine_cpu0 = common.cpu_seconds(dockerd)
-        started = time.perf_counter()
-        daemon.start(wait_ready=False)
-        try:
-            deadline = time.monotonic() + timeout
-            while counter.poll() < expected:
-                if daemon.proc is not None and daemon.proc.poll() is not None:
-                    raise RuntimeError(f"daemon exited:\n{daemon.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"timed out after {timeout}s: {counter.count}/{expected} lines"
-                    )
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - started
-            cpu = common.cpu_seconds(daemon.pid)
-            engine_cpu = common.cpu_seconds(dockerd) - engine_cpu0
-            rss = common.rss_mb(daemon.pid)
-            time.sleep(1)  # anything beyond the expected lines (a duplicate) shows up now
-            extra = counter.poll() - expected
-        finally:
-            counter.close()
-            if daemon.proc is not None and daemon.proc.poll() is None:
-                daemon.stop()
+        elapsed = time.perf_counter() - started
+        if not done:
+            if not daemon.running:
+                raise RuntimeError(f"daemon exited:\n{daemon.log_tail()}")
+            raise RuntimeError(f"delivery stopped at {counter.count}/{expected} lines")
+        cpu = cpu_seconds(daemon.pid)
+        engine_cpu = cpu_seconds(dockerd) - engine_cpu0
+        rss = rss_mb(daemon.pid)
+        exit_code = daemon.stop()
+        extra = counter.poll() - expected  # all it wrote, now that it stopped
+    finally:
+        counter.close()
+        if daemon.running:
+            daemon.stop()
     return {
         "daemon_s": elapsed,
         "daemon_cpu_s": cpu,
         "dockerd_cpu_s": engine_cpu,
         "daemon_rss_mb": rss,
         "extra_lines": extra,
+        "exit_code": exit_code,
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = common.BenchParser(
+        __doc__,
+        quick={"lines": 100_000, "repeat": 1, "daemon_repeat": 1},
+        drain_timeout=1800,
+        stall_timeout=120,
+        stream_window="30s",
+        backlog_lines=200_000,
     )
-    parser.add_argument("--lines", type=int, default=200_000, help="stdout lines of the backlog")
     parser.add_argument("--repeat", type=int, default=3, help="docker logs / stream runs (best of)")
     parser.add_argument("--daemon-repeat", type=int, default=1, help="daemon runs (best of)")
-    parser.add_argument("--quick", action="store_true", help="100k lines, one run each")
     parser.add_argument("--no-stream", action="store_true", help="skip the stream-path figure")
-    parser.add_argument(
-        "--reuse",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="reuse a kept backlog container of the same size (default: yes)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the backlog container")
-    parser.add_argument("--timeout", type=float, default=1800, help="daemon run timeout (s)")
-    parser.add_argument("--json-out", help="also write the JSON summary here")
-    common.add_code_arg(parser)
-    args = parser.parse_args()
-    sys.path.insert(0, str(Path(args.code).resolve()))  # the stream path imports it too
-    if args.quick:
-        args.lines, args.repeat, args.daemon_repeat = 100_000, 1, 1
+    args = parser.parse()
+    # The stream path imports log_capturer in this process: from --code, like the daemon.
+    sys.path.insert(0, str(Path(args.code).resolve()))
     client = common.docker_client()
     run_id = common.new_run_id("backlog")
-    containers = common.BenchContainers(client, run_id)
+    containers = Fleet(client, run_id, label=BENCH_LABEL)
     container = None
     reused = False
     try:
-        container, reused = common.ensure_backlog(client, args.lines, args.reuse, run_id)
-        label_value = container.labels[common.LABEL]
-        expected = common.backlog_expected(args.lines)
-        size = common.log_file_size(container)
+        container, reused = ensure_backlog(client, args.lines, args.reuse, run_id)
+        label_value = container.labels[BENCH_LABEL]
+        expected = backlog_expected(args.lines)
+        size = log_file_size(container)
         stream: StreamPath | None = None
         stream_error = ""
         if not args.no_stream:
@@ -222,9 +188,10 @@ def main() -> int:
         if stream is not None:
             stream.close()
         runs = []
-        for n in range(args.daemon_repeat):
-            runs.append(daemon_path(run_id, label_value, expected, args.timeout, args.code))
-            log(f"daemon run {n + 1}: {runs[-1]['daemon_s']:.2f}s")
+        with common.workdir(args, "bench-backlog-") as workdir:
+            for n in range(args.daemon_repeat):
+                runs.append(daemon_path(args, label_value, expected, workdir, n))
+                log(f"daemon run {n + 1}: {runs[-1]['daemon_s']:.2f}s")
         best = min(runs, key=lambda r: r["daemon_s"])
         best_ref = min(ref)
         whole = best["daemon_s"]
@@ -247,6 +214,7 @@ def main() -> int:
             "dockerd_cpu_s_during_daemon": round(best["dockerd_cpu_s"], 2),
             "daemon_rss_mb": round(best["daemon_rss_mb"], 1),
             "daemon_extra_lines": best["extra_lines"],
+            "daemon_exit_codes": [r["exit_code"] for r in runs],
         }
         if ours:
             result.update(
@@ -264,7 +232,7 @@ def main() -> int:
             if container is not None:
                 log(f"keeping backlog container {container.name}")
         else:
-            containers.cleanup()  # only this run's containers: never a reused one
+            containers.remove_all()  # only this run's label: never a reused container
     return 0
 
 

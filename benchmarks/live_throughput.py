@@ -35,27 +35,35 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import _common as common
-from _common import log
-
-from tests.integration.harness import Daemon
+from log_capturer_testkit import (
+    BENCH_LABEL,
+    Daemon,
+    Fleet,
+    audit_numbered,
+    cpu_seconds,
+    dockerd_pid,
+    metric_total,
+    percentile,
+    rss_mb,
+    wait_count,
+)
+from log_capturer_testkit import bench as common
+from log_capturer_testkit.bench import log
+from log_capturer_testkit.metrics import (
+    fraction_le,
+    histogram_buckets,
+    histogram_delta,
+    histogram_quantile,
+)
+from log_capturer_testkit.sink import SinkTailer
+from log_capturer_testkit.workloads import numbered_script, written_lines
 
 LAG = "log_capturer_delivery_lag_seconds"
-
-
-def written_lines(client: Any, container_id: str) -> int:
-    """N of the ``end N`` marker (the container's last line), or -1 if missing."""
-    tail = client.api.logs(container_id, stdout=True, stderr=False, tail=1).decode()
-    parts = tail.strip().split()
-    if len(parts) == 2 and parts[0] == "end" and parts[1].isdigit():
-        return int(parts[1])
-    return -1
 
 
 def run_phase(
@@ -68,7 +76,7 @@ def run_phase(
     workdir: Path,
 ) -> dict[str, Any]:
     run_id = common.new_run_id(f"live-{phase}-")
-    containers = common.BenchContainers(client, run_id, keep=args.keep)
+    containers = Fleet(client, run_id, label=BENCH_LABEL, keep=args.keep)
     daemon = Daemon(
         workdir / phase,
         run_id,
@@ -78,24 +86,24 @@ def run_phase(
             "pipeline": {"batch_wait": "200ms"},
         },
         env=common.code_env(args.code),
-        label=common.LABEL,
+        label=BENCH_LABEL,
     )
-    tailer: common.SinkTailer | None = None
-    dockerd = common.dockerd_pid()
+    tailer: SinkTailer | None = None
+    dockerd = dockerd_pid()
     try:
         daemon.start()
-        tailer = common.SinkTailer(daemon.data / "logs.jsonl", sample_every=args.sample_every)
+        tailer = SinkTailer(daemon.output, sample_every=args.sample_every)
         tailer.start()
         before = daemon.metrics()
-        cpu0 = common.cpu_seconds(daemon.pid)
-        engine0 = common.cpu_seconds(dockerd)
+        cpu0 = cpu_seconds(daemon.pid)
+        engine0 = cpu_seconds(dockerd)
         t0 = time.time()
         tailer.measure_between(t0, math.inf)
-        script = common.numbered_script(duration, rate)
+        script = numbered_script(duration, rate)
         specs = [(f"bench-live-{phase}{i}-{run_id}", script) for i in range(count)]
         started = containers.run_many(specs, workers=8)
         log(f"{phase}: {count} containers started in {time.time() - t0:.1f}s")
-        ids = [started[name][0] for name, _ in specs]
+        ids = [started[name].id for name, _ in specs]
         for cid in ids:
             client.api.wait(cid, timeout=duration + 120)
         t_written = time.time()
@@ -103,25 +111,33 @@ def run_phase(
         missing_end = sum(1 for n in written if n < 0)
         total = sum(n + 1 for n in written if n >= 0)  # + the end marker
         log(f"{phase}: writers done after {t_written - t0:.1f}s, {total} lines written")
-        common.wait_delivery(tailer, total, args.drain_timeout, args.stall_timeout)
+        if not wait_count(
+            lambda: tailer.stats.lines if tailer else 0,
+            total,
+            args.drain_timeout,
+            args.stall_timeout,
+            lambda: daemon.running,
+        ):
+            log(f"{phase}: delivery stopped at {tailer.stats.lines}/{total} lines")
         t_done = time.time()
-        cpu = common.cpu_seconds(daemon.pid) - cpu0
-        engine = common.cpu_seconds(dockerd) - engine0
-        rss = common.rss_mb(daemon.pid)
+        cpu = cpu_seconds(daemon.pid) - cpu0
+        engine = cpu_seconds(dockerd) - engine0
+        rss = rss_mb(daemon.pid)
         after = daemon.metrics()
-        time.sleep(2)  # a duplicate would show up now
+        # SIGTERM drains the queue: the output audited is all the daemon ever wrote.
+        exit_code = daemon.stop()
         tailer.stop()
-        audit = common.audit_numbered(daemon.data / "logs.jsonl", [n for n, _ in specs])
-        hist = common.histogram_delta(
-            common.histogram_buckets(after, LAG, 'sink="file"'),
-            common.histogram_buckets(before, LAG, 'sink="file"'),
+        audit = audit_numbered(daemon.output, [n for n, _ in specs])
+        hist = histogram_delta(
+            histogram_buckets(after, LAG, 'sink="file"'),
+            histogram_buckets(before, LAG, 'sink="file"'),
         )
         lags = tailer.stats.lag_samples
         delivered = tailer.stats.lines
         write_span = max(t_written - t0, 1e-9)
         deliver_span = max(t_done - t0, 1e-9)
-        blocked = common.metric_total(after, "log_capturer_queue_blocked_seconds_total") - (
-            common.metric_total(before, "log_capturer_queue_blocked_seconds_total")
+        blocked = metric_total(after, "log_capturer_queue_blocked_seconds_total") - (
+            metric_total(before, "log_capturer_queue_blocked_seconds_total")
         )
         result: dict[str, Any] = {
             "containers": count,
@@ -136,13 +152,13 @@ def run_phase(
             if total
             else None,
             "drain_after_writers_s": round(t_done - t_written, 2),
-            "lag_tail_p50_s": round(common.percentile(lags, 0.5), 3),
-            "lag_tail_p99_s": round(common.percentile(lags, 0.99), 3),
+            "lag_tail_p50_s": round(percentile(lags, 0.5), 3),
+            "lag_tail_p99_s": round(percentile(lags, 0.99), 3),
             "lag_tail_max_s": round(max(lags), 3) if lags else None,
             "lag_tail_samples": len(lags),
-            "lag_hist_p50_s": round(common.histogram_quantile(0.5, hist), 3),
-            "lag_hist_p99_s": round(common.histogram_quantile(0.99, hist), 3),
-            "lag_hist_share_le_2_5s": round(common.fraction_le(2.5, hist), 5),
+            "lag_hist_p50_s": round(histogram_quantile(0.5, hist), 3),
+            "lag_hist_p99_s": round(histogram_quantile(0.99, hist), 3),
+            "lag_hist_share_le_2_5s": round(fraction_le(2.5, hist), 5),
             "daemon_cpu_s": round(cpu, 2),
             "daemon_cpu_s_per_million_lines": round(cpu / total * 1e6, 2) if total else None,
             "dockerd_cpu_s": round(engine, 2),
@@ -151,6 +167,7 @@ def run_phase(
             "queue_blocked_s": round(blocked, 2),
             "audit": asdict(audit),
             "exactly_once": audit.ok() and missing_end == 0,
+            "daemon_exit_code": exit_code,
         }
         log(f"{phase}: {json.dumps(result)}")
         return result
@@ -160,15 +177,25 @@ def run_phase(
                 tailer.stop()
         finally:
             try:
-                if daemon.proc is not None and daemon.proc.poll() is None:
+                if daemon.running:
                     daemon.stop()
             finally:
-                containers.cleanup()
+                containers.remove_all()
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = common.BenchParser(
+        __doc__,
+        quick={
+            "fast_containers": 3,
+            "fast_duration": 15,
+            "steady_containers": 10,
+            "steady_rate": 200,
+            "steady_duration": 15,
+        },
+        drain_timeout=300,
+        stall_timeout=90,
+        stream_window="30s",
     )
     p.add_argument("--phases", default="fast,steady", help="comma list: fast, steady")
     p.add_argument("--fast-containers", type=int, default=10)
@@ -176,21 +203,8 @@ def main() -> int:
     p.add_argument("--steady-containers", type=int, default=50)
     p.add_argument("--steady-rate", type=float, default=1000, help="lines/s per container")
     p.add_argument("--steady-duration", type=float, default=60)
-    p.add_argument("--stream-window", default="30s", help="container_monitor.stream_window")
     p.add_argument("--sample-every", type=int, default=100, help="lag sample every N lines")
-    p.add_argument("--drain-timeout", type=float, default=300, help="wait for delivery (s)")
-    p.add_argument(
-        "--stall-timeout", type=float, default=90, help="give up when nothing arrives this long"
-    )
-    p.add_argument("--quick", action="store_true", help="3 fast x 15 s, 10 steady x 200/s x 15 s")
-    p.add_argument("--keep", action="store_true", help="keep containers (debugging)")
-    p.add_argument("--workdir", help="keep the daemons' data here (default: a temp dir)")
-    p.add_argument("--json-out", help="also write the JSON summary here")
-    common.add_code_arg(p)
-    args = p.parse_args()
-    if args.quick:
-        args.fast_containers, args.fast_duration = 3, 15
-        args.steady_containers, args.steady_rate, args.steady_duration = 10, 200, 15
+    args = p.parse()
     client = common.docker_client()
     summary: dict[str, Any] = {
         "benchmark": "live_throughput",
@@ -199,8 +213,7 @@ def main() -> int:
         "code": common.code_version(args.code),
         "stream_window": args.stream_window,
     }
-    with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
-        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+    with common.workdir(args, "bench-live-") as workdir:
         for phase in [x.strip() for x in args.phases.split(",") if x.strip()]:
             if phase == "fast":
                 summary["fast"] = run_phase(

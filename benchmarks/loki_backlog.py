@@ -37,20 +37,29 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import _common as common
 import yaml
-from _common import log
 
-from tests.integration.harness import Daemon, free_port, scrape
-from tests.real_loki import RealLoki, peer_binary
+from log_capturer_testkit import (
+    BENCH_LABEL,
+    Daemon,
+    Fleet,
+    cpu_seconds,
+    free_port,
+    metric_total,
+    scrape,
+)
+from log_capturer_testkit import bench as common
+from log_capturer_testkit.bench import log
+from log_capturer_testkit.loki import RealLoki, peer_binary
+from log_capturer_testkit.workloads import backlog_expected, ensure_backlog
 
 
 def loki_count(loki: RealLoki, selector: str, window_s: int) -> int:
@@ -65,8 +74,8 @@ def loki_count(loki: RealLoki, selector: str, window_s: int) -> int:
     return int(float(result[0]["value"][1])) if result else 0
 
 
-def wait_count(loki: RealLoki, selector: str, window_s: int, expected: int,
-               timeout: float) -> float | None:
+def wait_loki_count(loki: RealLoki, selector: str, window_s: int, expected: int,
+                    timeout: float) -> float | None:
     """Seconds (monotonic) when the count reached ``expected``, or None at ``timeout``."""
     deadline = time.monotonic() + timeout
     last = -1
@@ -102,20 +111,20 @@ def run_daemon(args: argparse.Namespace, loki: RealLoki, label_value: str, selec
         workdir,
         label_value,
         {
-            "container_monitor": {"stream_window": "30s"},
+            "container_monitor": {"stream_window": args.stream_window},
             "pipeline": {"batch_size": args.batch_size},
             "sinks": {"file": {"enabled": False}, **sinks},
             "logging": {"level": "warning"},
         },
         env=common.code_env(args.code),
-        label=common.LABEL,
+        label=BENCH_LABEL,
     )
     loki_cpu0 = loki.cpu_seconds()
     started = time.monotonic()
     daemon.start(wait_ready=False)
     try:
-        done = wait_count(loki, selector, window_s, expected, args.timeout)
-        cpu = common.cpu_seconds(daemon.pid)
+        done = wait_loki_count(loki, selector, window_s, expected, args.drain_timeout)
+        cpu = cpu_seconds(daemon.pid)
         metrics = daemon.metrics()
     finally:
         daemon.stop()
@@ -125,7 +134,7 @@ def run_daemon(args: argparse.Namespace, loki: RealLoki, label_value: str, selec
         "loki_cpu_s": round(loki.cpu_seconds() - loki_cpu0, 2),
         "pushes": int(sum(v for k, v in metrics.items() if k.startswith(
             "log_capturer_sink_request_duration_seconds_count{"))),
-        "bytes_sent": int(common.metric_total(metrics, "log_capturer_sink_request_bytes_total")),
+        "bytes_sent": int(metric_total(metrics, "log_capturer_sink_request_bytes_total")),
     }
 
 
@@ -142,7 +151,7 @@ def run_promtail(args: argparse.Namespace, loki: RealLoki, label_value: str, sel
             "docker_sd_configs": [{
                 "host": "unix:///var/run/docker.sock",
                 "refresh_interval": "5s",
-                "filters": [{"name": "label", "values": [f"{common.LABEL}={label_value}"]}],
+                "filters": [{"name": "label", "values": [f"{BENCH_LABEL}={label_value}"]}],
             }],
             "relabel_configs": [
                 {"source_labels": ["__meta_docker_container_name"], "regex": "/(.*)",
@@ -157,14 +166,12 @@ def run_promtail(args: argparse.Namespace, loki: RealLoki, label_value: str, sel
     binary = peer_binary("promtail")
     loki_cpu0 = loki.cpu_seconds()
     started = time.monotonic()
-    import subprocess
-
     with open(workdir / "promtail.log", "ab") as out:
         proc = subprocess.Popen([str(binary), f"-config.file={path}"], stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
-        done = wait_count(loki, selector, window_s, expected, args.timeout)
-        cpu = common.cpu_seconds(proc.pid)
+        done = wait_loki_count(loki, selector, window_s, expected, args.drain_timeout)
+        cpu = cpu_seconds(proc.pid)
         metrics = scrape(f"http://127.0.0.1:{port}/metrics")
     finally:
         proc.terminate()
@@ -179,7 +186,7 @@ def run_promtail(args: argparse.Namespace, loki: RealLoki, label_value: str, sel
         "loki_cpu_s": round(loki.cpu_seconds() - loki_cpu0, 2),
         "pushes": int(sum(v for k, v in metrics.items() if k.startswith(
             "promtail_request_duration_seconds_count{"))),
-        "bytes_sent": int(common.metric_total(metrics, "promtail_encoded_bytes_total")),
+        "bytes_sent": int(metric_total(metrics, "promtail_encoded_bytes_total")),
     }
 
 
@@ -199,27 +206,21 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = common.BenchParser(
+        __doc__,
+        quick={"lines": 20_000, "rounds": 1},
+        drain_timeout=900,
+        stream_window="30s",
+        backlog_lines=1_000_000,
     )
-    parser.add_argument("--lines", type=int, default=1_000_000, help="stdout lines of the backlog")
     parser.add_argument("--rounds", type=int, default=4, help="rounds, each in rotated order")
     parser.add_argument("--shippers", default="daemon,otlp,promtail",
                         help="comma-separated, of: daemon (Loki push), otlp, promtail")
-    parser.add_argument("--quick", action="store_true", help="20k lines, one round")
     parser.add_argument("--batch-size", type=int, default=10_000,
                         help="the daemon's pipeline.batch_size (records per sink write)")
     parser.add_argument("--ingestion-mb", type=float, default=None,
                         help="Loki's ingestion_rate_mb (default: Loki's own default, 4)")
-    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
-                        help="reuse a kept backlog container of the same size")
-    parser.add_argument("--keep", action="store_true", help="keep the backlog container")
-    parser.add_argument("--timeout", type=float, default=900, help="per run (s)")
-    parser.add_argument("--json-out", help="also write the JSON summary here")
-    common.add_code_arg(parser)
-    args = parser.parse_args()
-    if args.quick:
-        args.lines, args.rounds = 20_000, 1
+    args = parser.parse()
     shippers = [s.strip() for s in args.shippers.split(",") if s.strip()]
     unknown = set(shippers) - set(RUNNERS)
     if unknown or not shippers:
@@ -227,15 +228,20 @@ def main() -> int:
 
     client = common.docker_client()
     run_id = common.new_run_id("lokibench")
-    containers = common.BenchContainers(client, run_id, keep=args.keep)
-    work = Path(tempfile.mkdtemp(prefix="loki-backlog-"))
+    containers = Fleet(client, run_id, label=BENCH_LABEL, keep=args.keep)
+    with common.workdir(args, "loki-backlog-") as work:
+        return run(args, shippers, client, run_id, containers, work)
+
+
+def run(args: argparse.Namespace, shippers: list[str], client: Any, run_id: str,
+        containers: Fleet, work: Path) -> int:
     rounds: list[dict[str, Any]] = []
     try:
-        container, reused = common.ensure_backlog(client, args.lines, args.reuse, run_id)
+        container, reused = ensure_backlog(client, args.lines, args.reuse, run_id)
         if reused and not args.keep:
             containers.keep = True  # not ours to remove
-        label_value = container.labels[common.LABEL]
-        expected = common.backlog_expected(args.lines)
+        label_value = container.labels[BENCH_LABEL]
+        expected = backlog_expected(args.lines)
         name = container.name
         selector = f'{{container_name="{name}"}}'
         container.reload()
@@ -295,10 +301,7 @@ def main() -> int:
         }, args.json_out)
         return 0 if len(complete) == len(rounds) else 1
     finally:
-        containers.cleanup()
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
+        containers.remove_all()
 
 
 if __name__ == "__main__":

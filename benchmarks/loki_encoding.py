@@ -6,26 +6,27 @@
 Builds N records of about 100 bytes (a web server's log line), then times, best of R
 rounds: records -> columns (``Encoder.streams``), columns -> pushes of ``batch_bytes``,
 and the bodies of those pushes, for both encodings. Prints µs per entry and the body
-bytes per entry, and a JSON summary on the last line.
+bytes per entry (stderr), and the JSON summary last on stdout.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 from log_capturer.discovery.container import ContainerInfo
 from log_capturer.pipeline.record import LogRecord
 from log_capturer.sinks.loki import LokiSinkConfig
 from log_capturer.sinks.loki.encode import Encoder, split_pushes
+from log_capturer_testkit import bench
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench.BenchParser(
+        __doc__, quick={"lines": 5_000, "rounds": 1}, daemon=False, containers=False
+    )
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
+    args = parser.parse()
     container = ContainerInfo(id="c" * 64, name="web-1", image="shop/web:2")
     now = time.time_ns()
     records = [
@@ -55,10 +56,10 @@ def main() -> None:
         per["total"] = round(sum(per.values()), 3)
         summary[encoding] = {**per, "pushes": pushes,
                              "body_bytes_per_entry": round(body_bytes / args.lines, 1)}
-        print(f"{encoding:9s} µs/entry: columns {per['columns']}, pushes {per['pushes']}, "
-              f"bodies {per['bodies']}, total {per['total']}; {pushes} pushes, "
-              f"{body_bytes / args.lines:.1f} body bytes/entry")
-    print(json.dumps({"lines": args.lines, "results": summary}))
+        bench.log(f"{encoding:9s} µs/entry: columns {per['columns']}, pushes {per['pushes']}, "
+                  f"bodies {per['bodies']}, total {per['total']}; {pushes} pushes, "
+                  f"{body_bytes / args.lines:.1f} body bytes/entry")
+    bench.write_json({"lines": args.lines, "results": summary}, args.json_out)
 
 
 if __name__ == "__main__":

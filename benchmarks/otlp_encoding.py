@@ -8,13 +8,11 @@ Builds N lines of about 110 bytes (a web server's log, some numbers varying) as 
 capture's batches (a socket read's columns, 1,000 lines each, every 10th line on
 stderr), then times, best of R rounds: batches -> columns -> requests of ``batch_bytes``
 (``build``), and the bodies of those requests. Prints µs per entry and body bytes per
-entry, and a JSON summary on the last line. In-process: no server, no network.
+entry (stderr), and the JSON summary last on stdout. In-process: no server, no network.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +26,7 @@ from log_capturer.sinks.loki.encode import Encoder as LokiEncoder
 from log_capturer.sinks.otlp import OtlpSinkConfig
 from log_capturer.sinks.otlp.encode import Encoder as OtlpEncoder
 from log_capturer.timestamps import format_rfc3339_ns
+from log_capturer_testkit import bench
 
 
 def batches(lines: int) -> list[Batch]:
@@ -67,10 +66,12 @@ def measure(build: Callable[[Sequence[Batch]], list[Any]], data: list[Batch], ro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench.BenchParser(
+        __doc__, quick={"lines": 5_000, "rounds": 1}, daemon=False, containers=False
+    )
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
+    args = parser.parse()
     data = batches(args.lines)
     encoders: dict[str, Callable[[Sequence[Batch]], list[Any]]] = {
         "loki protobuf+snappy": LokiEncoder(LokiSinkConfig(encoding="protobuf")).build,
@@ -82,10 +83,10 @@ def main() -> None:
     results = {}
     for name, build in encoders.items():
         r = results[name] = measure(build, data, args.rounds, args.lines)
-        print(f"{name:22s} µs/entry: build {r['build']}, bodies {r['bodies']}, total "
-              f"{r['total']}; {r['requests']} requests, {r['body_bytes_per_entry']} body "
-              "bytes/entry")
-    print(json.dumps({"lines": args.lines, "results": results}))
+        bench.log(f"{name:22s} µs/entry: build {r['build']}, bodies {r['bodies']}, total "
+                  f"{r['total']}; {r['requests']} requests, {r['body_bytes_per_entry']} body "
+                  "bytes/entry")
+    bench.write_json({"lines": args.lines, "results": results}, args.json_out)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ Two ways, each on both containers (both running, idle):
           timestamps=1&since=<last line, seconds.nanoseconds>`` on the Docker socket, each
           closed after ``--hold`` seconds, once without and once with ``&tail=1000``
           (``--tail``); optionally ``&until=`` as the daemon sends (``--with-until``);
-* daemon: the real daemon with ``container_monitor.stream_window: 1s`` monitoring only
-          that container for ``--daemon-duration`` seconds, resuming from positions set at
+* daemon: the real daemon with ``container_monitor.stream_window: 1s`` (``--stream-window``)
+          on only that container for ``--daemon-duration`` seconds, resuming from positions at
           its last line (as after a restart, so it does not first read the whole
           backlog); dockerd CPU per window, windows from ``log_capturer_stream_windows_total``.
           ``log_capturer_stream_tail_fallbacks_total`` is reported when the daemon has it;
@@ -40,17 +40,26 @@ import argparse
 import json
 import socket
 import sys
-import tempfile
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import _common as common
 import yaml
-from _common import log
 
-from tests.integration.harness import Daemon
+from log_capturer_testkit import (
+    BENCH_LABEL,
+    Daemon,
+    Fleet,
+    cpu_seconds,
+    deep_merge,
+    dockerd_pid,
+    metric_total,
+)
+from log_capturer_testkit import bench as common
+from log_capturer_testkit.bench import log
+from log_capturer_testkit.sink import parse_ts
+from log_capturer_testkit.workloads import backlog_expected, ensure_backlog, log_file_size
 
 SOCKET = "/var/run/docker.sock"
 API = "v1.41"
@@ -62,7 +71,7 @@ def last_line_ts_ns(client: Any, container_id: str) -> int:
     text = raw.decode("utf-8", "replace").strip()
     if not text:
         return 0
-    return int(common.parse_ts(text.split(" ", 1)[0].encode()) * 1e9)
+    return int(parse_ts(text.split(" ", 1)[0].encode()) * 1e9)
 
 
 def last_stream_marks(client: Any, container_id: str) -> dict[str, int]:
@@ -83,7 +92,7 @@ def last_stream_marks(client: Any, container_id: str) -> dict[str, int]:
         if text:
             # exact nanoseconds, not a float round trip
             stamp = text.split(" ", 1)[0]
-            secs = int(common.parse_ts(stamp[:19].encode() + b"Z"))
+            secs = int(parse_ts(stamp[:19].encode() + b"Z"))
             frac = stamp[20:].rstrip("Z")
             out[stream] = secs * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
     return out
@@ -128,9 +137,9 @@ def one_reopen(container_id: str, since_ns: int, tail: int, hold: float, until: 
 
 def idle_rate(dockerd: int, seconds: float) -> float:
     """dockerd CPU seconds per second while nothing of ours runs."""
-    c0, t0 = common.cpu_seconds(dockerd), time.monotonic()
+    c0, t0 = cpu_seconds(dockerd), time.monotonic()
     time.sleep(seconds)
-    return (common.cpu_seconds(dockerd) - c0) / (time.monotonic() - t0)
+    return (cpu_seconds(dockerd) - c0) / (time.monotonic() - t0)
 
 
 def settle(dockerd: int, idle: float, max_wait: float) -> float:
@@ -140,9 +149,9 @@ def settle(dockerd: int, idle: float, max_wait: float) -> float:
     started = time.monotonic()
     calm = 0
     while time.monotonic() - started < max_wait:
-        c0 = common.cpu_seconds(dockerd)
+        c0 = cpu_seconds(dockerd)
         time.sleep(1)
-        calm = calm + 1 if common.cpu_seconds(dockerd) - c0 <= idle * 1.2 + 0.05 else 0
+        calm = calm + 1 if cpu_seconds(dockerd) - c0 <= idle * 1.2 + 0.05 else 0
         if calm >= 2:
             break
     return time.monotonic() - started
@@ -153,12 +162,12 @@ def bracketed(dockerd: int, baseline_s: float, fn: Any, settle_max: float) -> di
     the engine CPU counted runs until dockerd is idle again (``settle_s``), so work the
     engine goes on doing after the requests closed is part of the cost."""
     before = idle_rate(dockerd, baseline_s)
-    c0, t0 = common.cpu_seconds(dockerd), time.monotonic()
+    c0, t0 = cpu_seconds(dockerd), time.monotonic()
     count, extra = fn()
     run_s = time.monotonic() - t0
     settled = settle(dockerd, before, settle_max)
     elapsed = time.monotonic() - t0
-    delta = common.cpu_seconds(dockerd) - c0
+    delta = cpu_seconds(dockerd) - c0
     after = idle_rate(dockerd, baseline_s)
     background = (before + after) / 2 * elapsed
     net = max(delta - background, 0.0)
@@ -245,16 +254,16 @@ def daemon_mode(
     for which, (cid, _since) in targets.items():
         container = client.containers.get(cid)
         common_overrides = {
-            "container_monitor": {"stream_window": args.daemon_window},
+            "container_monitor": {"stream_window": args.stream_window},
             "positions": {"flush_interval": "1s"},
         }
-        overrides = _merge(common_overrides, parse_sets(args.set))
+        overrides = deep_merge(common_overrides, parse_sets(args.set))
         daemon = Daemon(
             workdir / which,
-            container.labels[common.LABEL],
+            container.labels[BENCH_LABEL],
             overrides,
             env=common.code_env(args.code),
-            label=common.LABEL,
+            label=BENCH_LABEL,
         )
         marks = last_stream_marks(client, cid)
         if marks:  # resume at the last line, as after a restart
@@ -284,7 +293,7 @@ def daemon_mode(
                 daemon.stop()
 
             def delta(name: str) -> float:
-                return common.metric_total(m1, name)
+                return metric_total(m1, name)
 
             windows = delta("log_capturer_stream_windows_total")
             extra = {
@@ -312,24 +321,18 @@ def daemon_mode(
     return out
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    res = dict(base)
-    for k, v in over.items():
-        res[k] = _merge(res[k], v) if isinstance(v, dict) and isinstance(res.get(k), dict) else v
-    return res
-
-
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = common.BenchParser(
+        __doc__,
+        quick={"lines": 200_000, "reopens": 5, "daemon_duration": 15, "baseline": 5},
+        stream_window="1s",
+        backlog_lines=2_000_000,
     )
-    p.add_argument("--lines", type=int, default=2_000_000, help="stdout lines of the big log")
     p.add_argument("--modes", default="raw,daemon", help="comma list: raw, daemon")
     p.add_argument("--reopens", type=int, default=20, help="raw requests per variant")
     p.add_argument("--hold", type=float, default=1.0, help="raw: seconds each stays open")
     p.add_argument("--tail", type=int, default=1000, help="raw: the tail= of the second variant")
     p.add_argument("--with-until", action="store_true", help="raw: also send until=now+hold")
-    p.add_argument("--daemon-window", default="1s", help="daemon: stream_window")
     p.add_argument("--daemon-duration", type=float, default=60, help="daemon: seconds per run")
     p.add_argument(
         "--baseline",
@@ -344,27 +347,18 @@ def main() -> int:
         "--settle-max", type=float, default=180, help="longest wait for dockerd to go idle (s)"
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
-    p.add_argument("--quick", action="store_true", help="200k lines, 5 reopens, 15 s daemon runs")
-    p.add_argument(
-        "--reuse", action=argparse.BooleanOptionalAction, default=True, help="reuse a kept log"
-    )
-    p.add_argument("--keep", action="store_true", help="keep the big-log container")
-    p.add_argument("--json-out", help="also write the JSON summary here")
-    common.add_code_arg(p)
-    args = p.parse_args()
-    if args.quick:
-        args.lines, args.reopens, args.daemon_duration, args.baseline = 200_000, 5, 15, 5
+    args = p.parse()
     client = common.docker_client()
     run_id = common.new_run_id("reopen")
-    containers = common.BenchContainers(client, run_id)
-    empties = common.BenchContainers(client, run_id + "-empty")
-    dockerd = common.dockerd_pid()
+    containers = Fleet(client, run_id, label=BENCH_LABEL)
+    empties = Fleet(client, run_id + "-empty", label=BENCH_LABEL)
+    dockerd = dockerd_pid()
     big = None
     reused = False
     try:
-        big, reused = common.ensure_backlog(client, args.lines, args.reuse, run_id)
+        big, reused = ensure_backlog(client, args.lines, args.reuse, run_id)
         # its own label value, so a daemon following one of the two never sees the other
-        empty_id, _, _ = empties.run("exec sleep 2147483647", name=f"bench-empty-{run_id}")
+        empty_id = empties.run("exec sleep 2147483647", name=f"bench-empty-{run_id}").id
         time.sleep(1)
         targets = {
             "big": (big.id, last_line_ts_ns(client, big.id)),
@@ -375,33 +369,31 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "engine": common.engine_version(client),
             "code": common.code_version(args.code),
-            "big_log_bytes": common.log_file_size(big),
-            "big_lines": common.backlog_expected(args.lines),
+            "big_log_bytes": log_file_size(big),
+            "big_lines": backlog_expected(args.lines),
             "other_running_containers": len(client.containers.list()) - 1 - (0 if reused else 1),
         }
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         if "raw" in modes:
             summary["raw"] = raw_mode(args, dockerd, targets)
         if "daemon" in modes:
-            with tempfile.TemporaryDirectory(prefix="bench-reopen-") as tmp:
-                summary["daemon"] = daemon_mode(args, dockerd, client, targets, Path(tmp))
+            with common.workdir(args, "bench-reopen-") as workdir:
+                summary["daemon"] = daemon_mode(args, dockerd, client, targets, workdir)
         common.write_json(summary, args.json_out)
     finally:
-        empties.cleanup()
+        empties.remove_all()
         if args.keep or reused:
             if big is not None:
                 log(f"keeping the big-log container {big.name}")
             if not reused and big is not None:
                 big_id = big.id
-                for c in client.containers.list(
-                    all=True, filters={"label": f"{common.LABEL}={run_id}"}
-                ):
+                for c in client.containers.list(all=True, filters=containers.selector):
                     if c.id != big_id:
                         c.remove(force=True)
             else:
-                containers.cleanup()
+                containers.remove_all()
         else:
-            containers.cleanup()
+            containers.remove_all()
     return 0
 
 

@@ -30,11 +30,12 @@ import threading
 import time
 from typing import Any
 
-import _common as common
 import docker
-from _common import log
 
 from log_capturer.timestamps import parse_docker_ts
+from log_capturer_testkit import BENCH_LABEL, Fleet
+from log_capturer_testkit import bench as common
+from log_capturer_testkit.bench import log
 
 
 class RotationWatch:
@@ -112,7 +113,7 @@ def repeats(lines: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
 
 
 def one_run(
-    client: docker.DockerClient, containers: common.BenchContainers, args: argparse.Namespace
+    client: docker.DockerClient, containers: Fleet, args: argparse.Namespace
 ) -> dict[str, Any]:
     padding = " " + "p" * args.pad if args.pad else ""
     script = (
@@ -120,12 +121,8 @@ def one_run(
         f"if [ $((i % {args.burst})) -eq 0 ]; then sleep {args.pause}; fi; done"
     )
     config = {"max-size": args.max_size, "max-file": str(args.max_file)}
-    container = client.containers.run(
-        common.IMAGE,
-        ["sh", "-c", script],
-        detach=True,
-        labels={common.LABEL: containers.run_id},
-        log_config=docker.types.LogConfig(type="json-file", config=config),
+    container = containers.run(
+        script, log_config=docker.types.LogConfig(type="json-file", config=config)
     )
     container.reload()
     watch = RotationWatch(container.attrs["LogPath"])
@@ -146,8 +143,8 @@ def one_run(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = common.BenchParser(
+        __doc__, quick={"lines": 6_000, "max_size": "100k"}, daemon=False
     )
     p.add_argument("--lines", type=int, default=60_000)
     p.add_argument("--burst", type=int, default=100, help="lines written between pauses")
@@ -156,14 +153,11 @@ def main() -> None:
     p.add_argument("--max-size", default="1m")
     p.add_argument("--max-file", type=int, default=5)
     p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="6,000 lines, max-size 100k")
-    p.add_argument("--json-out")
-    args = p.parse_args()
-    common.cleanup_on_sigterm()
-    if args.quick:
-        args.lines, args.max_size = 6_000, "100k"
+    args = p.parse()
     client = common.docker_client()
-    containers = common.BenchContainers(client, common.new_run_id("rotation"))
+    containers = Fleet(
+        client, common.new_run_id("rotation"), label=BENCH_LABEL, keep=args.keep
+    )
     runs = []
     try:
         for n in range(args.runs):
@@ -171,7 +165,7 @@ def main() -> None:
             log(f"run {n + 1}: {runs[-1]['duplicates']} duplicates, "
                 f"{runs[-1]['rotations']} rotations, k={[r['k'] for r in runs[-1]['repeats']]}")
     finally:
-        containers.cleanup()
+        containers.remove_all()
     every = [r for run in runs for r in run["repeats"]]
     summary = {
         "engine": common.engine_version(client),

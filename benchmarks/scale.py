@@ -32,29 +32,33 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import _common as common
-from _common import log
-
-from tests.integration.harness import Daemon, parse_metrics
+from log_capturer_testkit import (
+    BENCH_LABEL,
+    Daemon,
+    Fleet,
+    Started,
+    audit_numbered,
+    cpu_seconds,
+    metric_total,
+    percentile,
+    rss_mb,
+    scrape,
+    slope_per_min,
+    wait_count,
+)
+from log_capturer_testkit import bench as common
+from log_capturer_testkit.bench import log
+from log_capturer_testkit.sink import SinkTailer
+from log_capturer_testkit.workloads import numbered_script, slow_script, written_lines
 
 PROBE_MARK = b'"container_name":"bench-scale-probe'
-
-
-def written_lines(client: Any, container_id: str) -> int:
-    tail = client.api.logs(container_id, stdout=True, stderr=False, tail=1).decode()
-    parts = tail.strip().split()
-    if len(parts) == 2 and parts[0] == "end" and parts[1].isdigit():
-        return int(parts[1])
-    return -1
 
 
 class ProbeWatch:
@@ -74,8 +78,18 @@ class ProbeWatch:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = common.BenchParser(
+        __doc__,
+        quick={
+            "containers": 50,
+            "max_open": 16,
+            "duration": 90,
+            "probes": 10,
+            "sample_interval": 5,
+        },
+        drain_timeout=900,
+        stall_timeout=180,
+        stream_window="30s",
     )
     p.add_argument("--containers", type=int, default=500)
     p.add_argument("--busy-share", type=float, default=0.1, help="share of busy containers")
@@ -84,39 +98,25 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=300, help="s each container runs")
     p.add_argument("--max-open", type=int, default=64, help="docker.pool.max_open")
     p.add_argument("--probes", type=int, default=50, help="containers timed to first line")
-    p.add_argument("--stream-window", default="30s", help="container_monitor.stream_window")
     p.add_argument("--wait-timeout", default="10s", help="docker.pool.wait_timeout")
     p.add_argument("--start-workers", type=int, default=8, help="parallel docker run calls")
     p.add_argument("--sample-interval", type=float, default=10)
-    p.add_argument("--drain-timeout", type=float, default=900, help="s to wait for delivery")
-    p.add_argument(
-        "--stall-timeout", type=float, default=180, help="give up when nothing arrives this long"
-    )
-    p.add_argument("--quick", action="store_true", help="50 containers, max_open 16, 90 s")
-    p.add_argument("--keep", action="store_true", help="keep containers (debugging)")
-    p.add_argument("--workdir", help="keep the daemon's data here (default: a temp dir)")
-    p.add_argument("--json-out", help="also write the JSON summary here")
-    common.add_code_arg(p)
-    args = p.parse_args()
-    if args.quick:
-        args.containers, args.max_open, args.duration, args.probes = 50, 16, 90, 10
-        args.sample_interval = 5
+    args = p.parse()
     client = common.docker_client(pool=max(16, args.start_workers * 2))
     run_id = common.new_run_id("scale")
-    containers = common.BenchContainers(client, run_id, keep=args.keep)
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+    containers = Fleet(client, run_id, label=BENCH_LABEL, keep=args.keep)
+    with common.workdir(args, "bench-scale-") as workdir:
         try:
             return run(args, client, run_id, containers, workdir)
         finally:
-            containers.cleanup(workers=args.start_workers)
+            containers.remove_all(workers=args.start_workers)
 
 
 def run(
     args: argparse.Namespace,
     client: Any,
     run_id: str,
-    containers: common.BenchContainers,
+    containers: Fleet,
     workdir: Path,
 ) -> int:
     daemon = Daemon(
@@ -133,10 +133,10 @@ def run(
             "pipeline": {"batch_wait": "200ms"},
         },
         env=common.code_env(args.code),
-        label=common.LABEL,
+        label=BENCH_LABEL,
     )
     probes = ProbeWatch()
-    tailer = common.SinkTailer(daemon.data / "logs.jsonl", on_line=probes.on_line)
+    tailer = SinkTailer(daemon.output, on_line=probes.on_line)
     sampler: common.Sampler | None = None
     try:
         daemon.start()
@@ -144,10 +144,9 @@ def run(
         pid = daemon.pid
 
         def sample() -> dict[str, float]:
-            with urllib.request.urlopen(daemon.url + "/metrics", timeout=20) as response:
-                m = parse_metrics(response.read().decode())
+            m = scrape(daemon.url + "/metrics", timeout=20)
             return {
-                "rss_mb": common.rss_mb(pid),
+                "rss_mb": rss_mb(pid),
                 "threads": m.get("log_capturer_threads", math.nan),
                 "fds": m.get("log_capturer_file_descriptors_open", math.nan),
                 "monitors": m.get("log_capturer_containers_monitored", math.nan),
@@ -156,8 +155,8 @@ def run(
                 "pool_wait_timeouts": m.get(
                     "log_capturer_docker_pool_wait_timeouts_total", math.nan
                 ),
-                "lines": common.metric_total(m, "log_capturer_lines_captured_total"),
-                "cpu_s": common.cpu_seconds(pid),
+                "lines": metric_total(m, "log_capturer_lines_captured_total"),
+                "cpu_s": cpu_seconds(pid),
             }
 
         sampler = common.Sampler(sample, args.sample_interval)
@@ -168,14 +167,14 @@ def run(
         specs = []
         for i in range(args.containers):
             if busy and i % step == 0 and i // step < busy:
-                script = common.numbered_script(args.duration, args.busy_rate, ticks=2)
+                script = numbered_script(args.duration, args.busy_rate, ticks=2)
                 specs.append((f"bench-scale-busy{i}-{run_id}", script))
             else:
-                script = common.slow_script(args.duration, args.idle_interval)
+                script = slow_script(args.duration, args.idle_interval)
                 specs.append((f"bench-scale-idle{i}-{run_id}", script))
         n_busy = sum(1 for name, _ in specs if "-busy" in name)
         log(f"starting {len(specs)} containers ({n_busy} busy) with {args.start_workers} workers")
-        probe_times: dict[str, tuple[str, float, float]] = {}
+        probe_times: dict[str, Started] = {}
         probe_stop = threading.Event()
 
         def run_probes() -> None:
@@ -185,7 +184,7 @@ def run(
                     return
                 name = f"bench-scale-probe{k}-{run_id}"
                 try:
-                    probe_times[name] = containers.run(
+                    probe_times[name] = containers.run_timed(
                         'echo "1 probe"; sleep 3; echo "end 1"', name=name
                     )
                 except Exception as exc:
@@ -195,11 +194,11 @@ def run(
         prober.start()
         started = containers.run_many(specs, workers=args.start_workers)
         t_started = time.time()
-        first_start = min(v[1] for v in started.values())
+        first_start = min(v.before for v in started.values())
         log(f"{len(started)} containers started in {t_started - t0:.1f}s")
         prober.join(args.duration + 120)
         probe_stop.set()
-        all_ids = [v[0] for v in started.values()] + [v[0] for v in probe_times.values()]
+        all_ids = [v.id for v in started.values()] + [v.id for v in probe_times.values()]
 
         def wait_one(cid: str) -> None:
             client.api.wait(cid, timeout=args.duration + 600)
@@ -212,25 +211,32 @@ def run(
         missing_end = sum(1 for n in written if n < 0)
         total = sum(n + 1 for n in written if n >= 0)
         log(f"all containers exited after {t_exited - t0:.1f}s; {total} lines written")
-        common.wait_delivery(tailer, total, args.drain_timeout, args.stall_timeout)
+        if not wait_count(
+            lambda: tailer.stats.lines,
+            total,
+            args.drain_timeout,
+            args.stall_timeout,
+            lambda: daemon.running,
+        ):
+            log(f"delivery stopped at {tailer.stats.lines}/{total} lines")
         t_done = time.time()
         log(f"delivery done {t_done - t_exited:.1f}s after the last exit")
-        time.sleep(3)
         sampler.stop()
-        tailer.stop()
         final = daemon.metrics()
-        audit = common.audit_numbered(
-            daemon.data / "logs.jsonl", [n for n, _ in specs] + list(probe_times)
-        )
+        daemon_cpu = cpu_seconds(daemon.pid)
+        # SIGTERM drains the queue: the output audited is all the daemon ever wrote.
+        exit_code = daemon.stop(timeout=60)
+        tailer.stop()
+        audit = audit_numbered(daemon.output, [n for n, _ in specs] + list(probe_times))
         # probes: docker run returned -> first line in the sink
         delays = []
         never = 0
-        for name, (_cid, _before, after) in probe_times.items():
+        for name, probe in probe_times.items():
             arrival = probes.first.get(name)
             if arrival is None:
                 never += 1
             else:
-                delays.append(arrival - after)
+                delays.append(arrival - probe.after)
         samples = sampler.samples
         steady_from = t_started - t0 + 30
         steady_to = first_start - t0 + args.duration - 5
@@ -242,7 +248,7 @@ def run(
             return {
                 "min": min(vals) if vals else None,
                 "max": max(vals) if vals else None,
-                "slope_per_min": round(common.slope_per_min(pts), 3) if len(pts) > 1 else None,
+                "slope_per_min": round(slope_per_min(pts), 3) if len(pts) > 1 else None,
             }
 
         rss = [s["rss_mb"] for _, s in samples]
@@ -276,11 +282,12 @@ def run(
             "monitors_max": max((s["monitors"] for _, s in samples), default=None),
             "pool_waiting_max": max((s["pool_waiting"] for _, s in samples), default=None),
             "pool_wait_timeouts": final.get("log_capturer_docker_pool_wait_timeouts_total"),
-            "daemon_cpu_s": round(common.cpu_seconds(daemon.pid), 1),
+            "daemon_cpu_s": round(daemon_cpu, 1),
+            "daemon_exit_code": exit_code,
             "probes": len(probe_times),
             "probe_never_seen": never,
-            "probe_first_line_median_s": round(common.percentile(delays, 0.5), 3),
-            "probe_first_line_p90_s": round(common.percentile(delays, 0.9), 3),
+            "probe_first_line_median_s": round(percentile(delays, 0.5), 3),
+            "probe_first_line_p90_s": round(percentile(delays, 0.9), 3),
             "probe_first_line_max_s": round(max(delays), 3) if delays else None,
             "sampler_errors": sampler.errors,
         }
@@ -301,7 +308,7 @@ def run(
             if tailer.is_alive():
                 tailer.stop()
         finally:
-            if daemon.proc is not None and daemon.proc.poll() is None:
+            if daemon.running:
                 daemon.stop(timeout=60)
 
 

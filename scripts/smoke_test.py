@@ -4,36 +4,43 @@ It runs load containers that write numbered lines at a steady rate and churns
 short-lived containers, samples the daemon's metrics at every checkpoint, and at the
 end fails, naming the criterion, unless: file descriptors and threads do not grow
 (least-squares slope after warm-up under 0.5/min each), API requests reuse pooled
-connections (ratio >= 0.9 after warm-up), the daemon never crashed or restarted, and
-every line each container wrote (as the engine's own log has it) was delivered
-exactly once.
+connections (ratio >= 0.9 after warm-up), the daemon never crashed or restarted (and
+the one it starts exits 0 on SIGTERM), and every line each container wrote (as the
+engine's own log has it) was delivered exactly once, in order per stream. The daemon
+it starts is stopped before the audit, so the audit sees all it will ever deliver.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from log_capturer.config.types import parse_duration
+from log_capturer_testkit import (
+    REPO,
+    SMOKE_LABEL,
+    TEST_IMAGE,
+    Daemon,
+    Fleet,
+    audit_engine,
+    engine_lines,
+    metric_total,
+    read_records,
+    scrape,
+    slope_per_min,
+    wait_for,
+)
 
-from log_capturer.config.types import parse_duration  # noqa: E402
-from tests.integration.harness import Daemon, scrape, wait_for  # noqa: E402
-
-LABEL = "log-capturer-smoke"
 FD_SLOPE_MAX = 0.5  # per minute
 THREAD_SLOPE_MAX = 0.5
 REUSE_MIN = 0.9
@@ -74,6 +81,8 @@ class Summary:
     lines_delivered: int = 0
     lost: int = 0
     duplicated: int = 0
+    unexpected: int = 0
+    out_of_order_streams: int = 0
     containers_audited: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -113,7 +122,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="",
         help="where the summary and chart go (default smoke-output/<time>)",
     )
-    p.add_argument("--image", default=os.environ.get("TEST_IMAGE", "log-capturer-test/busybox:1"))
+    p.add_argument("--image", default=TEST_IMAGE, help="image of the load (default %(default)s)")
     p.add_argument(
         "--daemon-env",
         action="append",
@@ -139,25 +148,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def slope_per_min(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of (seconds, value) points, per minute."""
-    if len(points) < 2:
-        return 0.0
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    if sxx == 0:
-        return 0.0
-    return 60 * sum((x - mx) * (y - my) for x, y in points) / sxx
-
-
 class Load:
-    """Owns the load and churn containers; removes all of them at the end, even on interrupt."""
+    """Owns the load and churn containers (a :class:`Fleet` labelled for the soak);
+    removes all of them at the end, even on interrupt."""
 
     def __init__(self, client: docker.DockerClient, image: str, run_id: str) -> None:
-        self.client = client
-        self.image = image
+        self.fleet = Fleet(client, run_id, label=SMOKE_LABEL, image=image)
         self.run_id = run_id
         self.stop = threading.Event()
         self.churned: list[str] = []
@@ -198,73 +194,29 @@ class Load:
             n += 1
 
     def _run(self, script: str, name: str) -> None:
-        self.client.containers.run(
-            self.image,
-            ["sh", "-c", script],
-            name=name,
-            detach=True,
-            labels={LABEL: self.run_id},
-            log_config=docker.types.LogConfig(type="json-file", config={"max-size": "50m"}),
-        )
+        self.fleet.run(script, name=name, log_max_size="50m")
 
     def finish(self) -> None:
         self.stop.set()
         if self._churn is not None:
             self._churn.join(30)
 
-    def kill_all(self) -> None:
-        for container in self.client.containers.list(filters={"label": f"{LABEL}={self.run_id}"}):
-            with contextlib.suppress(docker.errors.APIError):  # already exited
-                container.kill()
-
-    def remove_all(self) -> None:
-        for container in self.client.containers.list(
-            all=True, filters={"label": f"{LABEL}={self.run_id}"}
-        ):
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError as exc:
-                print(f"could not remove {container.name}: {exc}", file=sys.stderr)
-
-
-def engine_lines(client: docker.DockerClient, name: str) -> dict[str, list[str]]:
-    """What the container wrote, per stream, as the engine's own log has it."""
-    container = client.containers.get(name)
-    out = {}
-    for stream, flags in (
-        ("stdout", {"stdout": True, "stderr": False}),
-        ("stderr", {"stdout": False, "stderr": True}),
-    ):
-        text = container.logs(**flags).decode("utf-8", "replace")
-        out[stream] = text.splitlines()
-    return out
-
 
 def audit(client: docker.DockerClient, names: list[str], output: Path, summary: Summary) -> None:
-    delivered: dict[tuple[str, str], list[str]] = {}
-    with open(output, "rb") as fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                continue
-            record = json.loads(raw)
-            delivered.setdefault((record["container_name"], record["stream"]), []).append(
-                record["message"]
-            )
-    for name in names:
-        expected = engine_lines(client, name)
-        for stream, lines in expected.items():
-            got = delivered.get((name, stream), [])
-            want = Counter(lines)
-            have = Counter(got)
-            summary.lines_expected += len(lines)
-            summary.lines_delivered += len(got)
-            summary.lost += sum((want - have).values())
-            summary.duplicated += sum((have - want).values())
-            if stream == "stdout" and name.startswith("smoke-load"):
-                numbers = [int(x) for x in lines if x.isdigit()]
-                if numbers != list(range(1, len(numbers) + 1)):
-                    summary.failures.append(f"{name}: the engine's own log is not 1..N")
-        summary.containers_audited += 1
+    """Each container's lines, as the engine's own log has them, against the sink output."""
+    result = audit_engine(client, names, read_records(output))
+    summary.lines_expected += result.expected
+    summary.lines_delivered += result.delivered
+    summary.lost += result.lost
+    summary.duplicated += result.duplicated
+    summary.unexpected += result.unexpected
+    summary.out_of_order_streams += result.out_of_order
+    summary.containers_audited += result.containers
+    for name, streams in result.engine.items():
+        if name.startswith("smoke-load"):
+            numbers = [int(x) for x in streams["stdout"] if x.isdigit()]
+            if numbers != list(range(1, len(numbers) + 1)):
+                summary.failures.append(f"{name}: the engine's own log is not 1..N")
 
 
 def write_chart(summary: Summary, path: Path) -> None:
@@ -329,11 +281,11 @@ def run(args: argparse.Namespace) -> int:
                     "pipeline": {"batch_wait": "200ms"},
                 },
                 env=env,
-                label=LABEL,
+                label=SMOKE_LABEL,
             )
             daemon.start()
             metrics_url = daemon.url + "/metrics"
-            output = Path(args.output_file) if args.output_file else daemon.data / "logs.jsonl"
+            output = Path(args.output_file) if args.output_file else daemon.output
         load_names = load.start_load(args.containers, args.rate)
         load.start_churn(args.churn_per_min)
         print(
@@ -366,9 +318,7 @@ def run(args: argparse.Namespace) -> int:
                 pool_open=pool_open,
                 base_threads=threads - monitors,
                 base_fds=fds - pool_open,
-                lines=sum(
-                    v for k, v in m.items() if k.startswith("log_capturer_lines_captured_total")
-                ),
+                lines=metric_total(m, "log_capturer_lines_captured_total"),
                 api_requests=m.get('log_capturer_docker_pool_requests_total{kind="api"}', 0),
                 api_reuses=m.get('log_capturer_docker_pool_reuses_total{kind="api"}', 0),
                 start_time=m.get("process_start_time_seconds", 0),
@@ -392,11 +342,11 @@ def run(args: argparse.Namespace) -> int:
                 summary.failures.append(f"daemon exited with {daemon.proc.returncode}")
                 break
         load.finish()
-        load.kill_all()
+        load.fleet.kill_all()
         finish_and_audit(args, client, load, load_names, output, summary, daemon, metrics_url)
     finally:
         load.finish()
-        load.remove_all()
+        load.fleet.remove_all()
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
             code = daemon.stop()
             if code != 0:
@@ -443,12 +393,27 @@ def finish_and_audit(
         wait_for(lambda: delivered() >= expected_total, 120, interval=1, what="delivery")
     except AssertionError as exc:
         print(f"warning: {exc}", file=sys.stderr)
-    time.sleep(3)  # anything extra (a duplicate) would show up now
+    if daemon is not None:
+        # Every container has exited: once their monitors are done the daemon reads
+        # nothing more, and SIGTERM drains its queue and saves positions. The output
+        # audited below is then all it will ever write: a duplicate cannot come late.
+        try:
+            daemon.wait_monitors_done(60)
+        except AssertionError as exc:
+            summary.failures.append(str(exc))
+        final = scrape(metrics_url)
+        code = daemon.stop()
+        if code != 0:
+            summary.failures.append(f"daemon exit code {code} on SIGTERM")
+    else:
+        # A daemon this script does not own keeps running: give a straggler (a
+        # duplicate) one more window before the audit.
+        time.sleep(max(3.0, parse_duration(args.stream_window)))
+        final = scrape(metrics_url)
     audit(client, names, output, summary)
     warm = [c for c in summary.checkpoints if c.at_s >= args.warmup_s]
     summary.fd_slope_per_min = slope_per_min([(c.at_s, c.base_fds) for c in warm])
     summary.thread_slope_per_min = slope_per_min([(c.at_s, c.base_threads) for c in warm])
-    final = scrape(metrics_url)
     if warm:
         requests = (
             final.get('log_capturer_docker_pool_requests_total{kind="api"}', 0)
@@ -478,6 +443,10 @@ def finish_and_audit(
         summary.failures.append(f"{summary.lost} lines lost")
     if summary.duplicated:
         summary.failures.append(f"{summary.duplicated} lines duplicated")
+    if summary.unexpected:
+        summary.failures.append(f"{summary.unexpected} lines nobody wrote")
+    if summary.out_of_order_streams:
+        summary.failures.append(f"{summary.out_of_order_streams} streams out of order")
 
 
 if __name__ == "__main__":

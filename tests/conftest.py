@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_loki import RealLoki, peers_missing
+from log_capturer_testkit.loki import RealLoki, peers_missing
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """A Loki push endpoint for the faults the real Loki cannot be made to produce on demand.
 
 Everything Loki itself decides (which entries it stores, its 400s, limits, tenants,
-structured metadata) is tested against the real Loki v3.4.6 (tests/real_loki.py). This
+structured metadata) is tested against the real Loki v3.4.6 (log_capturer_testkit/loki.py). This
 fake only stores what it is sent (protobuf + snappy or JSON, plain or gzip; exact
 duplicates dropped, as Loki does) and answers with faults switched from the test thread:
 fixed statuses in sequence (429 without ``Retry-After`` as Loki sends it, 500, 503, or a

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from log_capturer.sinks.loki.encode import Meta, Push, Streams
-
-from .real_loki import LIMITS_TENANT, NO_METADATA_TENANT
+from log_capturer_testkit.loki import LIMITS_TENANT, NO_METADATA_TENANT
 
 FIXTURE = Path(__file__).parent / "fixtures" / "loki_400.json"
 HOUR_NS = 3600 * 10**9
@@ -197,7 +196,7 @@ def provoke(url: str, case: Case, tenant: str, run: str, now: int) -> tuple[int,
 
 
 def _record() -> None:  # pragma: no cover - run by hand against the real Loki
-    from .real_loki import RealLoki
+    from log_capturer_testkit.loki import RealLoki
 
     workdir = Path(tempfile.mkdtemp(prefix="loki-cases-"))
     loki = RealLoki(workdir).start()

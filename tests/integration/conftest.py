@@ -13,7 +13,7 @@ from typing import Any
 import docker
 import pytest
 
-from .harness import REPO, TEST_IMAGE, Containers, Daemon
+from log_capturer_testkit import REPO, TEST_IMAGE, Daemon, Fleet
 
 DAEMON_IMAGE = "log-capturer:local"
 
@@ -63,10 +63,10 @@ def run_id() -> str:
 
 
 @pytest.fixture
-def containers(docker_client: docker.DockerClient, run_id: str) -> Iterator[Containers]:
-    made = Containers(docker_client, run_id)
+def containers(docker_client: docker.DockerClient, run_id: str) -> Iterator[Fleet]:
+    made = Fleet(docker_client, run_id)
     yield made
-    made.cleanup()
+    made.remove_all()
 
 
 @pytest.fixture

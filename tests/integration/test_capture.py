@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable
 
 from log_capturer.timestamps import parse_docker_ts
-
-from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_for
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, by_stream, wait_for
 
 # ~8 s of numbered lines on both streams, a line pair every ~4 ms: crosses 4 windows.
 PAIRS = 2000
@@ -34,7 +33,7 @@ def wait_records(daemon: Daemon, count: int, timeout: float = 60) -> list[dict]:
 
 
 def test_stdout_and_stderr_lines_arrive_exactly_once_in_order(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
     labels = {
@@ -63,7 +62,7 @@ def test_stdout_and_stderr_lines_arrive_exactly_once_in_order(
     assert daemon.stop() == 0
 
 
-def test_tty_container(make_daemon: Callable[..., Daemon], containers: Containers) -> None:
+def test_tty_container(make_daemon: Callable[..., Daemon], containers: Fleet) -> None:
     daemon = make_daemon().start()
     name = f"tty-{daemon.run_id}"
     script = 'i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "tty $i"; sleep 0.01; done'
@@ -76,7 +75,7 @@ def test_tty_container(make_daemon: Callable[..., Daemon], containers: Container
 
 
 def test_lines_over_16k_are_joined(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
     name = f"long-{daemon.run_id}"
@@ -99,7 +98,7 @@ def test_lines_over_16k_are_joined(
 
 
 def test_tty_lines_over_16k_are_joined(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
     name = f"ttylong-{daemon.run_id}"
@@ -112,7 +111,7 @@ def test_tty_lines_over_16k_are_joined(
 
 
 def test_container_that_lives_under_a_second_is_captured_completely(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
     names = []
@@ -132,7 +131,7 @@ def test_container_that_lives_under_a_second_is_captured_completely(
 
 
 def test_quiet_longer_than_a_window(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
     name = f"quiet-{daemon.run_id}"
@@ -151,7 +150,7 @@ def test_quiet_longer_than_a_window(
 
 
 def test_sigkill_mid_stream_then_restart_delivers_exactly_once(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon()
     daemon.start()
@@ -173,7 +172,7 @@ def test_sigkill_mid_stream_then_restart_delivers_exactly_once(
 
 
 def test_sigterm_exits_zero_quickly_and_saves_positions(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon({"container_monitor": {"stream_window": "30s"}}).start()
     running = [
@@ -200,7 +199,7 @@ def test_sigterm_exits_zero_quickly_and_saves_positions(
 
 
 def test_restarted_container_is_captured_across_runs(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
     name = f"again-{daemon.run_id}"
@@ -217,7 +216,7 @@ def test_restarted_container_is_captured_across_runs(
 
 
 def test_a_container_that_exits_while_the_daemon_is_down_is_read_to_its_end(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
     name = f"downexit-{daemon.run_id}"
@@ -250,7 +249,7 @@ def test_a_container_that_exits_while_the_daemon_is_down_is_read_to_its_end(
 
 
 def test_a_container_that_starts_and_exits_while_the_daemon_is_down_is_read(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     """Not in the positions file and no event for it: the first listing after the restart
     treats the time the daemon was down (since its last save) as an event gap."""
@@ -274,7 +273,7 @@ def test_a_container_that_starts_and_exits_while_the_daemon_is_down_is_read(
 
 
 def test_quick_restarts_by_a_restart_policy_are_all_captured(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     """Four runs of one container, restarted by the engine 100-400 ms apart."""
     daemon = make_daemon().start()  # relist_interval stays 60 s: no help from re-listing

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_for
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, by_stream, wait_for
 
 
 def test_a_10_mib_line_is_truncated_and_marked_and_the_next_lines_flow(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()  # max_line_bytes: 1MiB (the default)
     name = f"huge-{daemon.run_id}"
@@ -26,7 +26,7 @@ def test_a_10_mib_line_is_truncated_and_marked_and_the_next_lines_flow(
 
 
 def test_invalid_utf8_is_replaced_never_a_crash(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
     name = f"bytes-{daemon.run_id}"
@@ -41,7 +41,7 @@ def test_invalid_utf8_is_replaced_never_a_crash(
 
 
 def test_redaction_and_multiline_apply_before_the_sink(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon(
         {

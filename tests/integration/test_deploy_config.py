@@ -25,8 +25,7 @@ import pytest
 import yaml
 
 from log_capturer.config.loader import load_config
-
-from .harness import REPO, TEST_IMAGE, Containers, Daemon, free_port, wait_for
+from log_capturer_testkit import REPO, TEST_IMAGE, Daemon, Fleet, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -526,7 +525,7 @@ def test_live_metrics_pass_promtool_lint_and_cover_every_query(
 
 
 def test_live_metrics_with_traffic_pass_promtool_lint(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     """Once lines flow, labelled counters and histograms have samples: lint those too."""
     daemon = make_daemon().start()

@@ -26,8 +26,8 @@ from log_capturer.docker.config import DockerConfig
 from log_capturer.docker.engine import DockerEngine
 from log_capturer.docker.errors import ContainerGoneError
 from log_capturer.monitor.config import MonitorConfig
+from log_capturer_testkit import TEST_IMAGE, TEST_LABEL, Fleet, wait_for
 
-from .harness import TEST_IMAGE, TEST_LABEL, Containers, wait_for
 from .socket_proxy import EngineProxy
 
 
@@ -96,7 +96,7 @@ def engine_lists(info: ContainerInfo, config: dict[str, Any]) -> bool:
 
 
 def test_the_engine_filters_select_exactly_what_the_filters_say(
-    engine: CountingEngine, containers: Containers, docker_client: docker.DockerClient
+    engine: CountingEngine, containers: Fleet, docker_client: docker.DockerClient
 ) -> None:
     run_id = containers.run_id
     alias = f"log-capturer-test/alias-{run_id}:1"
@@ -196,7 +196,7 @@ def watching(
 
 
 def test_events_follow_the_label_filter_start_rename_die_destroy(
-    engine: CountingEngine, containers: Containers, docker_client: docker.DockerClient
+    engine: CountingEngine, containers: Fleet, docker_client: docker.DockerClient
 ) -> None:
     run_id = containers.run_id
     selector = ContainerSelector(
@@ -231,7 +231,7 @@ def test_events_follow_the_label_filter_start_rename_die_destroy(
 
 
 def test_events_missed_while_the_engine_was_away_are_replayed(
-    containers: Containers, tmp_path: Path
+    containers: Fleet, tmp_path: Path
 ) -> None:
     proxy = EngineProxy(tmp_path / "engine.sock")
     proxy.up()

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, wait_for
 from tests.tmpfs import FILLER, fill, small_tmpfs
-
-from .harness import Containers, Daemon, assert_exactly_once, wait_for
 
 LINES = 20_000
 FREE_BYTES = 256 * 1024  # the room left: ~870 records of ~300 bytes
@@ -56,7 +55,7 @@ def one_warning(daemon: Daemon, event: str, recovered: str) -> dict[str, object]
 def test_a_full_disk_under_the_file_sink_delays_delivery_but_never_tears_a_record(
     small_disk: Path,  # first: unmounted after the daemon is gone
     make_daemon: Callable[..., Daemon],
-    containers: Containers,
+    containers: Fleet,
 ) -> None:
     daemon = make_daemon({"sinks": {"file": {"path": str(small_disk / "logs.jsonl")}}}).start()
     name = f"diskfull-{daemon.run_id}"
@@ -89,7 +88,7 @@ def test_a_full_disk_under_the_file_sink_delays_delivery_but_never_tears_a_recor
 def test_positions_a_full_disk_cannot_save_do_not_stop_delivery(
     small_disk: Path,  # first: unmounted after the daemon is gone
     make_daemon: Callable[..., Daemon],
-    containers: Containers,
+    containers: Fleet,
 ) -> None:
     """The positions file on a full disk, the sink's file elsewhere: delivery goes on,
     positions are saved once there is room, and they match what was delivered."""

@@ -5,7 +5,7 @@ mounted read-only), and check what an operator relies on: the HEALTHCHECK turns 
 inside the data volume, and ``docker stop`` ends it cleanly and quickly.
 
 The base image (debootstrap, about a minute) and docker's layer cache are kept between
-runs, so after the first run the build takes seconds. Containers are removed; images stay.
+runs, so after the first run the build takes seconds. Fleet are removed; images stay.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 
-from .harness import TEST_LABEL, Containers, assert_exactly_once, free_port, scrape, wait_for
+from log_capturer_testkit import TEST_LABEL, Fleet, assert_exactly_once, free_port, scrape, wait_for
 
 # A cold build (wheelhouse download, debootstrap of the base image) takes a few minutes
 # on 2 busy cores; the fixture that does it runs inside the first test's timeout.
@@ -126,7 +126,7 @@ def test_image_metadata_and_baked_config(
 def test_image_captures_a_sibling_container_and_stops_cleanly(
     docker_client: docker.DockerClient,
     daemon_image: str,
-    containers: Containers,
+    containers: Fleet,
     daemon_containers: None,
     run_id: str,
 ) -> None:

@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_for
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, by_stream, wait_for
+
 from .socket_proxy import EngineProxy
 
 
@@ -40,7 +41,7 @@ def leak_sample(daemon: Daemon, samples: int = 5) -> tuple[int, int]:
 
 
 def test_threads_and_fds_return_to_baseline_after_20_windows_on_10_containers(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon({"container_monitor": {"stream_window": "1s"}}).start()
     # Baseline: the daemon after it delivered a first record (its output file is open).
@@ -91,7 +92,7 @@ def test_threads_and_fds_return_to_baseline_after_20_windows_on_10_containers(
 
 
 def test_more_containers_than_connections_take_turns_without_loss(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon(
         {
@@ -116,7 +117,7 @@ def test_more_containers_than_connections_take_turns_without_loss(
 
 
 def test_with_connections_scarce_quiet_monitors_take_short_turns_and_newcomers_go_first(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     # Eight quiet containers, two connections for their streams (the event stream holds
     # the third), 30 s windows: without short turns the last of them would wait minutes.
@@ -147,7 +148,7 @@ def test_with_connections_scarce_quiet_monitors_take_short_turns_and_newcomers_g
 
 
 def test_filters_and_never_capturing_itself(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     """Only the kept container is captured, and the excluded ones (by name, label, image
     or as the daemon's own) are judged from the engine's listing: none is inspected at a
@@ -209,7 +210,7 @@ def test_filters_and_never_capturing_itself(
 
 
 def test_positions_of_destroyed_containers_are_pruned(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
     container = containers.run("echo bye", name=f"gone-{daemon.run_id}")
@@ -230,7 +231,7 @@ def test_positions_of_destroyed_containers_are_pruned(
 
 
 def test_start_from_now_skips_history_and_survives_a_crash(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     name = f"now-{containers.run_id}"
     script = (
@@ -296,7 +297,7 @@ def test_by_stream_helper_groups_per_container_and_stream() -> None:
 
 
 def test_engine_going_away_and_coming_back_loses_nothing(
-    make_daemon: Callable[..., Daemon], containers: Containers, tmp_path: Path
+    make_daemon: Callable[..., Daemon], containers: Fleet, tmp_path: Path
 ) -> None:
     proxy = EngineProxy(tmp_path / "engine.sock")
     proxy.up()

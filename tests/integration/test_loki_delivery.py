@@ -1,4 +1,4 @@
-"""Delivery to the real Loki v3.4.6: real engine, real daemon, real Loki (tests/real_loki.py).
+"""Delivery to the real Loki v3.4.6 (log_capturer_testkit/loki.py): real engine, daemon, Loki.
 
 Each test pushes as a tenant of its own (or, in the tenant with small limits, under a
 label of its own), audits by querying Loki's API, and prints a line
@@ -21,10 +21,9 @@ from typing import Any
 import pytest
 
 from log_capturer.sinks.delivery import max_requests
-from tests.real_loki import LIMITS_TENANT, RealLoki, selector
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, wait_for
+from log_capturer_testkit.loki import LIMITS_TENANT, RealLoki, selector
 from tests.tcp_proxy import TcpProxy
-
-from .harness import Containers, Daemon, assert_exactly_once, wait_for
 
 
 @pytest.fixture
@@ -107,7 +106,7 @@ def requests_by_status(daemon: Daemon) -> dict[str, float]:
 
 
 def test_bulk_slow_and_both_streams_exactly_once_in_loki(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     loki_tenant: str,
 ) -> None:
     daemon = loki_daemon(make_daemon, real_loki.url, loki_tenant,
@@ -136,10 +135,10 @@ def test_bulk_slow_and_both_streams_exactly_once_in_loki(
 
 
 def test_refused_entries_are_dead_lettered_the_rest_stored_once_in_bounded_requests(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     run_id: str,
 ) -> None:
-    """The tenant's limits (tests/real_loki.py): lines up to 1,024 bytes, 4 labels."""
+    """The tenant's limits (log_capturer_testkit/loki.py): lines up to 1,024 bytes, 4 labels."""
     daemon = loki_daemon(
         make_daemon, real_loki.url, LIMITS_TENANT,
         loki={"static_labels": {"run": run_id}, "max_line_bytes": 0},
@@ -181,7 +180,7 @@ def test_refused_entries_are_dead_lettered_the_rest_stored_once_in_bounded_reque
 
 
 def test_structured_metadata_on_and_off_as_loki_shows_it(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     run_id: str,
 ) -> None:
     on_tenant, off_tenant = f"meta-on-{run_id}", f"meta-off-{run_id}"
@@ -209,7 +208,7 @@ def test_structured_metadata_on_and_off_as_loki_shows_it(
 
 
 def test_a_10_mib_line_reaches_loki_cut_to_its_limit_and_marked(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     loki_tenant: str,
 ) -> None:
     daemon = loki_daemon(make_daemon, real_loki.url, loki_tenant).start()
@@ -229,7 +228,7 @@ def test_a_10_mib_line_reaches_loki_cut_to_its_limit_and_marked(
 
 
 def test_sigkill_during_slow_pushes_file_exactly_once_loki_exact(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     loki_tenant: str, proxy: TcpProxy,
 ) -> None:
     proxy.delay(0.3)  # every push takes a while: kills land mid-push
@@ -252,7 +251,7 @@ def test_sigkill_during_slow_pushes_file_exactly_once_loki_exact(
 
 
 def test_full_queue_blocks_monitors_and_drops_nothing(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     loki_tenant: str, proxy: TcpProxy,
 ) -> None:
     # A slow sink: a tenth of a second more per push of about 16 KiB. The queue holds one

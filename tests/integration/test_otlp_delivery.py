@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from log_capturer.sinks.delivery import max_requests
-from tests.real_loki import OTLP_LIMITS_TENANT, RealLoki, selector
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, wait_for
+from log_capturer_testkit.loki import OTLP_LIMITS_TENANT, RealLoki, selector
 from tests.tcp_proxy import TcpProxy
 
-from .harness import Containers, Daemon, assert_exactly_once, wait_for
 from .test_loki_delivery import numbered, paced, requests_by_status
 
 
@@ -83,7 +83,7 @@ def audit(case: str, loki: RealLoki, tenant: str, container: str, stream: str,
 
 
 def test_bulk_slow_and_both_streams_exactly_once_through_otlp(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     loki_tenant: str,
 ) -> None:
     daemon = otlp_daemon(make_daemon, real_loki.url, loki_tenant,
@@ -112,7 +112,7 @@ def test_bulk_slow_and_both_streams_exactly_once_through_otlp(
 
 
 def test_which_attributes_loki_makes_labels_and_which_structured_metadata(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     loki_tenant: str,
 ) -> None:
     """Loki 3.4.6's default otlp_config, as the real binary applies it: the resource
@@ -167,7 +167,7 @@ def test_which_attributes_loki_makes_labels_and_which_structured_metadata(
 
 
 def test_entries_loki_refuses_are_dead_lettered_the_rest_stored_once(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     run_id: str,
 ) -> None:
     """The tenant's lines are at most 1,024 bytes; Loki refuses the long one and stores the
@@ -196,7 +196,7 @@ def test_entries_loki_refuses_are_dead_lettered_the_rest_stored_once(
 
 
 def test_a_60s_outage_with_a_sigkill_inside_every_line_once_after_in_both_sinks(
-    make_daemon: Callable[..., Daemon], containers: Containers, real_loki: RealLoki,
+    make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     loki_tenant: str, proxy: TcpProxy,
 ) -> None:
     """Both network sinks of one daemon behind the same proxy, each with its own spool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .harness import Containers, Daemon, assert_exactly_once, wait_for
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, wait_for
 
 # 30 bursts of 100 line pairs on both streams, half a second apart (~15 s, 15 windows).
 BURSTS = (
@@ -37,7 +37,7 @@ def settle(daemon: Daemon, count: int) -> list[dict]:  # type: ignore[type-arg]
 
 
 def test_a_tail_too_small_for_the_bursts_falls_back_and_loses_nothing(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon(
         {
@@ -61,7 +61,7 @@ def test_a_tail_too_small_for_the_bursts_falls_back_and_loses_nothing(
 
 
 def test_a_big_backlog_is_reopened_with_a_tail_and_resumes_exactly(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon(
         {"container_monitor": {"stream_window": "1s", "reorder_tolerance": "200ms"}}
@@ -84,7 +84,7 @@ def test_a_big_backlog_is_reopened_with_a_tail_and_resumes_exactly(
 
 
 def test_a_reopen_that_waited_past_its_until_for_a_connection_loses_nothing(
-    make_daemon: Callable[..., Daemon], containers: Containers
+    make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     # One connection for two busy monitors (the event stream holds the other), 1 s
     # windows and no early turns: each request waits about a window for the connection,

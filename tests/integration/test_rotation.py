@@ -18,7 +18,7 @@ from typing import Any
 
 import docker
 
-from .harness import Containers, Daemon, assert_exactly_once, by_stream, wait_for
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, by_stream, wait_for
 
 LINES = 60_000
 # About 2,000 lines/s: bursts of 100 lines 50 ms apart, ~30 s in all. Each line takes
@@ -88,7 +88,7 @@ def rotated_files(log_path: str) -> list[Path]:
 
 def test_lines_repeated_by_the_engine_at_a_log_rotation_are_delivered_once(
     make_daemon: Callable[..., Daemon],
-    containers: Containers,
+    containers: Fleet,
     docker_client: docker.DockerClient,
 ) -> None:
     daemon = make_daemon({"container_monitor": {"stream_window": "5s"}}).start()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import REPO
+from log_capturer_testkit import REPO
 
 CHECKPOINT = re.compile(
     r"^\[(\d+)/(\d+)\] [\d.]+m: threads=\d+ \([+-]\d+, [+-][\d.]+/min\) "

@@ -35,9 +35,9 @@ from log_capturer.sinks.loki import (
 from log_capturer.sinks.loki.responses import classify
 from log_capturer.sinks.spool import DiskSpool
 from log_capturer.timestamps import format_rfc3339_ns
+from log_capturer_testkit.loki import LIMITS_TENANT, NO_METADATA_TENANT, RealLoki, selector
 from tests.fake_loki import FakeLoki
 from tests.loki_cases import CASES, normalize, provoke, recorded
-from tests.real_loki import LIMITS_TENANT, NO_METADATA_TENANT, RealLoki, selector
 from tests.tcp_proxy import TcpProxy
 
 WEB = ContainerInfo(

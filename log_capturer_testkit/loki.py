@@ -28,7 +28,10 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from .daemon import free_port
+from .env import REPO
+from .procfs import cpu_seconds
+
 PEERS = Path(os.environ.get("LOG_CAPTURER_PEERS", REPO.parent / "shared" / "peers"))
 LIMITS_TENANT = "limits"
 NO_METADATA_TENANT = "no-metadata"
@@ -57,14 +60,6 @@ def peer_binary(name: str) -> Path:
         [str(PEERS / "get"), name], capture_output=True, text=True, timeout=300, check=True
     )
     return Path(result.stdout.strip())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -177,8 +172,7 @@ class RealLoki:
     def cpu_seconds(self) -> float:
         """User + system CPU of the Loki process so far."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     # -- queries ---------------------------------------------------------------------
 
