@@ -409,7 +409,9 @@ class ContainerMonitor:
             # a followed line as it is written; half the wait bounds how late).
             reference = parse_docker_ts(last_ts) if last_ts else 0
             if stream.end_reason is StreamEnd.EOF:
-                reference = max(reference, request_ns)
+                # The engine's end covers the lines up to the request, but only up to
+                # ``until`` when that had passed (a re-read after a tail fallback).
+                reference = max(reference, min(request_ns, until_ns) if until_ns else request_ns)
             elif (
                 stream.end_reason in (StreamEnd.DEADLINE, StreamEnd.TURN)
                 and plan.follow
