@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, wait_for
+
+from .socket_proxy import EngineProxy, HoldPastUntil
 
 # 30 bursts of 100 line pairs on both streams, half a second apart (~15 s, 15 windows).
 BURSTS = (
@@ -83,40 +86,48 @@ def test_a_big_backlog_is_reopened_with_a_tail_and_resumes_exactly(
     assert daemon.stop() == 0
 
 
-def test_a_reopen_that_waited_past_its_until_for_a_connection_loses_nothing(
-    make_daemon: Callable[..., Daemon], containers: Fleet
+def test_a_tail_read_that_reaches_the_engine_after_its_until_falls_back_and_loses_nothing(
+    make_daemon: Callable[..., Daemon], containers: Fleet, tmp_path: Path
 ) -> None:
-    # One connection for two busy monitors (the event stream holds the other), 1 s
-    # windows and no early turns: each request waits about a window for the connection,
-    # so its ``until`` (set before the wait) has passed when the engine reads the tail.
-    # The engine then ends the body at once, and that end must not pass for a short tail.
+    # A reopen's ``until`` is set before its request waits for a pooled connection. When
+    # the wait outlasts it, the engine takes the tail with ``until`` already passed,
+    # stops at the first tail line stamped after it and ends the body at once, short of
+    # the tail: that end proves nothing about the tail and must not pass for a short one
+    # (monitor/resume.py ended_before_until). The proxy makes it happen every run: it
+    # holds the first two tail reads until 0.4 s after their ``until`` (4 s windows give
+    # the read 1 s of grace, so the answer still comes before the read's deadline).
+    # 20-line tails against ~200 lines/s: had the early end passed for proof, the
+    # window's lines would be skipped.
+    hold = HoldPastUntil(limit=2, margin=0.4)
+    proxy = EngineProxy(tmp_path / "engine.sock", hold=hold)
+    proxy.up()
     daemon = make_daemon(
         {
-            "docker": {"pool": {"max_open": 2, "max_idle": 2, "wait_timeout": "10s"}},
+            "docker": {"socket_path": proxy.path},
             "container_monitor": {
-                "stream_window": "1s",
-                "contended_window": "30s",
+                "stream_window": "4s",
                 "resume_tail_lines": 20,
                 "resume_tail_max_lines": 20,
                 "reorder_tolerance": "200ms",
             },
         }
     ).start()
+    name = f"late-{daemon.run_id}"
     script = (
-        'i=0; while [ $i -lt 2000 ]; do i=$((i+1)); echo "n $i"; '
+        'i=0; while [ $i -lt 3600 ]; do i=$((i+1)); echo "out $i"; '
+        'if [ $((i % 10)) -eq 0 ]; then echo "err $i" >&2; fi; '
         "if [ $((i % 20)) -eq 0 ]; then sleep 0.1; fi; done"
     )
-    names = [f"waiter{n}-{daemon.run_id}" for n in range(2)]
-    running = [containers.run(script, name=name) for name in names]
-    for container in running:
-        containers.wait_exit(container, timeout=120)
-    records = settle(daemon, 4000)
-    for name in names:
-        assert_exactly_once(records, name, "stdout", numbered("n", range(1, 2001)))
-    # The engine cutting the tail at a passed ``until`` happens in most runs here, not
-    # all (it depends on timing): the rule is pinned by test_resume.py; this test holds
-    # the monitors, waiting on one connection with tail reads, to exactly once.
+    container = containers.run(script, name=name)
+    containers.wait_exit(container, timeout=120)
+    daemon.wait_monitors_done()
     metrics = daemon.metrics()
-    assert metrics["log_capturer_docker_pool_waits_total"] > 0
-    assert metrics["log_capturer_stream_tail_reads_total"] > 0
     assert daemon.stop() == 0
+    records = daemon.records()
+    proxy.down()
+    assert_exactly_once(records, name, "stdout", numbered("out", range(1, 3601)))
+    assert_exactly_once(records, name, "stderr", numbered("err", range(10, 3601, 10)))
+    assert hold.held == 2, "the container ended before two tail reads were made"
+    # Each held read ended early at its passed until and was re-read without a tail.
+    assert metrics['log_capturer_stream_tail_fallbacks_total{reason="until"}'] == hold.held
+    assert metrics["log_capturer_stream_tail_reads_total"] > hold.held
