@@ -226,6 +226,28 @@ class Daemon:
             what="every monitor to finish",
         )
 
+    def wait_captured(self, records: int, timeout: float = 60) -> None:
+        """Wait until the file sink holds ``records`` records (the daemon saw the
+        containers) and then until every monitor has finished (they exited and were read
+        to their end: the daemon will read nothing more of them).
+
+        Fewer records after ``timeout`` is not an error here: the audit that follows
+        names what is missing better than a count would."""
+        try:
+            wait_for(lambda: len(self.records()) >= records, timeout, what=f"{records} records")
+        except AssertionError as exc:
+            print(f"wait_captured: {exc}; auditing what arrived", file=sys.stderr)
+        self.wait_monitors_done(timeout)
+
+    def stop_and_read(self) -> list[Record]:
+        """SIGTERM (the daemon drains its queue, flushes the sinks, saves positions), check
+        it exited 0, and return what the file sink holds: everything this run delivered,
+        with nothing more to come, so an audit of it cannot miss a late duplicate."""
+        code = self.stop()
+        if code != 0:
+            raise AssertionError(f"daemon exited with {code} on SIGTERM:\n{self.log_tail()}")
+        return self.records()
+
     # -- files ------------------------------------------------------------------------
 
     def log_tail(self, lines: int = 40) -> str:

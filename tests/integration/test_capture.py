@@ -1,7 +1,9 @@
 """Capture correctness against the real engine: every line exactly once, in order per stream.
 
-All daemons here run with ``stream_window: 2s`` (see harness.Daemon), so every
-test that runs longer than a few seconds crosses several window boundaries.
+All daemons here run with ``stream_window: 2s`` (see log_capturer_testkit.Daemon), so
+every test that runs longer than a few seconds crosses several window boundaries. Each
+audit reads the output of a stopped daemon (SIGTERM drains; exit 0 checked): all it
+delivered, so a duplicate cannot arrive after the audit.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 
 from log_capturer.timestamps import parse_docker_ts
 from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, by_stream, wait_for
+from log_capturer_testkit.sink import parse_ts
 
 # ~8 s of numbered lines on both streams, a line pair every ~4 ms: crosses 4 windows.
 PAIRS = 2000
@@ -43,9 +46,9 @@ def test_stdout_and_stderr_lines_arrive_exactly_once_in_order(
     }
     container = containers.run(PACED_BOTH, name=f"both-{daemon.run_id}", labels=labels)
     assert containers.wait_exit(container) == 0
-    records = wait_records(daemon, 2 * PAIRS)
-    time.sleep(2.5)  # anything extra (a duplicate) would arrive within a window
-    records = daemon.records()
+    daemon.wait_captured(2 * PAIRS)
+    eof_windows = daemon.metric('log_capturer_stream_windows_total{end="eof"}')
+    records = daemon.stop_and_read()
     name = f"both-{daemon.run_id}"
     assert_exactly_once(records, name, "stdout", numbered("out", PAIRS))
     assert_exactly_once(records, name, "stderr", numbered("err", PAIRS))
@@ -58,8 +61,7 @@ def test_stdout_and_stderr_lines_arrive_exactly_once_in_order(
     assert first["labels"]["team"] == "core"
     assert first["compose_service"] == "web" and first["compose_project"] == "shop"
     assert first["ts"].endswith("Z") and len(first["ts"]) == 30  # nanoseconds
-    assert daemon.metric('log_capturer_stream_windows_total{end="eof"}') >= 1
-    assert daemon.stop() == 0
+    assert eof_windows >= 1
 
 
 def test_tty_container(make_daemon: Callable[..., Daemon], containers: Fleet) -> None:
@@ -67,11 +69,9 @@ def test_tty_container(make_daemon: Callable[..., Daemon], containers: Fleet) ->
     name = f"tty-{daemon.run_id}"
     script = 'i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "tty $i"; sleep 0.01; done'
     containers.wait_exit(containers.run(script, name=name, tty=True))
-    wait_records(daemon, 300)
-    time.sleep(2.5)
-    records = daemon.records()
+    daemon.wait_captured(300)
+    records = daemon.stop_and_read()
     assert_exactly_once(records, name, "tty", numbered("tty", 300))
-    assert daemon.stop() == 0
 
 
 def test_lines_over_16k_are_joined(
@@ -87,14 +87,12 @@ def test_lines_over_16k_are_joined(
         "echo after"
     )
     containers.wait_exit(containers.run(script, name=name))
-    records = wait_records(daemon, 5)
-    time.sleep(2.5)
-    records = daemon.records()
+    daemon.wait_captured(5)
+    records = daemon.stop_and_read()
     assert_exactly_once(
         records, name, "stdout", ["before", "a" * 20480, "middle", "b" * 204800, "after"]
     )
     assert not any(r.get("truncated") for r in records)
-    assert daemon.stop() == 0
 
 
 def test_tty_lines_over_16k_are_joined(
@@ -104,10 +102,8 @@ def test_tty_lines_over_16k_are_joined(
     name = f"ttylong-{daemon.run_id}"
     script = "echo x; head -c 40000 /dev/zero | tr '\\0' c; echo; echo y"
     containers.wait_exit(containers.run(script, name=name, tty=True))
-    wait_records(daemon, 3)
-    time.sleep(2.5)
-    assert_exactly_once(daemon.records(), name, "tty", ["x", "c" * 40000, "y"])
-    assert daemon.stop() == 0
+    daemon.wait_captured(3)
+    assert_exactly_once(daemon.stop_and_read(), name, "tty", ["x", "c" * 40000, "y"])
 
 
 def test_container_that_lives_under_a_second_is_captured_completely(
@@ -118,16 +114,16 @@ def test_container_that_lives_under_a_second_is_captured_completely(
     for n in range(3):
         name = f"brief{n}-{daemon.run_id}"
         names.append(name)
-        started = time.monotonic()
         container = containers.run("seq 1 1000", name=name)
         containers.wait_exit(container)
-        assert time.monotonic() - started < 5
-    wait_records(daemon, 3000)
-    time.sleep(2.5)
-    records = daemon.records()
+        container.reload()
+        state = container.attrs["State"]
+        lived = parse_ts(state["FinishedAt"].encode()) - parse_ts(state["StartedAt"].encode())
+        assert lived < 1, f"{name} lived {lived:.2f}s: not the case under test"
+    daemon.wait_captured(3000)
+    records = daemon.stop_and_read()
     for name in names:
         assert_exactly_once(records, name, "stdout", [str(i) for i in range(1, 1001)])
-    assert daemon.stop() == 0
 
 
 def test_quiet_longer_than_a_window(
@@ -136,17 +132,22 @@ def test_quiet_longer_than_a_window(
     daemon = make_daemon().start()
     name = f"quiet-{daemon.run_id}"
     container = containers.run("echo one; sleep 5; echo two >&2; sleep 5; echo three", name=name)
-    time.sleep(4)
-    assert by_stream(daemon.records()).get((name, "stdout")) == ["one"]
+    wait_for(
+        lambda: by_stream(daemon.records()).get((name, "stdout")) == ["one"],
+        10,
+        interval=0.05,
+        what="the first line",
+    )
+    # Delivered while the container was still quiet (it writes again after 5 s).
+    assert container.logs(stdout=False, stderr=True) == b""
     containers.wait_exit(container)
-    wait_records(daemon, 3)
-    time.sleep(2.5)
-    records = daemon.records()
+    daemon.wait_captured(3)
+    # The engine never ends a quiet follow stream: our deadline did.
+    deadline_windows = daemon.metric('log_capturer_stream_windows_total{end="deadline"}')
+    records = daemon.stop_and_read()
     assert_exactly_once(records, name, "stdout", ["one", "three"])
     assert_exactly_once(records, name, "stderr", ["two"])
-    # The engine never ends a quiet follow stream: our deadline did.
-    assert daemon.metric('log_capturer_stream_windows_total{end="deadline"}') >= 2
-    assert daemon.stop() == 0
+    assert deadline_windows >= 2
 
 
 def test_sigkill_mid_stream_then_restart_delivers_exactly_once(
@@ -159,16 +160,16 @@ def test_sigkill_mid_stream_then_restart_delivers_exactly_once(
     for _ in range(2):
         wait_for(lambda: len(daemon.records()) > 200, 30, what="some records")
         time.sleep(0.7)
+        container.reload()
+        assert container.status == "running", "the container ended before the kill"
         daemon.kill()  # SIGKILL: no flush, no positions save
         time.sleep(1.5)  # the container keeps writing meanwhile
         daemon.start()
     containers.wait_exit(container)
-    records = wait_records(daemon, 2 * PAIRS)
-    time.sleep(2.5)
-    records = daemon.records()
+    daemon.wait_captured(2 * PAIRS)
+    records = daemon.stop_and_read()
     assert_exactly_once(records, name, "stdout", numbered("out", PAIRS))
     assert_exactly_once(records, name, "stderr", numbered("err", PAIRS))
-    assert daemon.stop() == 0
 
 
 def test_sigterm_exits_zero_quickly_and_saves_positions(
@@ -184,9 +185,13 @@ def test_sigterm_exits_zero_quickly_and_saves_positions(
         30,
         what="all containers captured",
     )
-    started = time.monotonic()
+    # 30 s windows, none over yet: the stop must cut them, not wait for them.
+    assert daemon.metric('log_capturer_stream_windows_total{end="deadline"}') == 0
     assert daemon.stop(signal.SIGTERM) == 0
-    assert time.monotonic() - started < 5
+    stopped = [e for e in daemon.log_events() if e["event"] == "monitor_stopped"]
+    assert sorted((e["container_name"], e["reason"], e["windows"]) for e in stopped) == sorted(
+        (c.name, "stopped", 1) for c in running
+    ), stopped
     positions = json.loads((daemon.data / "positions.json").read_text())
     ids = {c.id for c in running}
     assert ids <= set(positions["containers"])
@@ -208,11 +213,9 @@ def test_restarted_container_is_captured_across_runs(
     wait_records(daemon, 100)
     container.start()
     containers.wait_exit(container)
-    wait_records(daemon, 200)
-    time.sleep(2.5)
-    got = by_stream(daemon.records())[(name, "stdout")]
+    daemon.wait_captured(200)
+    got = by_stream(daemon.stop_and_read())[(name, "stdout")]
     assert got == [str(i) for i in range(1, 101)] * 2
-    assert daemon.stop() == 0
 
 
 def test_a_container_that_exits_while_the_daemon_is_down_is_read_to_its_end(
@@ -287,8 +290,8 @@ def test_quick_restarts_by_a_restart_policy_are_all_captured(
     )
     expected = [f"run {n} line {i}" for n in range(1, 5) for i in range(1, 51)]
     wait_for(lambda: len(daemon.records()) >= 200, 30, what="all four runs")
+    assert containers.wait_exit(container) == 1  # the last run: no restart after it
     container.reload()
     assert container.attrs["RestartCount"] == 3
-    time.sleep(2.5)
-    assert_exactly_once(daemon.records(), name, "stdout", expected)
-    assert daemon.stop() == 0
+    daemon.wait_captured(200)
+    assert_exactly_once(daemon.stop_and_read(), name, "stdout", expected)

@@ -1,11 +1,12 @@
-"""Delivery edge cases against the real engine: huge lines, bad bytes, redaction, multiline."""
+"""Delivery edge cases against the real engine: huge lines, bad bytes, redaction, multiline.
+
+Each audit reads the output of a stopped daemon (SIGTERM drains; exit 0 checked)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, by_stream, wait_for
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, by_stream
 
 
 def test_a_10_mib_line_is_truncated_and_marked_and_the_next_lines_flow(
@@ -15,14 +16,13 @@ def test_a_10_mib_line_is_truncated_and_marked_and_the_next_lines_flow(
     name = f"huge-{daemon.run_id}"
     script = "echo before; head -c 10485760 /dev/zero | tr '\\0' z; echo; seq 1 100"
     containers.wait_exit(containers.run(script, name=name), timeout=120)
-    wait_for(lambda: len(daemon.records()) >= 102, 60, what="all records")
-    time.sleep(2.5)
-    records = daemon.records()
+    daemon.wait_captured(102)
+    truncated = daemon.metric("log_capturer_lines_truncated_total")
+    records = daemon.stop_and_read()
     messages = by_stream(records)[(name, "stdout")]
     assert messages == ["before", "z" * 1048576, *[str(i) for i in range(1, 101)]]
     assert [r.get("truncated", False) for r in records][:3] == [False, True, False]
-    assert daemon.metric("log_capturer_lines_truncated_total") == 1
-    assert daemon.stop() == 0
+    assert truncated == 1
 
 
 def test_invalid_utf8_is_replaced_never_a_crash(
@@ -32,12 +32,10 @@ def test_invalid_utf8_is_replaced_never_a_crash(
     name = f"bytes-{daemon.run_id}"
     script = "printf 'ok\\n\\377\\376 broken \\300\\n\\303\\251t\\303\\251\\n'; echo after"
     containers.wait_exit(containers.run(script, name=name))
-    wait_for(lambda: len(daemon.records()) >= 4, 30, what="4 records")
-    time.sleep(2.5)
+    daemon.wait_captured(4)
     assert_exactly_once(
-        daemon.records(), name, "stdout", ["ok", "\ufffd\ufffd broken \ufffd", "été", "after"]
+        daemon.stop_and_read(), name, "stdout", ["ok", "\ufffd\ufffd broken \ufffd", "été", "after"]
     )
-    assert daemon.stop() == 0
 
 
 def test_redaction_and_multiline_apply_before_the_sink(
@@ -67,9 +65,8 @@ def test_redaction_and_multiline_apply_before_the_sink(
         "echo 'next request'"
     )
     containers.wait_exit(containers.run(script, name=name))
-    wait_for(lambda: len(daemon.records()) >= 4, 30, what="4 records")
-    time.sleep(2.5)
-    records = daemon.records()
+    daemon.wait_captured(4)
+    records = daemon.stop_and_read()
     text = "\n".join(r["message"] for r in records)
     assert "hunter2" not in text and "4111-1111-1111-1111" not in text
     messages = by_stream(records)[(name, "stdout")]
@@ -81,4 +78,4 @@ def test_redaction_and_multiline_apply_before_the_sink(
     )
     assert records[2]["lines"] == 4
     assert messages[3] == "next request"
-    assert daemon.stop() == 0
+    assert len(records) == 4

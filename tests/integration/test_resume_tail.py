@@ -8,11 +8,10 @@ arrive exactly once, in order per stream.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, wait_for
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once
 
 from .socket_proxy import EngineProxy, HoldPastUntil
 
@@ -33,12 +32,6 @@ def numbered(prefix: str, numbers: range) -> list[str]:
     return [f"{prefix} {i}" for i in numbers]
 
 
-def settle(daemon: Daemon, count: int) -> list[dict]:  # type: ignore[type-arg]
-    wait_for(lambda: len(daemon.records()) >= count, 90, what=f"{count} records")
-    time.sleep(2.5)  # a duplicate would arrive within a window
-    return daemon.records()
-
-
 def test_a_tail_too_small_for_the_bursts_falls_back_and_loses_nothing(
     make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
@@ -54,13 +47,14 @@ def test_a_tail_too_small_for_the_bursts_falls_back_and_loses_nothing(
     ).start()
     name = f"bursts-{daemon.run_id}"
     containers.wait_exit(containers.run(BURSTS, name=name), timeout=120)
-    records = settle(daemon, 6000)
+    daemon.wait_captured(6000, timeout=90)
+    metrics = daemon.metrics()
+    records = daemon.stop_and_read()
     assert_exactly_once(records, name, "stdout", numbered("out", range(1, 3001)))
     assert_exactly_once(records, name, "stderr", numbered("err", range(1, 3001)))
-    assert daemon.metric("log_capturer_stream_tail_reads_total") >= 5
+    assert metrics["log_capturer_stream_tail_reads_total"] >= 5
     # 100-line bursts between windows overflow a 20-line tail: the check must catch it.
-    assert daemon.metric('log_capturer_stream_tail_fallbacks_total{reason="full"}') >= 1
-    assert daemon.stop() == 0
+    assert metrics['log_capturer_stream_tail_fallbacks_total{reason="full"}'] >= 1
 
 
 def test_a_big_backlog_is_reopened_with_a_tail_and_resumes_exactly(
@@ -71,11 +65,12 @@ def test_a_big_backlog_is_reopened_with_a_tail_and_resumes_exactly(
     ).start()
     name = f"backlog-{daemon.run_id}"
     containers.wait_exit(containers.run(BACKLOG_THEN_TRICKLE, name=name), timeout=120)
-    records = settle(daemon, 20000 + 60 + 10)
+    daemon.wait_captured(20000 + 60 + 10, timeout=90)
+    metrics = daemon.metrics()
+    records = daemon.stop_and_read()
     expected_out = numbered("big", range(1, 20001)) + numbered("out", range(1, 61))
     assert_exactly_once(records, name, "stdout", expected_out)
     assert_exactly_once(records, name, "stderr", numbered("err", range(6, 61, 6)))
-    metrics = daemon.metrics()
     tail_reads = metrics.get("log_capturer_stream_tail_reads_total", 0)
     fallbacks = sum(
         v for k, v in metrics.items() if k.startswith("log_capturer_stream_tail_fallbacks_total")
@@ -83,7 +78,6 @@ def test_a_big_backlog_is_reopened_with_a_tail_and_resumes_exactly(
     # Most reopens are the cheap kind; right after the burst a fallback is allowed.
     assert tail_reads >= 4, metrics
     assert fallbacks <= tail_reads / 2, metrics
-    assert daemon.stop() == 0
 
 
 def test_a_tail_read_that_reaches_the_engine_after_its_until_falls_back_and_loses_nothing(
@@ -120,10 +114,9 @@ def test_a_tail_read_that_reaches_the_engine_after_its_until_falls_back_and_lose
     )
     container = containers.run(script, name=name)
     containers.wait_exit(container, timeout=120)
-    daemon.wait_monitors_done()
+    daemon.wait_monitors_done()  # it ran for 18 s: seen, read to its end
     metrics = daemon.metrics()
-    assert daemon.stop() == 0
-    records = daemon.records()
+    records = daemon.stop_and_read()
     proxy.down()
     assert_exactly_once(records, name, "stdout", numbered("out", range(1, 3601)))
     assert_exactly_once(records, name, "stderr", numbered("err", range(10, 3601, 10)))
