@@ -496,9 +496,13 @@ def test_retry_after_beyond_the_budget_spools_at_once(
 ) -> None:
     fake.rate_limit(retry_after="30")
     sink = make_sink(fake.url, retry_budget=2.0)
-    started = time.monotonic()
-    sink.write_records(records(3))
-    assert time.monotonic() - started < 1.0
+    with structlog.testing.capture_logs() as logs:
+        sink.write_records(records(3))
+    # Waiting 30 s would overrun the 2 s budget: the write schedules no retry (the
+    # replayer, which has no budget, may already be waiting its 30 s).
+    retries = [e for e in logs if e["event"] == "sink_request_retry"]
+    assert [e for e in retries if e["wait_seconds"] < 30] == [], retries
+    assert fake.requests[0].status == 429
     assert sink.spool is not None and sink.spool.records == 3
 
 
@@ -522,7 +526,13 @@ def test_timeouts_are_transient_and_resending_is_harmless(
     fake.clear_faults()
     sink.write_records(batch)  # the dispatcher's retry of the same batch
     assert fake.wait_for_count(3)
-    time.sleep(0.5)  # delayed handlers finish storing their copies
+    # Every push answered, the delayed ones the client gave up on included: their
+    # copies are stored by now, and Loki kept one of each.
+    deadline = time.monotonic() + 5
+    while any(r.status is None for r in fake.requests):
+        assert time.monotonic() < deadline, "a delayed push was never answered"
+        time.sleep(0.01)
+    assert len(fake.requests) > 1
     assert fake.count() == 3 and fake.lines() == ["line 0", "line 1", "line 2"]
 
 
@@ -674,15 +684,18 @@ def test_a_full_spool_pushes_back_and_loses_nothing(
 def test_close_stops_the_replayer_promptly_and_keeps_the_spool(
     proxy: TcpProxy, make_sink: SinkFactory, tmp_path: Path
 ) -> None:
-    sink = make_sink(proxy.url, max_backoff=1.0)
+    # A replayer backing off 30 s would outlive close()'s 2 s join unless close wakes it.
+    sink = make_sink(proxy.url, min_backoff=30.0, max_backoff=30.0)
     proxy.down()
-    sink.write_records(records(3))
-    replayers = [t for t in threading.enumerate() if t.name == "loki-spool-replayer"]
-    assert len(replayers) == 1
-    time.sleep(0.1)  # let it fail and back off
-    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        sink.write_records(records(3))
+        replayers = [t for t in threading.enumerate() if t.name == "loki-spool-replayer"]
+        assert len(replayers) == 1
+        deadline = time.monotonic() + 5
+        while not any(e["event"] == "sink_request_retry" for e in logs):  # it failed, waits
+            assert time.monotonic() < deadline, "the replayer never tried"
+            time.sleep(0.005)
     sink.close()
-    assert time.monotonic() - started < 1.0
     assert not replayers[0].is_alive()
     assert len(list((tmp_path / "spool").glob("*.seg"))) == 1
     with pytest.raises(SinkError, match="closed"):
