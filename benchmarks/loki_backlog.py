@@ -266,7 +266,7 @@ def run(args: argparse.Namespace, shippers: list[str], client: Any, run_id: str,
                 log(f"round {n + 1} {shipper}: {json.dumps(r)}")
             rounds.append(result)
         complete = [r for r in rounds if all(r[shipper]["seconds"] for shipper in shippers)]
-        ratios = {}
+        ratios: dict[str, dict[str, float]] = {}
         for a, b in PAIRS:
             if not complete or a not in shippers or b not in shippers:
                 continue
