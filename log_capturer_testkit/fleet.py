@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,8 +47,6 @@ class Fleet:
         self.label = label
         self.image = image
         self.keep = keep
-        self.started: list[Started] = []
-        self._lock = threading.Lock()
 
     @property
     def selector(self) -> dict[str, str]:
@@ -96,10 +93,7 @@ class Fleet:
             labels={self.label: self.run_id, **(labels or {})},
             **kwargs,
         )
-        started = Started(container, before, time.time())
-        with self._lock:
-            self.started.append(started)
-        return started
+        return Started(container, before, time.time())
 
     def run_many(
         self, specs: Iterable[tuple[str, str]], workers: int = 8, **kwargs: Any

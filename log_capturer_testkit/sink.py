@@ -70,8 +70,6 @@ class LineCounter:
 class TailStats:
     lines: int = 0
     lag_samples: list[float] = field(default_factory=list)
-    first_arrival: float = 0.0
-    last_arrival: float = 0.0
 
 
 class SinkTailer(threading.Thread):
@@ -134,9 +132,6 @@ class SinkTailer(threading.Thread):
         lines = chunk.split(b"\n")
         lines.pop()  # after the last newline
         s = self.stats
-        if not s.first_arrival:
-            s.first_arrival = now
-        s.last_arrival = now
         s.lines += len(lines)
         window = self._window
         for idx in range(0, len(lines), self.sample_every):
