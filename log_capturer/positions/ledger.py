@@ -1,18 +1,32 @@
 """The one owner of every container's position and life.
 
 Per container it holds where reading got to (``read``: what entered the queue), what
-every sink accepted (``delivered``: what the positions file saves), and where the
-container is in its life (:class:`Life`). Discovery asks it whether and from where to
-read a container, monitors move ``read``, the dispatcher moves ``delivered``, sinks
-report at start what they already hold (``Sink.recover``), and the dispatcher saves it
-with the sinks' checkpoints. Nothing else keeps a copy.
+every sink accepted (``delivered``: what the positions file saves), per stream a
+*checked time* true of what was delivered (``checked``: saved too, see below), and
+where the container is in its life (:class:`Life`). Discovery asks it whether and from
+where to read a container, monitors move ``read`` and report their proofs
+(:meth:`Ledger.note_checked`), the dispatcher moves ``delivered``, sinks report at
+start what they already hold (``Sink.recover``), and the dispatcher saves it with the
+sinks' checkpoints. Nothing else keeps a copy.
+
+Checked times (monitor/resume.py) let a reopen start past a stream's last line. A
+monitor's proof says "every line of the stream stamped before C has been *read*",
+and the stream's read position was P then: every line it read is at or before P. The
+ledger keeps C pending until ``delivered`` reaches P, and only then makes it the
+stream's saved checked time: a crash can make a restart skip no undelivered line
+(exactly as far as ``delivered`` itself: a line a clock stamped in the past, behind
+its stream's mark, is past both). A proof about several streams (one read) is saved
+for all of them at once, when all are delivered: a quiet stderr's saved time never
+runs ahead of a busy stdout's (after a crash, plan_window would read stdout alone,
+without a tail). Only the newest value matters, so at most two pending proofs are
+kept per container (the oldest, which is acknowledged first, and the newest).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any
@@ -61,6 +75,10 @@ class ContainerPosition:
     delivered: StreamMarks = field(default_factory=dict)
     life: Life = Life.IDLE
     finished_run: str | None = None  # StartedAt of the run read to its end
+    # stream -> checked time (ns) true of what was delivered (saved), under the lock
+    checked: dict[str, int] = field(default_factory=dict)
+    # proofs not yet delivered, oldest first: (read positions then, checked times)
+    proofs: list[tuple[StreamMarks, dict[str, int]]] = field(default_factory=list)
 
 
 class Ledger:
@@ -78,16 +96,29 @@ class Ledger:
 
     def load(self, sinks: Sequence[Sink]) -> None:
         """Read the positions file; each sink reports what it already holds (at least the
-        saved marks), and a stream resumes from the lowest of them."""
+        saved marks), and a stream resumes from the lowest of them. A saved checked time
+        is kept where the stream resumes at or after its saved mark (what it was true
+        of) and it is not in the future (a wall clock set back since: the marks decide)."""
         saved = self.file.load()
         self.down_since_ns = saved.saved_at_ns
         per_sink = [sink.recover(saved.marks, saved.sinks.get(sink.name)) for sink in sinks]
         per_sink = per_sink or [saved.marks]
+        now = time.time_ns()
+        future = 0
         with self._lock:
             for cid, streams in _lowest(per_sink).items():
-                self._containers[cid] = ContainerPosition(
+                entry = ContainerPosition(
                     cid, saved.names.get(cid, ""), dict(streams), dict(streams)
                 )
+                saved_marks = saved.marks.get(cid, {})
+                for stream, checked_ns in saved.checked.get(cid, {}).items():
+                    if checked_ns > now:
+                        future += 1
+                    elif streams.get(stream, ZERO) >= saved_marks.get(stream, ZERO):
+                        entry.checked[stream] = checked_ns
+                self._containers[cid] = entry
+        if future:
+            _log.warning("positions_checked_in_future", streams=future)
         POSITIONS_TRACKED.set(len(self._containers))
 
     # -- discovery and monitors ----------------------------------------------------------
@@ -176,8 +207,9 @@ class Ledger:
     # -- delivery ------------------------------------------------------------------------
 
     def acknowledge(self, batches: Iterable[Batch]) -> None:
-        """Every sink accepted these batches: their streams are delivered up to their ends.
-        (Batches of a container forgotten meanwhile change nothing.)"""
+        """Every sink accepted these batches: their streams are delivered up to their ends,
+        and checked times proven up to there become saved ones. (Batches of a container
+        forgotten meanwhile change nothing.)"""
         with self._lock:
             for batch in batches:
                 entry = self._containers.get(batch.container.id)
@@ -188,6 +220,50 @@ class Ledger:
                     if end > delivered.get(stream, ZERO):
                         delivered[stream] = end
                         self._dirty = True
+                if entry.proofs:
+                    self._promote(entry)
+
+    def note_checked(
+        self, container_id: str, checked: Mapping[str, int], read: Mapping[str, Mark]
+    ) -> None:
+        """A monitor proved every line of each stream stamped before ``checked[stream]``
+        read, with the streams' read positions at ``read``: the times are saved once all
+        those positions are delivered (at once if they are)."""
+        with self._lock:
+            entry = self._containers.get(container_id)
+            if entry is None:
+                return
+            at = {s: read.get(s, ZERO) for s in checked}
+            proof = (at, dict(checked))
+            pending = entry.proofs
+            if pending and pending[-1][0] == at:
+                old = pending[-1][1]
+                pending[-1] = (at, {s: max(t, old.get(s, 0)) for s, t in checked.items()})
+            elif len(pending) >= 2:
+                pending[-1] = proof  # the middle one is superseded by the newest
+            else:
+                pending.append(proof)
+            self._promote(entry)
+
+    def _promote(self, entry: ContainerPosition) -> None:
+        """Proofs whose read positions are all delivered become saved checked times. The
+        file is due when a stream's time first passes its last delivered line (a restart
+        then skips its history); later moves of a quiet stream go with the next save."""
+        delivered = entry.delivered
+        pending = entry.proofs
+        while pending and all(m <= delivered.get(s, ZERO) for s, m in pending[0][0].items()):
+            for stream, checked_ns in pending.pop(0)[1].items():
+                old = entry.checked.get(stream, 0)
+                if checked_ns > old:
+                    entry.checked[stream] = checked_ns
+                    if old <= delivered.get(stream, ZERO).ts_ns < checked_ns:
+                        self._dirty = True
+
+    def checked_times(self, container_id: str) -> dict[str, int]:
+        """Per stream, the checked time true of what was delivered (0 if none)."""
+        with self._lock:
+            entry = self._containers.get(container_id)
+            return dict(entry.checked) if entry is not None else {}
 
     def delivered(self, container_id: str) -> StreamMarks | None:
         with self._lock:
@@ -208,10 +284,12 @@ class Ledger:
         with self._lock:
             if not (self._dirty or force):
                 return False
+            kept = [e for e in self._containers.values() if e.delivered or e.checked]
             saved = SavedPositions(
-                {cid: dict(e.delivered) for cid, e in self._containers.items() if e.delivered},
-                {cid: e.name for cid, e in self._containers.items() if e.delivered},
+                {e.id: dict(e.delivered) for e in kept},
+                {e.id: e.name for e in kept},
                 sinks,
+                checked={e.id: dict(e.checked) for e in kept if e.checked},
             )
             self._dirty = False
         try:

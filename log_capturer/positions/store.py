@@ -1,4 +1,10 @@
-"""The positions file: delivered positions per container and stream, saved atomically."""
+"""The positions file: delivered positions per container and stream, saved atomically.
+
+Per stream: ``ts``/``ts_ns``/``count`` (the mark of the last line delivered) and, when
+known, ``checked``/``checked_ns`` (a time before which every line of the stream was
+delivered: monitor/resume.py, positions/ledger.py). A file without the checked fields
+(written before they existed) loads with none; the format version stays 1.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +23,16 @@ from pydantic import Field
 from ..config.types import Duration, Section
 from ..metrics.registry import POSITION_SAVES, POSITIONS_TRACKED
 from ..timestamps import format_rfc3339_ns
-from .marks import Mark
+from .marks import ZERO, Mark
 
 _log = structlog.get_logger(__name__)
 FORMAT_VERSION = 1
 
 Marks = dict[str, dict[str, Mark]]
 """container id -> stream -> mark"""
+
+Checked = dict[str, dict[str, int]]
+"""container id -> stream -> checked time (ns)"""
 
 
 class PositionsConfig(Section):
@@ -39,6 +48,7 @@ class SavedPositions:
     names: dict[str, str] = field(default_factory=dict)
     sinks: dict[str, Any] = field(default_factory=dict)
     saved_at_ns: int | None = None  # when the file was last written; None: no file
+    checked: Checked = field(default_factory=dict)
 
 
 class PositionFile:
@@ -101,14 +111,21 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _encode(saved: SavedPositions) -> dict[str, Any]:
     containers: dict[str, Any] = {}
-    for cid, streams in saved.marks.items():
-        containers[cid] = {
-            "name": saved.names.get(cid, ""),
-            "streams": {
-                stream: {"ts": format_rfc3339_ns(m.ts_ns), "ts_ns": m.ts_ns, "count": m.count}
-                for stream, m in streams.items()
-            },
-        }
+    for cid, marks in saved.marks.items():
+        checked = saved.checked.get(cid, {})
+        streams: dict[str, Any] = {}
+        for stream in sorted(set(marks) | set(checked)):
+            m = marks.get(stream, ZERO)
+            entry: dict[str, Any] = {
+                "ts": format_rfc3339_ns(m.ts_ns),
+                "ts_ns": m.ts_ns,
+                "count": m.count,
+            }
+            if checked.get(stream, 0) > 0:
+                entry["checked"] = format_rfc3339_ns(checked[stream])
+                entry["checked_ns"] = checked[stream]
+            streams[stream] = entry
+        containers[cid] = {"name": saved.names.get(cid, ""), "streams": streams}
     return {"version": FORMAT_VERSION, "containers": containers, "sinks": saved.sinks}
 
 
@@ -118,8 +135,13 @@ def _decode(document: Any) -> SavedPositions:
     saved = SavedPositions(sinks=dict(document.get("sinks") or {}))
     for cid, entry in (document.get("containers") or {}).items():
         saved.names[cid] = str(entry.get("name", ""))
+        streams = entry.get("streams") or {}
         saved.marks[cid] = {
-            stream: Mark(int(m["ts_ns"]), int(m["count"]))
-            for stream, m in (entry.get("streams") or {}).items()
+            stream: Mark(int(m["ts_ns"]), int(m["count"])) for stream, m in streams.items()
         }
+        checked = {
+            stream: int(m["checked_ns"]) for stream, m in streams.items() if "checked_ns" in m
+        }
+        if checked:
+            saved.checked[cid] = checked
     return saved
