@@ -260,6 +260,7 @@ class Supervisor:
                 self.config.container_monitor,
                 position,
                 self._monitor_exited,
+                self.ledger,
             )
             self._monitors[container_id] = monitor
             monitor.start()

@@ -77,10 +77,18 @@ STREAM_TURNS_YIELDED = Counter(
 )
 TAIL_FALLBACKS = Counter(
     f"{PREFIX}_stream_tail_fallbacks",
-    "Reopens with a bounded tail that could not be proven gap-free and were read with a "
-    "plain since instead (full: the tail came back full; unproven: the window ended before "
-    "the check; until: the body ended at until, which proves nothing; held_bytes: too much "
-    "held back while checking).",
+    "Tail reads given up because they could not be proven gap-free, and read again with a "
+    "10x larger tail, a proof read or, past the largest tail, a plain since (full: the "
+    "tail came back full; until: the body ended at until, which proves nothing; "
+    "held_bytes: too much held back while checking).",
+    ["reason"],
+)
+PROOF_READS = Counter(
+    f"{PREFIX}_stream_proof_reads",
+    "Non-follow reads made so that the engine's end of the body proves a quiet stream "
+    "caught up (monitor/resume.py; resend: its reopen would send a burst of known lines "
+    "again; unproven: a follow tail read ended before its check; quiet_gap: a tail came "
+    "back full on a quiet log).",
     ["reason"],
 )
 TAIL_READS = Counter(

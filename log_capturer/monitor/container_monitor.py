@@ -31,13 +31,14 @@ from ..metrics.registry import (
     LINES_TRUNCATED,
     MONITOR_ERRORS,
     PARTIAL_LINES_REREAD,
+    PROOF_READS,
     STREAM_WINDOWS,
     TAIL_FALLBACKS,
     TAIL_READS,
     TIMESTAMP_ERRORS,
 )
 from ..pipeline.queue import BatchQueue
-from ..positions.ledger import ContainerPosition, MonitorEnd
+from ..positions.ledger import ContainerPosition, Ledger, MonitorEnd
 from ..timestamps import parse_docker_ts
 from .admit import RecentLines, StreamDedup, admit
 from .config import MonitorConfig
@@ -47,9 +48,11 @@ from .resume import (
     PENDING,
     PROVEN,
     Checked,
+    Received,
     TailCheck,
     TailState,
     ended_before_until,
+    needs_proof,
     tail_lines,
 )
 
@@ -75,7 +78,9 @@ class ContainerMonitor:
     Each window opens a log stream with ``since`` = the stream's mark and ``until``
     = now + ``stream_window``, reads until the engine ends it or the deadline passes,
     closes it and reopens. Reopens add a bounded ``tail`` so the engine does not
-    re-read a big log from its start, and prove the tail skipped nothing (resume.py).
+    re-read a big log from its start, and prove the tail skipped nothing (resume.py);
+    a quiet stream's checked time is moved past a burst by a non-follow proof read,
+    and the proofs are reported to the ledger, which saves them once delivered.
     A stream that is behind (its newest line older than a few seconds) is not ended
     while it delivers: its request has no ``until`` and its deadline moves on with
     every read, up to ``max_stream_hold``, so a backlog is read in one request.
@@ -95,17 +100,27 @@ class ContainerMonitor:
         config: MonitorConfig,
         position: ContainerPosition,
         on_exit: Callable[[ContainerMonitor], None],
+        ledger: Ledger,
     ) -> None:
         self.info = info
         self.engine = engine
         self.queue = queue
         self.config = config
+        self.ledger = ledger  # receives the checked times proven, saves them once delivered
         self.marks = position.read  # stream -> where reading got to (this thread writes it)
-        self.checked = Checked(self.marks, int(config.reorder_tolerance * 1e9))
+        self._tolerance_ns = int(config.reorder_tolerance * 1e9)
+        self.checked = Checked(self.marks, self._tolerance_ns, ledger.checked_times(info.id))
+        # The end of a window with no byte for this long means the stream went quiet.
+        self._grace = min(1.0, config.stream_window * 0.25)
+        self._received = Received(int(config.stream_window * 1e9) + 2 * self._tolerance_ns)
         self._recent = {stream: RecentLines() for stream in self.marks}
-        self._plain_next = False  # the last tail read could not be checked: no tail once
+        self._prove_next: str | None = None  # why the next follow window starts with a proof
+        self._prove_tail = 0  # ... and the smallest tail it needs (what an unproven one held)
         self._gap = ""  # why the last tail read was given up
-        self._rate = 0.0  # engine messages per second in the last read (sizes the tail)
+        self._gap_quiet = False  # ... and whether the log was quiet at its request
+        self._rate = 0.0  # new lines per second in the last follow read (sizes the tail)
+        self._new_lines = 0  # new lines queued by the current read
+        self._idle_ns = 0  # how long the last follow read waited in vain at its end
         self._last_read_end = time.monotonic()
         self._reads = 0
         self._on_exit = on_exit
@@ -113,6 +128,7 @@ class ContainerMonitor:
         self._lock = threading.Lock()
         self._current: LogStream | None = None
         self._current_opened = 0.0
+        self._current_proof = False
         self.finished_reason: MonitorEnd | None = None
         self.windows = 0
         self.thread = threading.Thread(
@@ -145,9 +161,13 @@ class ContainerMonitor:
         return self.thread.is_alive()
 
     def stream_age(self) -> float | None:
-        """How long the current log stream has held its connection; None if none."""
+        """How long the current log stream has held its connection; None if none, or
+        if it is a proof read the engine is still scanning for (a cut would waste the
+        scan, and the next window would start it again)."""
         with self._lock:
             if self._current is None:
+                return None
+            if self._current_proof and not self._current.first_data_ns:
                 return None
             return time.monotonic() - self._current_opened
 
@@ -240,48 +260,125 @@ class ContainerMonitor:
         outlast a window, and it must not keep the busy stream from being read.
         """
         window = self.config.stream_window
-        grace = min(1.0, window * 0.25)
         self.windows += 1
         complete = True
-        end: StreamEnd | None = StreamEnd.EOF
-        until_ns = 0
+        ended = False
         for plan in plan_window(self.checked.ts, int(window * 1e9), follow):
-            deadline = time.monotonic() + window + grace
-            now_ns = time.time_ns()
-            behind = plan.since_ns > 0 and now_ns - plan.since_ns > BEHIND_NS
-            until_ns = now_ns + int(window * 1e9) if plan.follow and not behind else 0
+            if plan.follow:
+                ended = self._follow(plan)
+                continue
             # A catch-up read beside a follow read keeps its deadline (the busy stream
-            # must not wait for it); the follow read and a drain may run on while behind.
-            extend = plan.follow or not follow
+            # must not wait for it); a drain may run on while behind.
+            deadline = time.monotonic() + window + self._grace
             tail = self._tail_for(plan)
-            result = self._read(plan, deadline, until_ns, tail, extend)
+            result = self._read(plan, deadline, 0, tail, extend=not follow, drain=not follow)
             while result is GAP and tail:
+                tail = self._escalated(tail)
+                result = self._read(plan, deadline, 0, tail, extend=not follow, drain=not follow)
+            if self._ended(result) is not StreamEnd.EOF:
+                complete = False  # a catch-up or drain read was cut: not at the end yet
+        return ended if follow else complete
+
+    def _follow(self, plan: ReadPlan) -> bool:
+        """The follow read of a window (after a proof read when one is due); True if the
+        engine ended it before ``until``."""
+        if self._prove_next is not None:
+            tail = self._tail_for(plan)
+            if tail:
+                tail = min(max(tail, self._prove_tail), self.config.resume_tail_max_lines)
+            if tail or self._prove_next != "resend":
+                end = self._prove(plan, tail, self._prove_next)
+                if end is not StreamEnd.EOF:
+                    return False  # cut (a turn): the next window proves again
+                plan = self._replan(plan)
+            else:
+                self._prove_next = None  # no tail to prove with: not worth a full read
+        deadline, until_ns = self._limits(plan)
+        tail = self._tail_for(plan)
+        result = self._read(plan, deadline, until_ns, tail, extend=True)
+        proved = False
+        while result is GAP and tail:
+            if self._gap_quiet and not proved:
+                # A full tail of a quiet log: a larger follow tail would wait in vain for
+                # a new line to prove it. A proof read settles it by the engine's EOF.
+                proved = True
+                end = self._prove(plan, self._escalated(tail), "quiet_gap")
+                if end is not StreamEnd.EOF:
+                    return False
+                plan = self._replan(plan)
+                deadline, until_ns = self._limits(plan)
+                tail = self._tail_for(plan)
+            else:
                 # The tail may have skipped lines: a larger one if it came back full (it
                 # costs what it reads), else (or past the largest) a plain since read.
-                full = self._gap == "full" and tail < self.config.resume_tail_max_lines
-                tail = min(tail * TAIL_ESCALATION, self.config.resume_tail_max_lines) if full else 0
-                result = self._read(plan, deadline, until_ns, tail, extend)
-            end = result if isinstance(result, StreamEnd) else None
-            if end is StreamEnd.INTERRUPTED or self._stop.is_set():
-                raise _Stopped
-            if end is not StreamEnd.EOF and not plan.follow:
-                complete = False  # a catch-up or drain read was cut: not at the end yet
-        if not follow:
-            return complete
+                tail = self._escalated(tail)
+            result = self._read(plan, deadline, until_ns, tail, extend=True)
+        end = self._ended(result)
+        if end is not None and self._prove_next is None:
+            resend = self._received.since(self.checked.since(plan.streams) - self._tolerance_ns)
+            quiet = self._idle_ns >= int(self._grace * 1e9)
+            if needs_proof(quiet, resend, self.config.resume_tail_lines):
+                self._prove_next = "resend"
         return end is StreamEnd.EOF and (until_ns <= 0 or time.time_ns() < until_ns)
+
+    def _prove(self, plan: ReadPlan, tail: int, reason: str) -> StreamEnd | None:
+        """A proof read (resume.py): non-follow reads of ``plan``'s streams from its
+        ``since`` (the tail escalated while it comes back full, a plain since last) until
+        the engine ends one, which moves their checked times to its request."""
+        PROOF_READS.labels(reason).inc()
+        proof = ReadPlan(plan.streams, plan.since_ns, follow=False)
+        # It ends by itself (EOF): a deadline cutting the engine's scan would only waste it.
+        deadline = time.monotonic() + self.config.max_stream_hold
+        result = self._read(proof, deadline, 0, tail, extend=False, proof=True)
+        while result is GAP and tail:
+            tail = self._escalated(tail)
+            result = self._read(proof, deadline, 0, tail, extend=False, proof=True)
+        end = self._ended(result)
+        if end is StreamEnd.EOF:
+            self._prove_next = None
+            self._prove_tail = 0
+        else:
+            self._prove_next = reason
+        return end
+
+    def _ended(self, result: StreamEnd | TailState | None) -> StreamEnd | None:
+        """How a read (after its redos) ended; raises :class:`_Stopped` on a stop."""
+        end = result if isinstance(result, StreamEnd) else None
+        if end is StreamEnd.INTERRUPTED or self._stop.is_set():
+            raise _Stopped
+        return end
+
+    def _replan(self, plan: ReadPlan) -> ReadPlan:
+        """``plan`` again from its streams' checked times (after a proof moved them)."""
+        return ReadPlan(plan.streams, self.checked.since(plan.streams), plan.follow)
+
+    def _limits(self, plan: ReadPlan) -> tuple[float, int]:
+        """Deadline (monotonic) and ``until`` (ns, 0 = none) of a follow read. A stream
+        that is behind gets no ``until``: it may run on while it delivers old lines."""
+        window = self.config.stream_window
+        deadline = time.monotonic() + window + self._grace
+        now_ns = time.time_ns()
+        behind = plan.since_ns > 0 and now_ns - plan.since_ns > BEHIND_NS
+        return deadline, (0 if behind else now_ns + int(window * 1e9))
+
+    def _escalated(self, tail: int) -> int:
+        """The tail of the redo of a tail read given up: 10x if it came back full (it costs
+        what it reads), up to the largest; else (or past the largest) 0, a plain read."""
+        maximum = self.config.resume_tail_max_lines
+        if self._gap == "full" and tail < maximum:
+            return min(tail * TAIL_ESCALATION, maximum)
+        return 0
 
     def _tail_for(self, plan: ReadPlan) -> int:
         """The ``tail`` for this request, 0 for a plain ``since`` read.
 
         Only a reopen of all the container's streams (the tail counts both) from a
-        known point is worth it; a lagging stream read alone, a container read from its
-        beginning, or the read after an unchecked tail go plain.
+        known point is worth it; a lagging stream read alone or a container read from
+        its beginning go plain. It covers what the container writes meanwhile and the
+        known lines it sends again (a burst just behind ``since``).
         """
         base = self.config.resume_tail_lines
         if base <= 0 or plan.since_ns <= 0 or len(plan.streams) != len(self.checked.ts):
-            return 0
-        if self._plain_next:
-            self._plain_next = False
             return 0
         gap = time.monotonic() - self._last_read_end
         return tail_lines(
@@ -290,13 +387,22 @@ class ContainerMonitor:
             self._rate,
             gap,
             self.config.reorder_tolerance,
+            self._received.since(plan.since_ns - self._tolerance_ns),
         )
 
     def _read(
-        self, plan: ReadPlan, deadline: float, until_ns: int, tail: int, extend: bool
+        self,
+        plan: ReadPlan,
+        deadline: float,
+        until_ns: int,
+        tail: int,
+        extend: bool,
+        drain: bool = False,
+        proof: bool = False,
     ) -> StreamEnd | TailState | None:
         """One request. Returns how it ended (None: an error), or ``GAP`` when a tail read
-        must be redone (nothing of it was delivered then)."""
+        must be redone (nothing of it was delivered then). ``drain``: the container has
+        stopped, so a last line without a newline is whole; ``proof``: a proof read."""
         info = self.info
         tty = info.tty
         since_ns = plan.since_ns
@@ -326,6 +432,8 @@ class ContainerMonitor:
         with self._lock:
             self._current = stream
             self._current_opened = time.monotonic()
+            self._current_proof = proof
+        self._new_lines = 0
         if self._stop.is_set():
             stream.interrupt()
         dedups = {s: StreamDedup(self.marks[s], self._recent[s]) for s in plan.streams}
@@ -336,7 +444,9 @@ class ContainerMonitor:
         hold_until = started + self.config.max_stream_hold
         try:
             chunks_seen = 0
-            for lines in stream.batches(flush_at_eof=not plan.follow):
+            # A running container's log may end inside a split line still being
+            # written: only a drain's last line without a newline is whole.
+            for lines in stream.batches(flush_at_eof=drain):
                 last_ts = lines.ts[-1]
                 if extend:
                     self._extend_if_behind(stream, lines, hold_until)
@@ -351,7 +461,7 @@ class ContainerMonitor:
                         result = self._fallback("held_bytes")
                         break
                 elif state is GAP:
-                    result = self._fallback("full")
+                    result = self._fallback("full", _age(request_ns, last_ts))
                     break
                 else:  # PROVEN: what was held goes first, in order
                     held.extend(lines)
@@ -367,21 +477,32 @@ class ContainerMonitor:
                 state = check.at_end(settled, stream.parse_stats.chunks)
                 if state is PROVEN:
                     self._deliver(held, dedups)
-                elif state is GAP or eof:
-                    result = self._fallback("full" if state is GAP else "until")
-                elif stream.end_reason is not StreamEnd.INTERRUPTED and self._holds_new_lines(
-                    held
+                elif state is GAP:
+                    result = self._fallback("full", _age(request_ns, last_ts))
+                elif eof:
+                    result = self._fallback("until")
+                elif (
+                    plan.follow
+                    and stream.end_reason is not StreamEnd.INTERRUPTED
+                    and self._holds_new_lines(held)
                 ):
-                    # Cut by the deadline before the check: the next request goes plain.
-                    TAIL_FALLBACKS.labels("unproven").inc()
-                    self._plain_next = True
+                    # Cut before the check (no new line came to prove it): its new lines
+                    # are read again by a proof read, which the engine's end settles. (A
+                    # non-follow read cut so is read again as it was: its end settles it.)
+                    self._prove_next = "unproven"
+                    self._prove_tail = tail
         finally:
             with self._lock:
                 self._current = None
+                self._current_proof = False
             stream.close()
             closed_ns = time.time_ns()
             elapsed = max(time.monotonic() - started, 1e-3)
-            self._rate = stream.parse_stats.chunks / elapsed
+            if plan.follow and result is None:
+                # What the container writes (what a tail must cover), not what was sent
+                # again: the lines a reopen sends again are counted by ``_received``.
+                self._rate = self._new_lines / elapsed
+                self._idle_ns = stream.idle_at_end_ns
             self._last_read_end = time.monotonic()
             # A tail read given up for another ends here with no end of its own.
             end_label = stream.end_reason or ("tail_gap" if result is GAP else "error")
@@ -418,14 +539,27 @@ class ContainerMonitor:
                 and stream.idle_at_end_ns >= IDLE_PROOF_NS
             ):
                 reference = max(reference, closed_ns - stream.idle_at_end_ns // 2)
-            if reference > 0:
-                self.checked.after_gap_free_read(plan.streams, reference, stream.pending_ts)
+            if reference > 0 and self.checked.after_gap_free_read(
+                plan.streams, reference, stream.pending_ts
+            ):
+                self._report_checked(plan.streams)
         return stream.end_reason
 
-    def _fallback(self, reason: str) -> TailState:
-        """A tail read that cannot be trusted: counted, and redone (see _window)."""
+    def _report_checked(self, streams: tuple[str, ...]) -> None:
+        """The ledger saves these checked times once what was read is delivered."""
+        self.ledger.note_checked(
+            self.info.id,
+            {s: self.checked.ts[s] for s in streams},
+            {s: self.marks[s] for s in streams},
+        )
+
+    def _fallback(self, reason: str, newest_age_ns: int = 0) -> TailState:
+        """A tail read that cannot be trusted: counted, and redone (see _window).
+        ``newest_age_ns``: how long before the request the newest line seen was written
+        (a full tail of a log quiet for the grace is settled by a proof read)."""
         TAIL_FALLBACKS.labels(reason).inc()
         self._gap = reason
+        self._gap_quiet = reason == "full" and newest_age_ns >= int(self._grace * 1e9)
         return GAP
 
     def _extend_if_behind(self, stream: LogStream, lines: Lines, hold_until: float) -> None:
@@ -452,6 +586,9 @@ class ContainerMonitor:
         marks = self.marks
         for stream, end in batch.ends.items():
             marks[stream] = end
+        new = len(batch)
+        self._new_lines += new
+        self._received.add(parse_docker_ts(batch.lines.ts[-1]), new)
         for stream, count in admitted.lines.items():
             LINES_CAPTURED.labels(stream).inc(count)
             BYTES_CAPTURED.labels(stream).inc(admitted.bytes[stream])
@@ -488,6 +625,11 @@ class ContainerMonitor:
             if mark is not None and not mark.covers(ts_ns, seq):
                 return True
         return False
+
+
+def _age(request_ns: int, ts: bytes) -> int:
+    """How long before the request a line stamped ``ts`` was written (0 if no line)."""
+    return request_ns - parse_docker_ts(ts) if ts else 0
 
 
 def _seqs_in_order(lines: Lines) -> list[int]:

@@ -25,10 +25,53 @@ Two facts make the count exact enough:
 
 Lines of a tail read are held back (bounded) until the check passes, because a mark
 moved past a gap could never come back to it.
+
+Checked times and the proofs that move them
+-------------------------------------------
+
+Per stream, a *checked time* C says: every line of the stream stamped before C has
+been read (:class:`Checked`). A reopen starts at the oldest C of its streams (moved
+back by ``reorder_tolerance`` for a tail read), so the further C is ahead of a
+stream's last line, the fewer known lines the engine sends again. C moves only by
+these proofs, each of which shows that every line not yet seen comes after some
+reference point R in the log file, and so is stamped at or after R minus
+``reorder_tolerance``:
+
+1. **A line received**: lines come in file order, so every unseen line is after it.
+2. **The engine's end of a body** (EOF), before any ``until``: the engine read the
+   log files as they were when it served the request, to their end. A line stamped
+   before the request minus the tolerance was written by then (the engine stamps a
+   line at most the tolerance before writing it), so it was sent. R = the request
+   time, taken before the request waits for a connection.
+3. **A long silence** (10 s) at the end of a follow stream: R = half-way through it
+   (an assumption about how late a followed line arrives; see container_monitor).
+
+Rule 2 needs the engine to end the body, which a follow stream does only at ``until``
+after a newer line: a quiet stream never gets it. So a quiet stream whose checked
+time is still inside a burst (a reopen would send many known lines again) gets a
+**proof read**: a non-follow request from the same ``since``, with a tail sized to
+what it will send again, escalated while it comes back full, a plain ``since`` last.
+Its EOF settles its tail count and, by rule 2, moves C to its request minus the
+tolerance, past the burst; the follow reads after it send nothing known. It cannot
+skip a line: it is checked like any tail read (held lines, count below the tail),
+its lines go through the same per-stream dedup, and a line still incomplete at its
+end (a split line being written) is not taken as whole: it caps its stream's C
+(``pending_ts``). When a proof read is made (:func:`needs_proof`): after a follow
+read that ended quiet (no byte for the window's grace) with at least half a base
+tail of known lines to send again; when a follow tail read ended before its check
+(its held lines are settled by the proof read instead of a plain read); and when a
+tail came back full while the log was quiet (its newest line older than the request
+by the grace): larger follow tails could not be proven by a new line.
+
+Delivered, not only read: the ledger saves a stream's checked time with the
+positions only once every line read before the proof was acknowledged by every sink
+(positions/ledger.py), so after a crash a restart never starts past an undelivered
+line, and a stream with no recent line reopens cheaply after a restart.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from enum import Enum
 
@@ -49,21 +92,26 @@ GAP = TailState.GAP
 
 
 class Checked:
-    """Per stream, a time before which every line of the stream has been delivered.
+    """Per stream, a time before which every line of the stream has been read.
 
-    It starts at the stream's mark and moves ahead of it after a read that was
-    gap-free: every line not yet seen comes after a reference point (the last line
-    received; the request, when the engine ended the body; half-way through a long
-    silence that ended a follow stream), so it is stamped at most
-    ``reorder_tolerance`` before it. This is
-    what lets a quiet stderr keep up with a busy stdout without the engine re-reading
-    the stderr's whole history every window. In memory only: after a restart the
-    marks are the floor again.
+    It starts at the stream's mark (or the checked time saved with the positions, when
+    later) and moves ahead of it by the proofs above, never back: after a gap-free read
+    every line not yet seen comes after a reference point (the last line received; the
+    request, when the engine ended the body; half-way through a long silence that ended
+    a follow stream), so it is stamped at most ``reorder_tolerance`` before it. This is
+    what lets a quiet stderr keep up with a busy stdout, and a quiet log reopen without
+    the engine sending its last burst again.
     """
 
-    def __init__(self, marks: Mapping[str, Mark], tolerance_ns: int) -> None:
+    def __init__(
+        self,
+        marks: Mapping[str, Mark],
+        tolerance_ns: int,
+        saved: Mapping[str, int] | None = None,
+    ) -> None:
         self.tolerance_ns = tolerance_ns
-        self.ts: dict[str, int] = {s: m.ts_ns for s, m in marks.items()}
+        saved = saved or {}
+        self.ts: dict[str, int] = {s: max(m.ts_ns, saved.get(s, 0)) for s, m in marks.items()}
 
     def observe_mark(self, stream: str, mark: Mark) -> None:
         if mark.ts_ns > self.ts.get(stream, 0):
@@ -71,25 +119,74 @@ class Checked:
 
     def after_gap_free_read(
         self, streams: Iterable[str], reference_ns: int, pending_ts: Mapping[str, int]
-    ) -> None:
+    ) -> bool:
         """A read covered everything up to ``reference_ns``; a line still incomplete at
-        its end (``pending_ts``) was not delivered and caps its stream."""
+        its end (``pending_ts``) was not delivered and caps its stream. True if a time moved."""
         floor = reference_ns - self.tolerance_ns
+        moved = False
         for stream in streams:
             candidate = floor
             if stream in pending_ts:
                 candidate = min(candidate, pending_ts[stream])
             if candidate > self.ts.get(stream, 0):
                 self.ts[stream] = candidate
+                moved = True
+        return moved
+
+    def since(self, streams: Iterable[str]) -> int:
+        """Where a read of ``streams`` starts: the oldest of their times."""
+        return min(self.ts[s] for s in streams)
+
+
+class Received:
+    """How many lines came lately at or after a time: what a reopen from ``since``
+    would send again (known lines, dropped by dedup), to size its tail and to decide a
+    proof read. Kept per socket read (its newest timestamp and its line count) for
+    ``keep_ns`` behind the newest; a read counts whole when its newest line is at or
+    after the time (an over-count: a larger tail, never a gap; counting is not a proof).
+    """
+
+    __slots__ = ("_reads", "keep_ns", "max_reads", "newest_ns")
+
+    def __init__(self, keep_ns: int, max_reads: int = 4096) -> None:
+        self.keep_ns = keep_ns
+        self.max_reads = max_reads
+        self.newest_ns = 0
+        self._reads: deque[tuple[int, int]] = deque()
+
+    def add(self, newest_ns: int, lines: int) -> None:
+        self._reads.append((newest_ns, lines))
+        if newest_ns > self.newest_ns:
+            self.newest_ns = newest_ns
+        reads = self._reads
+        horizon = self.newest_ns - self.keep_ns
+        while reads and (reads[0][0] < horizon or len(reads) > self.max_reads):
+            reads.popleft()
+
+    def since(self, since_ns: int) -> int:
+        return sum(lines for ts, lines in self._reads if ts >= since_ns)
+
+
+def needs_proof(quiet: bool, resend: int, base: int) -> bool:
+    """After a follow read: make a proof read (module docstring) when the stream went
+    quiet and a reopen would send at least half a base tail of known lines again (a
+    burst just behind the checked time). A few known lines cost less than a request."""
+    return base > 0 and quiet and 2 * resend >= base
 
 
 def tail_lines(
-    base: int, maximum: int, rate_per_s: float, gap_s: float, tolerance_s: float
+    base: int,
+    maximum: int,
+    rate_per_s: float,
+    gap_s: float,
+    tolerance_s: float,
+    resend: int = 0,
 ) -> int:
-    """How many lines to ask for: the base, plus twice what the container writes in the
-    time since the last read and the tolerance (so a busy container's tail still
-    reaches back past ``since``), at most ``maximum``."""
-    expected = rate_per_s * (gap_s + 2 * tolerance_s)
+    """How many lines to ask for: the base, plus twice the larger of what the container
+    writes in the time since the last read and the tolerance (so a busy container's
+    tail still reaches back past ``since``) and the known lines the reopen sends again
+    (``resend``: a burst just behind ``since``), at most ``maximum``."""
+    expected = max(rate_per_s * (gap_s + 2 * tolerance_s), resend)
     return int(min(maximum, base + 2 * expected))
 
 

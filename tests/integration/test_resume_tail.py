@@ -3,15 +3,21 @@
 The tail makes a reopen cost the engine the last N lines instead of the whole log
 file; a tail that may have skipped lines must fall back to a plain ``since`` read.
 Both paths are forced here against the real engine, and every line must still
-arrive exactly once, in order per stream.
+arrive exactly once, in order per stream. A quiet log after a burst must reopen
+cheaply with short windows and after a restart: its checked times are moved past the
+burst by a proof read and saved with the positions (monitor/resume.py).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from log_capturer_testkit import Daemon, Fleet, assert_exactly_once
+from log_capturer.timestamps import parse_docker_ts
+from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, wait_for
 
 from .socket_proxy import EngineProxy, HoldPastUntil
 
@@ -124,3 +130,126 @@ def test_a_tail_read_that_reaches_the_engine_after_its_until_falls_back_and_lose
     # Each held read ended early at its passed until and was re-read without a tail.
     assert metrics['log_capturer_stream_tail_fallbacks_total{reason="until"}'] == hold.held
     assert metrics["log_capturer_stream_tail_reads_total"] > hold.held
+
+
+def burst(prefix: str, lines: int) -> str:
+    """awk writing ``lines`` numbered lines to stdout at once, every 10th also to stderr."""
+    return (
+        f'awk \'BEGIN {{ for (i = 1; i <= {lines}; i++) {{ print "{prefix} " i; '
+        f'if (i % 10 == 0) print "e{prefix} " i > "/dev/stderr" }} }}\''
+    )
+
+
+def logged(container: Any, count: int) -> bool:
+    """Whether the engine holds at least ``count`` lines of the container's log."""
+    return len(container.logs(stdout=True, stderr=True).splitlines()) >= count
+
+
+def fallbacks(metrics: dict[str, float]) -> float:
+    return sum(
+        v for k, v in metrics.items() if k.startswith("log_capturer_stream_tail_fallbacks_total")
+    )
+
+
+SHORT_WINDOWS = {
+    "stream_window": "1s",
+    "reorder_tolerance": "200ms",
+    "resume_tail_lines": 100,
+    "resume_tail_max_lines": 20000,
+}
+
+
+def test_short_windows_after_a_burst_reopen_with_a_tail_and_never_fall_back(
+    make_daemon: Callable[..., Daemon], containers: Fleet
+) -> None:
+    # A burst of 3,300 lines within a few ms of its last one, then 8 s of quiet (eight
+    # 1 s windows), then one line per stream. Without a proof, each quiet reopen asks
+    # for the tail behind the last line, finds it full, and reads again.
+    script = f'{burst("a", 3000)}; sleep 8; echo "tail 1"; echo "etail 1" >&2; sleep 2'
+    container = containers.run(script, name=f"quiet-{time.monotonic_ns()}")
+    wait_for(lambda: logged(container, 3300), 60, what="the burst in the engine's log")
+    daemon = make_daemon({"container_monitor": SHORT_WINDOWS}).start()
+    wait_for(lambda: daemon.finished_container(container.name), 90, what="the container read")
+    metrics = daemon.metrics()
+    assert daemon.stop() == 0
+    records = daemon.records()
+    assert_exactly_once(
+        records, container.name, "stdout", [*numbered("a", range(1, 3001)), "tail 1"]
+    )
+    assert_exactly_once(
+        records, container.name, "stderr", [*numbered("ea", range(10, 3001, 10)), "etail 1"]
+    )
+    assert fallbacks(metrics) == 0, metrics
+    # The case: quiet windows after the burst, reopened with a tail, settled by a proof.
+    assert metrics.get('log_capturer_stream_proof_reads_total{reason="resend"}', 0) >= 1, metrics
+    assert metrics["log_capturer_stream_tail_reads_total"] >= 5, metrics
+
+
+def saved_streams(daemon: Daemon, container_id: str) -> dict[str, Any]:
+    try:
+        document = json.loads((daemon.data / "positions.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    streams: dict[str, Any] = document["containers"].get(container_id, {}).get("streams", {})
+    return streams
+
+
+def test_a_restart_on_a_burst_written_log_reopens_with_a_tail_and_never_falls_back(
+    make_daemon: Callable[..., Daemon], containers: Fleet
+) -> None:
+    tolerance_ns = 500_000_000
+    config = {
+        "container_monitor": {
+            "stream_window": "1s",
+            "reorder_tolerance": "500ms",
+            "resume_tail_lines": 100,
+            "resume_tail_max_lines": 2000,
+        }
+    }
+    script = (
+        f"{burst('big', 20000)}; while [ ! -e /tmp/go ]; do sleep 0.1; done; "
+        'i=0; while [ $i -lt 20 ]; do i=$((i+1)); echo "after $i"; echo "eafter $i" >&2; done'
+    )
+    container = containers.run(script, name=f"restart-{time.monotonic_ns()}")
+    wait_for(lambda: logged(container, 22000), 60, what="the burst in the engine's log")
+    daemon = make_daemon(config).start()
+
+    def proven_past_last_lines() -> bool:
+        # Delivered, and each stream's checked time saved past its last line: a restart
+        # then starts after the burst.
+        streams = saved_streams(daemon, container.id)
+        return len(streams) == 2 and all(
+            s.get("checked_ns", 0) > s["ts_ns"] + 2 * tolerance_ns for s in streams.values()
+        )
+
+    wait_for(proven_past_last_lines, 60, what="checked times saved past the last lines")
+    assert daemon.stop() == 0
+    records = daemon.records()
+    assert len(records) == 22000
+    # The case: a reopen from the marks alone (as before checked times were saved) would
+    # find more lines within two tolerances of the last line than the largest tail.
+    stamps = [parse_docker_ts(r["ts"].encode()) for r in records]
+    near_end = sum(1 for ts in stamps if ts >= max(stamps) - 2 * tolerance_ns)
+    assert near_end > 2000, near_end
+
+    daemon.start()  # the same positions and file sink
+    wait_for(
+        lambda: daemon.metric_sum("log_capturer_stream_windows_total") >= 3, 30, what="3 reopens"
+    )
+    container.exec_run(["sh", "-c", ": > /tmp/go"])
+    wait_for(lambda: daemon.finished_container(container.name), 60, what="the container read")
+    metrics = daemon.metrics()
+    assert daemon.stop() == 0
+    records = daemon.records()
+    name = container.name
+    assert_exactly_once(
+        records, name, "stdout", numbered("big", range(1, 20001)) + numbered("after", range(1, 21))
+    )
+    assert_exactly_once(
+        records,
+        name,
+        "stderr",
+        numbered("ebig", range(10, 20001, 10)) + numbered("eafter", range(1, 21)),
+    )
+    assert metrics["log_capturer_stream_tail_reads_total"] >= 3, metrics
+    assert fallbacks(metrics) == 0, metrics

@@ -1,4 +1,5 @@
-"""The gap check of tail reopens, and the checked times that keep a quiet stream cheap."""
+"""The gap check of tail reopens, the checked times that keep a quiet stream cheap, and
+when a proof read moves them."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from log_capturer.monitor.resume import (
     PENDING,
     PROVEN,
     Checked,
+    Received,
     TailCheck,
     ended_before_until,
+    needs_proof,
     tail_lines,
 )
 from log_capturer.positions.marks import Mark
@@ -96,3 +99,69 @@ def test_an_end_after_until_settles_nothing() -> None:
     assert ended_before_until(eof=True, until_ns=100, now_ns=99)
     assert ended_before_until(eof=True, until_ns=0, now_ns=150)  # no until (non-follow)
     assert not ended_before_until(eof=False, until_ns=100, now_ns=50)
+
+
+def test_checked_starts_at_a_saved_time_when_it_is_later_than_the_mark() -> None:
+    checked = Checked(
+        {"stdout": Mark(50 * MS, 1), "stderr": Mark(0, 0)},
+        tolerance_ns=MS,
+        saved={"stdout": 40 * MS, "stderr": 90 * MS},
+    )
+    assert checked.ts == {"stdout": 50 * MS, "stderr": 90 * MS}
+    assert checked.since(("stdout", "stderr")) == 50 * MS
+
+
+def test_a_read_reports_whether_a_checked_time_moved() -> None:
+    checked = Checked({"stdout": Mark(50 * MS, 1)}, tolerance_ns=MS)
+    assert not checked.after_gap_free_read(("stdout",), 40 * MS, {})
+    assert checked.after_gap_free_read(("stdout",), 100 * MS, {})
+    assert checked.ts == {"stdout": 99 * MS}
+
+
+def test_the_end_of_a_proof_read_moves_a_quiet_stream_past_its_burst() -> None:
+    # A burst ended at 10 s; the follow read only proves up to its last line. A proof
+    # read requested at 12 s that the engine ended proves everything before 12 s - tol.
+    tol = 200 * MS
+    checked = Checked({"stdout": Mark(10_000 * MS, 1), "stderr": Mark(9_990 * MS, 1)}, tol)
+    # The last line received (stdout, 10 s): only up to it minus the tolerance.
+    assert not checked.after_gap_free_read(("stdout", "stderr"), 10_000 * MS, {})
+    assert checked.since(("stdout", "stderr")) == 9_990 * MS  # inside the burst
+    checked.after_gap_free_read(("stdout", "stderr"), 12_000 * MS, {})
+    assert checked.ts == {"stdout": 11_800 * MS, "stderr": 11_800 * MS}
+    # A split line still being written at the end of the proof read caps its stream.
+    checked.after_gap_free_read(("stdout", "stderr"), 14_000 * MS, {"stderr": 12_500 * MS})
+    assert checked.ts == {"stdout": 13_800 * MS, "stderr": 12_500 * MS}
+
+
+def test_received_counts_what_a_reopen_would_send_again() -> None:
+    received = Received(keep_ns=1_000 * MS)
+    received.add(100 * MS, 10)  # a read whose newest line is at 100 ms: 10 lines
+    received.add(200 * MS, 30)
+    received.add(300 * MS, 5)
+    assert received.since(150 * MS) == 35
+    assert received.since(200 * MS) == 35  # a read counts whole when its newest does
+    assert received.since(301 * MS) == 0
+    received.add(1_250 * MS, 1)  # the reads more than keep_ns behind the newest go
+    assert received.since(0) == 6
+
+
+def test_received_is_bounded() -> None:
+    received = Received(keep_ns=10**18, max_reads=3)
+    for i in range(10):
+        received.add(i, 1)
+    assert received.since(0) == 3
+
+
+def test_a_proof_read_is_made_for_a_quiet_stream_with_a_burst_to_send_again() -> None:
+    assert needs_proof(quiet=True, resend=500, base=1000)
+    assert not needs_proof(quiet=True, resend=499, base=1000)  # a few lines cost less
+    assert not needs_proof(quiet=False, resend=10**6, base=1000)  # busy: a new line proves
+    assert not needs_proof(quiet=True, resend=10**6, base=0)  # tails are off
+
+
+def test_the_tail_covers_the_known_lines_a_reopen_sends_again() -> None:
+    # Quiet now (rate 0), but 30,000 lines of a burst lie just behind since.
+    assert tail_lines(1000, 100_000, 0, 0.5, 1, resend=30_000) == 61_000
+    # Busy: the rate term is the larger and is kept.
+    assert tail_lines(1000, 100_000, 5000, 0.5, 1, resend=100) == 26_000
+    assert tail_lines(1000, 100_000, 0, 0.5, 1, resend=10**6) == 100_000

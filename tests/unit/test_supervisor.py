@@ -29,7 +29,7 @@ from log_capturer.monitor.container_monitor import ContainerMonitor
 from log_capturer.pipeline.batch import Batch
 from log_capturer.pipeline.config import PipelineConfig
 from log_capturer.pipeline.queue import BatchQueue
-from log_capturer.positions.ledger import ContainerPosition, MonitorEnd
+from log_capturer.positions.ledger import ContainerPosition, Ledger, MonitorEnd
 from log_capturer.positions.marks import Mark
 from log_capturer.positions.store import PositionFile, PositionsConfig
 from log_capturer.server.http import ServerConfig
@@ -91,6 +91,7 @@ class FakeMonitor:
         config: MonitorConfig,
         position: ContainerPosition,
         on_exit: Callable[[FakeMonitor], None],
+        ledger: Ledger,
     ) -> None:
         self.info = info
         self.queue = queue
