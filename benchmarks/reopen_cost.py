@@ -18,12 +18,19 @@ Two ways, each on both containers (both running, idle):
           timestamps=1&since=<last line, seconds.nanoseconds>`` on the Docker socket, each
           closed after ``--hold`` seconds, once without and once with ``&tail=1000``
           (``--tail``); optionally ``&until=`` as the daemon sends (``--with-until``);
-* daemon: the real daemon with ``container_monitor.stream_window: 1s`` (``--stream-window``)
-          on only that container for ``--daemon-duration`` seconds, resuming from positions at
-          its last line (as after a restart, so it does not first read the whole
-          backlog); dockerd CPU per window, windows from ``log_capturer_stream_windows_total``.
-          ``log_capturer_stream_tail_fallbacks_total`` is reported when the daemon has it;
-          ``--set key.path=value`` passes config keys (e.g. the tail option once it exists).
+* daemon: the real daemon with ``container_monitor.stream_window: 1s``
+          (``--stream-window``) monitoring only that container for ``--daemon-duration``
+          seconds, as after a restart: a first
+          run (not measured) resumes from positions set at the container's last line and
+          runs until it has caught up (the positions file holds each stream's checked
+          time past its last line, or ``--warmup-max`` seconds), is stopped (SIGTERM),
+          and the measured run restarts on its positions. ``--no-restart`` measures the
+          first run instead (a restart from positions without checked times, as written
+          before they existed). dockerd CPU per window, windows from
+          ``log_capturer_stream_windows_total`` (requests, proof reads included);
+          ``tail_fallbacks`` and ``proof_reads`` count ``log_capturer_stream_tail_
+          fallbacks_total`` and ``..._proof_reads_total`` (0 also for a daemon without
+          them); ``--set key.path=value`` passes config keys.
 
 Other activity on the engine (other containers logging, a soak test) also burns dockerd
 CPU. Each measurement is bracketed by idle baselines of the same length (nothing of
@@ -282,6 +289,9 @@ def daemon_mode(
                 )
             )
 
+        if args.restart:
+            warmup(args, dockerd, daemon, cid)
+
         def run(daemon: Daemon = daemon) -> Any:
             # counted from the daemon's start (its first window is a reopen too) to its
             # stop; the engine CPU until dockerd is idle again (see bracketed)
@@ -305,8 +315,9 @@ def daemon_mode(
                     if k.startswith("log_capturer_stream_windows_total{")
                 },
             }
-            if any(k.startswith("log_capturer_stream_tail_fallbacks") for k in m1):
-                extra["tail_fallbacks"] = delta("log_capturer_stream_tail_fallbacks_total")
+            # (series appear once counted: absent = none, or a daemon without them)
+            extra["tail_fallbacks"] = delta("log_capturer_stream_tail_fallbacks_total")
+            extra["proof_reads"] = delta("log_capturer_stream_proof_reads_total")
             return int(windows), extra
 
         try:
@@ -319,6 +330,47 @@ def daemon_mode(
     if "error" not in out.get("big", {}) and "error" not in out.get("empty", {}):
         out.update(compare(out["big"], out["empty"]))
     return out
+
+
+def caught_up(daemon: Daemon, container_id: str) -> bool:
+    """Whether the positions file holds, for every stream of the container with a line,
+    a checked time past that line (what a caught-up daemon saves); True for a container
+    without lines (nothing to catch up, and no positions file until the daemon stops)."""
+    try:
+        document = json.loads((daemon.data / "positions.json").read_text())
+    except FileNotFoundError:
+        return True
+    except ValueError:
+        return False
+    streams = document.get("containers", {}).get(container_id, {}).get("streams", {})
+    return all(
+        s.get("checked_ns", 0) > s["ts_ns"] for s in streams.values() if s.get("ts_ns", 0) > 0
+    )
+
+
+def warmup(args: argparse.Namespace, dockerd: int, daemon: Daemon, container_id: str) -> None:
+    """The daemon's life before the restart: it runs until it has caught up (at least
+    one window; ``--warmup-max`` at most), then stops (SIGTERM saves the positions);
+    the engine is left to go idle (a full read it asked for may outlive the request)."""
+    idle = idle_rate(dockerd, 5)
+    started = time.monotonic()
+    daemon.start()
+    try:
+        while time.monotonic() - started < args.warmup_max:
+            windows = metric_total(daemon.metrics(), "log_capturer_stream_windows_total")
+            if windows >= 1 and caught_up(daemon, container_id):
+                break
+            time.sleep(1)
+        metrics = daemon.metrics()
+    finally:
+        daemon.stop()
+    log(
+        f"warm-up {container_id[:12]}: {time.monotonic() - started:.1f} s, caught up "
+        f"{caught_up(daemon, container_id)}, fallbacks "
+        f"{metric_total(metrics, 'log_capturer_stream_tail_fallbacks_total')}, proof reads "
+        f"{metric_total(metrics, 'log_capturer_stream_proof_reads_total')}"
+    )
+    settle(dockerd, idle, args.settle_max)
 
 
 def main() -> int:
@@ -334,6 +386,15 @@ def main() -> int:
     p.add_argument("--tail", type=int, default=1000, help="raw: the tail= of the second variant")
     p.add_argument("--with-until", action="store_true", help="raw: also send until=now+hold")
     p.add_argument("--daemon-duration", type=float, default=60, help="daemon: seconds per run")
+    p.add_argument(
+        "--restart",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="daemon: measure a restart after a run that caught up (see above)",
+    )
+    p.add_argument(
+        "--warmup-max", type=float, default=120, help="daemon: longest first run before a restart"
+    )
     p.add_argument(
         "--baseline",
         type=float,

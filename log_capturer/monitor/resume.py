@@ -8,7 +8,8 @@ engine takes the tail first and then filters by ``since`` (checked on Docker 20.
 counts the lines of both streams even when only one is requested. So a request for
 both streams that returns fewer than N lines from the tail has reached back past
 ``since``: nothing between the mark and the tail was skipped. When the tail comes
-back full, a gap is possible, and the window falls back to an unbounded ``since``.
+back full, a gap is possible: the read is redone with a tail 10x larger, and past the
+largest with an unbounded ``since`` (on a quiet log, as a proof read: see below).
 
 Two facts make the count exact enough:
 
@@ -32,10 +33,10 @@ Checked times and the proofs that move them
 Per stream, a *checked time* C says: every line of the stream stamped before C has
 been read (:class:`Checked`). A reopen starts at the oldest C of its streams (moved
 back by ``reorder_tolerance`` for a tail read), so the further C is ahead of a
-stream's last line, the fewer known lines the engine sends again. C moves only by
-these proofs, each of which shows that every line not yet seen comes after some
-reference point R in the log file, and so is stamped at or after R minus
-``reorder_tolerance``:
+stream's last line, the fewer known lines the engine sends again. C moves only after
+a gap-free read (a plain one, or a tail the check passed), by these proofs, each of
+which shows that every line not yet seen comes after some reference point R in the
+log file, and so is stamped at or after R minus ``reorder_tolerance``:
 
 1. **A line received**: lines come in file order, so every unseen line is after it.
 2. **The engine's end of a body** (EOF), before any ``until``: the engine read the
