@@ -57,8 +57,9 @@ class MonitorConfig(Section):
         1000,
         ge=0,
         description="Reopen with since plus a bounded tail of this many lines (more for a busy "
-        "container), so the engine need not re-read a big log file from its start; a tail "
-        "that comes back full falls back to a plain since read. 0 = always plain since.",
+        "container; at most 32 for a stream silent since its last read), so the engine need "
+        "not re-read a big log file from its start; a tail that comes back full is read "
+        "again with a larger tail, then a plain since. 0 = always plain since.",
     )
     resume_tail_max_lines: int = Field(
         100_000, ge=1, description="The largest tail asked for a busy container."

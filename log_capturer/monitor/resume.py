@@ -175,6 +175,12 @@ def needs_proof(quiet: bool, resend: int, base: int) -> bool:
     return base > 0 and quiet and 2 * resend >= base
 
 
+QUIET_TAIL_LINES = 32
+"""The tail of a silent stream's reopen (at most ``resume_tail_lines``): the engine reads
+and decodes every tail line before it filters by ``since`` (on a 290 MB log here, 1 ms
+for an empty log, 1-1.3 ms with 10-32 lines, 2 ms with 100, 5 ms with 1,000)."""
+
+
 def tail_lines(
     base: int,
     maximum: int,
@@ -186,8 +192,14 @@ def tail_lines(
     """How many lines to ask for: the base, plus twice the larger of what the container
     writes in the time since the last read and the tolerance (so a busy container's
     tail still reaches back past ``since``) and the known lines the reopen sends again
-    (``resend``: a burst just behind ``since``), at most ``maximum``."""
+    (``resend``: a burst just behind ``since``), at most ``maximum``. A silent stream
+    (no new line in its last read, none known to send again: a quiet log, or the first
+    reopen after a restart from a saved checked time) only has to cover what it writes
+    meanwhile: its base is at most :data:`QUIET_TAIL_LINES`, and a tail that comes back
+    full is escalated."""
     expected = max(rate_per_s * (gap_s + 2 * tolerance_s), resend)
+    if expected <= 0:
+        base = min(base, QUIET_TAIL_LINES)
     return int(min(maximum, base + 2 * expected))
 
 

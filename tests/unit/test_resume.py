@@ -88,7 +88,7 @@ def test_only_the_streams_read_move() -> None:
 
 
 def test_tail_size_grows_with_the_write_rate_up_to_the_maximum() -> None:
-    assert tail_lines(1000, 100_000, rate_per_s=0, gap_s=0.01, tolerance_s=1) == 1000
+    assert tail_lines(1000, 100_000, rate_per_s=0.5, gap_s=0.01, tolerance_s=1) == 1002
     assert tail_lines(1000, 100_000, rate_per_s=5000, gap_s=0.5, tolerance_s=1) == 26_000
     assert tail_lines(1000, 100_000, rate_per_s=1e6, gap_s=0.5, tolerance_s=1) == 100_000
 
@@ -165,3 +165,12 @@ def test_the_tail_covers_the_known_lines_a_reopen_sends_again() -> None:
     # Busy: the rate term is the larger and is kept.
     assert tail_lines(1000, 100_000, 5000, 0.5, 1, resend=100) == 26_000
     assert tail_lines(1000, 100_000, 0, 0.5, 1, resend=10**6) == 100_000
+
+
+def test_a_silent_stream_reopens_with_a_small_tail() -> None:
+    # Nothing written in the last read and nothing known to send again (a quiet log, a
+    # restart from a saved checked time): the engine decodes every tail line, so a
+    # small tail costs it what an empty log's reopen does.
+    assert tail_lines(1000, 100_000, rate_per_s=0, gap_s=0.01, tolerance_s=1) == 32
+    assert tail_lines(20, 100_000, rate_per_s=0, gap_s=0.01, tolerance_s=1) == 20
+    assert tail_lines(1000, 100_000, rate_per_s=0, gap_s=0.01, tolerance_s=1, resend=1) == 1002
