@@ -145,6 +145,15 @@ def logged(container: Any, count: int) -> bool:
     return len(container.logs(stdout=True, stderr=True).splitlines()) >= count
 
 
+def stream_metrics(metrics: dict[str, float]) -> str:
+    """The stream_* counters, for a failure message that names what happened."""
+    return " ".join(
+        f"{k.removeprefix('log_capturer_stream_')}={v:g}"
+        for k, v in metrics.items()
+        if k.startswith("log_capturer_stream_") and "_created" not in k
+    )
+
+
 def fallbacks(metrics: dict[str, float]) -> float:
     return sum(
         v for k, v in metrics.items() if k.startswith("log_capturer_stream_tail_fallbacks_total")
@@ -179,10 +188,11 @@ def test_short_windows_after_a_burst_reopen_with_a_tail_and_never_fall_back(
     assert_exactly_once(
         records, container.name, "stderr", [*numbered("ea", range(10, 3001, 10)), "etail 1"]
     )
-    assert fallbacks(metrics) == 0, metrics
+    assert fallbacks(metrics) == 0, stream_metrics(metrics)
     # The case: quiet windows after the burst, reopened with a tail, settled by a proof.
-    assert metrics.get('log_capturer_stream_proof_reads_total{reason="resend"}', 0) >= 1, metrics
-    assert metrics["log_capturer_stream_tail_reads_total"] >= 5, metrics
+    proofs = metrics.get('log_capturer_stream_proof_reads_total{reason="resend"}', 0)
+    assert proofs >= 1, stream_metrics(metrics)
+    assert metrics["log_capturer_stream_tail_reads_total"] >= 5, stream_metrics(metrics)
 
 
 def saved_streams(daemon: Daemon, container_id: str) -> dict[str, Any]:
@@ -240,7 +250,7 @@ def test_a_restart_on_a_burst_written_log_reopens_with_a_tail_and_never_falls_ba
     # later may need a larger tail: that is not the restart's cost).
     metrics = daemon.metrics()
     assert metrics["log_capturer_stream_tail_reads_total"] >= 3, metrics
-    assert fallbacks(metrics) == 0, metrics
+    assert fallbacks(metrics) == 0, stream_metrics(metrics)
     resent = [k for k in metrics if k.startswith("log_capturer_lines_deduplicated_total")]
     assert sum(metrics[k] for k in resent) == 0, metrics  # the tail sent no known line again
     container.exec_run(["sh", "-c", ": > /tmp/go"])
