@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, groupby, islice, repeat
 from operator import eq, le
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from ..discovery.container import ContainerInfo
 from ..pipeline.batch import Batch
@@ -236,3 +236,24 @@ def merge_positions(parts: Sequence[tuple[S, Sequence[int]]]) -> list[tuple[S, l
 def sample_timestamps(streams: Streams, positions: Sequence[int], samples: int = 20) -> list[int]:
     """Timestamps of a few entries spread over ``positions`` (for the delivery lag)."""
     return [streams.ts_ns[i] for i in positions[:: max(1, len(positions) // samples)]]
+
+
+def dead_letter_docs(
+    streams: Streams, own: Sequence[int], positions: Sequence[int], keys: tuple[str, str, str]
+) -> list[dict[str, Any]]:
+    """One JSON object per entry at ``positions`` of a payload whose entries are ``own``
+    (positions into ``streams``), as the sink names them: ``keys`` are the names of the
+    stream's labels, the line and the per-entry pairs (the last only when there are any)."""
+    stream_key, line_key, meta_key = keys
+    docs = []
+    for p in positions:
+        i = own[p]
+        doc: dict[str, Any] = {
+            stream_key: streams.labels[streams.stream_of[i]],
+            "ts": str(streams.ts_ns[i]),
+            line_key: streams.lines[i],
+        }
+        if streams.meta[i]:
+            doc[meta_key] = dict(streams.meta[i])
+        docs.append(doc)
+    return docs

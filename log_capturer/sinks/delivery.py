@@ -48,9 +48,10 @@ from ..metrics.registry import (
     SINK_RETRIES,
     SINK_UP,
 )
+from ..pipeline.batch import Batch
 from ..timestamps import format_rfc3339_ns
 from .auth import make_auth
-from .base import SinkError
+from .base import Sink, SinkError
 from .network_config import NetworkSinkConfig
 from .spool import DiskSpool, SpoolEntry, SpoolError, SpoolFullError
 
@@ -744,3 +745,38 @@ class Delivery(Generic[P]):
             if stopped:
                 self._spool.close()
         self._session.close()
+
+
+# -- a sink on it ----------------------------------------------------------------------
+
+
+class PayloadBuilder(Protocol[P]):
+    def build(self, batches: Sequence[Batch]) -> list[P]:
+        """The payloads that carry these batches' entries."""
+        ...
+
+
+class NetworkSink(Sink, Generic[P]):
+    """What the network sinks share: :meth:`write` encodes the batches into payloads and
+    hands them to a :class:`Delivery`, which returns only once each entry is stored by
+    the server, durably spooled, or dead-lettered. A subclass builds ``_encoder`` and
+    ``_delivery`` from its config."""
+
+    _encoder: PayloadBuilder[P]
+    _delivery: Delivery[P]
+
+    @property
+    def up(self) -> bool:
+        """False after a send failed (unavailable, 401/403/404); True after one succeeded."""
+        return self._delivery.up
+
+    @property
+    def spool(self) -> DiskSpool | None:
+        return self._delivery.spool
+
+    def write(self, batches: list[Batch]) -> None:
+        self._delivery.deliver(self._encoder.build(batches))
+
+    def close(self) -> None:
+        """Stop and join the replayer (at most ``close_timeout``); the spool stays on disk."""
+        self._delivery.close()

@@ -37,6 +37,7 @@ from ..columns import (
     NO_META,
     Meta,
     cut_lines,
+    dead_letter_docs,
     gather,
     merge_positions,
     sample_timestamps,
@@ -186,6 +187,10 @@ def decode_json(body: bytes) -> Streams:
 # -- the payload ---------------------------------------------------------------------------
 
 
+_DEAD_LETTER_KEYS = ("stream", "line", "metadata")
+"""What a dead letter calls the stream's labels, the line and the entry's pairs."""
+
+
 @dataclass(slots=True, eq=False)
 class Push:
     """The entries of one push request (positions into ``streams``) and its body."""
@@ -223,19 +228,7 @@ class Push:
         return sample_timestamps(self.streams, self.positions)
 
     def dead_letters(self, positions: Sequence[int]) -> list[dict[str, Any]]:
-        s = self.streams
-        docs = []
-        for p in positions:
-            i = self.positions[p]
-            doc: dict[str, Any] = {
-                "stream": s.labels[s.stream_of[i]],
-                "ts": str(s.ts_ns[i]),
-                "line": s.lines[i],
-            }
-            if s.meta[i]:
-                doc["metadata"] = dict(s.meta[i])
-            docs.append(doc)
-        return docs
+        return dead_letter_docs(self.streams, self.positions, positions, _DEAD_LETTER_KEYS)
 
     def to_spool(self) -> bytes:
         return _SPOOL_TAGS[self.encoding] + self.body()

@@ -7,10 +7,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from ...pipeline.batch import Batch
-from ..base import Sink
-from ..delivery import Accepted, Delivery, Refused, Transient, short
-from ..spool import DiskSpool
+from ..delivery import Accepted, Delivery, NetworkSink, Refused, Transient, short
 from .config import PUSH_PATH, LokiSinkConfig
 from .encode import Encoder, Push
 from .responses import classify
@@ -53,7 +50,7 @@ class LokiEndpoint:
             )
 
 
-class LokiSink(Sink):
+class LokiSink(NetworkSink[Push]):
     """Pushes records to Grafana Loki with at-least-once delivery.
 
     :meth:`write` encodes the batches into pushes of about ``batch_bytes`` (protobuf +
@@ -80,19 +77,3 @@ class LokiSink(Sink):
 
     def __repr__(self) -> str:
         return f"LokiSink(url={self.config.url!r}, tenant_id={self.config.tenant_id!r})"
-
-    @property
-    def up(self) -> bool:
-        """False after a send failed (unavailable, 401/403/404); True after one succeeded."""
-        return self._delivery.up
-
-    @property
-    def spool(self) -> DiskSpool | None:
-        return self._delivery.spool
-
-    def write(self, batches: list[Batch]) -> None:
-        self._delivery.deliver(self._encoder.build(batches))
-
-    def close(self) -> None:
-        """Stop and join the replayer (at most ``close_timeout``); the spool stays on disk."""
-        self._delivery.close()

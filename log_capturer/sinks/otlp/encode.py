@@ -39,6 +39,7 @@ from ..columns import (
     Meta,
     Streams,
     cut_lines,
+    dead_letter_docs,
     gather,
     merge_positions,
     sample_timestamps,
@@ -214,6 +215,10 @@ def resource_key(labels: Mapping[str, str]) -> str:
 # -- the payload -------------------------------------------------------------------------------
 
 
+_DEAD_LETTER_KEYS = ("resource", "body", "attributes")
+"""What a dead letter calls the stream's labels, the line and the entry's pairs."""
+
+
 @dataclass(slots=True, eq=False)
 class Export:
     """The entries of one export request (positions into ``streams``) and its body."""
@@ -257,19 +262,7 @@ class Export:
         return sample_timestamps(self.streams, self.positions)
 
     def dead_letters(self, positions: Sequence[int]) -> list[dict[str, Any]]:
-        s = self.streams
-        docs = []
-        for p in positions:
-            i = self.positions[p]
-            doc: dict[str, Any] = {
-                "resource": s.labels[s.stream_of[i]],
-                "ts": str(s.ts_ns[i]),
-                "body": s.lines[i],
-            }
-            if s.meta[i]:
-                doc["attributes"] = dict(s.meta[i])
-            docs.append(doc)
-        return docs
+        return dead_letter_docs(self.streams, self.positions, positions, _DEAD_LETTER_KEYS)
 
     def to_spool(self) -> bytes:
         return _spool_tag(self.encoding, self.compression) + self.body()

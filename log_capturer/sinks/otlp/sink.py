@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ...pipeline.batch import Batch
-from ..base import Sink
-from ..delivery import Accepted, Delivery, Refused, Transient
-from ..spool import DiskSpool
+from ..delivery import Accepted, Delivery, NetworkSink, Refused, Transient
 from .config import LOGS_PATH, OtlpSinkConfig
 from .encode import Encoder, Export
 from .responses import classify
@@ -35,7 +32,7 @@ class OtlpEndpoint:
         return Export.from_spool(data)
 
 
-class OtlpSink(Sink):
+class OtlpSink(NetworkSink[Export]):
     """Exports records over OTLP/HTTP with at-least-once delivery.
 
     :meth:`write` encodes the batches into requests of about ``batch_bytes`` and hands
@@ -58,19 +55,3 @@ class OtlpSink(Sink):
 
     def __repr__(self) -> str:
         return f"OtlpSink(endpoint={self.config.endpoint!r}, tenant_id={self.config.tenant_id!r})"
-
-    @property
-    def up(self) -> bool:
-        """False after a send failed (unavailable, 401/403/404); True after one succeeded."""
-        return self._delivery.up
-
-    @property
-    def spool(self) -> DiskSpool | None:
-        return self._delivery.spool
-
-    def write(self, batches: list[Batch]) -> None:
-        self._delivery.deliver(self._encoder.build(batches))
-
-    def close(self) -> None:
-        """Stop and join the replayer (at most ``close_timeout``); the spool stays on disk."""
-        self._delivery.close()
