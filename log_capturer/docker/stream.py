@@ -21,9 +21,10 @@ from .lines import LineAssembler, Lines
 READ_SIZE = 256 * 1024  # a backlog arrives as fast as we read: fewer, larger reads
 # Each read allocates its size up front. A stream starts at READ_SIZE_MIN and doubles
 # while reads come back full (a backlog reaches READ_SIZE in four reads); it halves when
-# a read fills less than a quarter. Hundreds of quiet streams blocked in 256 KiB reads
-# fragmented the C heap: 540 MB RSS with 500 containers, 218 against 145 with a fixed
-# mmap threshold at 300 (benchmarks/scale.py).
+# a read fills less than a quarter, so a quiet stream does not hold a 256 KiB buffer
+# while it waits. Meant against C-heap fragmentation (scale.py, 300 containers: RSS 218
+# MB, 145 with a fixed mmap threshold, 190 with this), not shown to help at 500
+# containers (540 MB before, 645 after, one run each): see benchmarks/README.md.
 READ_SIZE_MIN = 16 * 1024
 # After a read this small (the engine sends a backlog in pieces as small as one line
 # when we keep up), wait a moment so the next read takes what arrived meanwhile: each
