@@ -256,7 +256,10 @@ def test_full_queue_blocks_monitors_and_drops_nothing(
 ) -> None:
     # A slow sink: a tenth of a second more per push of about 16 KiB. The queue holds one
     # socket read (a batch always fits an empty queue), so a backlog of 20,000 lines (some
-    # 30 pushes) keeps the monitor waiting for room most of the time.
+    # 30 pushes) leaves the monitor waiting for room. How long it waits depends on how the
+    # engine splits the backlog into reads (reads grow while full), so the test asserts
+    # that it waited at all (the counter only moves on a put that found the queue full),
+    # not for how long: a wall-clock share is the benchmarks' business.
     proxy.delay(0.1)
     daemon = loki_daemon(
         make_daemon, proxy.url, loki_tenant,
@@ -270,6 +273,6 @@ def test_full_queue_blocks_monitors_and_drops_nothing(
     metrics = daemon.metrics()
     assert daemon.stop() == 0
     audit("queue-full", real_loki, loki_tenant, name, "stdout", numbered(20000))
-    assert metrics["log_capturer_queue_blocked_seconds_total"] > 1  # monitors waited
+    assert metrics["log_capturer_queue_blocked_seconds_total"] > 0  # monitors waited
     assert sum(v for k, v in metrics.items() if k.startswith("log_capturer_records_dropped")) == 0
     assert metrics["log_capturer_queue_capacity_records"] == 20
