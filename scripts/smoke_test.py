@@ -59,6 +59,7 @@ class Checkpoint:
     pool_open: float
     base_threads: float
     base_fds: float
+    rss_mb: float
     lines: float
     api_requests: float
     api_reuses: float
@@ -74,6 +75,9 @@ class Summary:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     fd_slope_per_min: float = 0.0
     thread_slope_per_min: float = 0.0
+    rss_slope_mb_per_min: float = 0.0
+    rss_mb_min: float = 0.0
+    rss_mb_max: float = 0.0
     api_reuse_ratio: float = 0.0
     restarts: int = 0
     crashed: bool = False
@@ -226,11 +230,12 @@ def write_chart(summary: Summary, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     minutes = [c.at_s / 60 for c in summary.checkpoints]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     for ax, keys, title in (
         (axes[0], ("threads", "base_threads"), "threads"),
         (axes[1], ("fds", "base_fds"), "open FDs"),
-        (axes[2], ("lines",), "lines captured"),
+        (axes[2], ("rss_mb",), "RSS (MB)"),
+        (axes[3], ("lines",), "lines captured"),
     ):
         for key in keys:
             label = "without monitors/pool" if key.startswith("base_") else "total"
@@ -244,9 +249,10 @@ def write_chart(summary: Summary, path: Path) -> None:
     axes[0].set_title(
         f"log_capturer soak {summary.run_id}: fd slope "
         f"{summary.fd_slope_per_min:+.2f}/min, thread slope "
-        f"{summary.thread_slope_per_min:+.2f}/min"
+        f"{summary.thread_slope_per_min:+.2f}/min, RSS slope "
+        f"{summary.rss_slope_mb_per_min:+.2f} MB/min"
     )
-    axes[2].set_xlabel("minutes")
+    axes[3].set_xlabel("minutes")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -318,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
                 pool_open=pool_open,
                 base_threads=threads - monitors,
                 base_fds=fds - pool_open,
+                rss_mb=m.get("process_resident_memory_bytes", 0) / 2**20,
                 lines=metric_total(m, "log_capturer_lines_captured_total"),
                 api_requests=m.get('log_capturer_docker_pool_requests_total{kind="api"}', 0),
                 api_reuses=m.get('log_capturer_docker_pool_reuses_total{kind="api"}', 0),
@@ -334,7 +341,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{slope_now(summary, 'base_threads', args):+.2f}/min) "
                 f"fds={cp.fds:.0f} ({cp.base_fds - first.base_fds:+.0f}, "
                 f"{slope_now(summary, 'base_fds', args):+.2f}/min) "
-                f"reuse={ratio:.3f} lines={cp.lines:.0f} monitors={cp.monitors:.0f}",
+                f"reuse={ratio:.3f} lines={cp.lines:.0f} monitors={cp.monitors:.0f} "
+                f"rss={cp.rss_mb:.0f}MB ({slope_now(summary, 'rss_mb', args):+.2f}/min)",
                 flush=True,
             )
             if daemon is not None and daemon.proc is not None and daemon.proc.poll() is not None:
@@ -414,6 +422,10 @@ def finish_and_audit(
     warm = [c for c in summary.checkpoints if c.at_s >= args.warmup_s]
     summary.fd_slope_per_min = slope_per_min([(c.at_s, c.base_fds) for c in warm])
     summary.thread_slope_per_min = slope_per_min([(c.at_s, c.base_threads) for c in warm])
+    summary.rss_slope_mb_per_min = slope_per_min([(c.at_s, c.rss_mb) for c in warm])
+    if warm:
+        summary.rss_mb_min = min(c.rss_mb for c in warm)
+        summary.rss_mb_max = max(c.rss_mb for c in warm)
     if warm:
         requests = (
             final.get('log_capturer_docker_pool_requests_total{kind="api"}', 0)

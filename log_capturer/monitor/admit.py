@@ -23,7 +23,7 @@ C-level passes; any other goes line by line through the same rules.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from itertools import compress, islice, repeat
 from operator import countOf, eq, lt
 
@@ -33,33 +33,70 @@ from ..pipeline.batch import LineBatch, derive_seqs
 from ..positions.marks import Mark
 from ..timestamps import format_rfc3339_ns, parse_docker_ts
 
+RECENT_LINES = 1024
+"""Lines of each stream kept to recognise a rotation's repeats: the engine re-sends at
+most 356 (measured, see tests/unit/test_rotation_repeats.py), so 1,024 leave a margin of
+almost 3x."""
+
 RECENT_BYTES = 256 * 1024
-"""Message bytes of each stream's latest lines kept to recognise a rotation's repeats
-(at least the last read's lines are kept, whatever their size)."""
+"""Message bytes of those lines at most (the worst repeat measured: 70 KB of 1 KB lines);
+the newest line is kept whatever its size."""
 
 
 class RecentLines:
-    """The latest lines admitted in one stream, as the batches' own lists (no copies)."""
+    """The latest lines admitted in one stream, newest last, in two lists of its own.
 
-    __slots__ = ("_chunks", "_size", "budget")
+    Bounded by ``max_lines`` and ``budget`` (message bytes), trimmed from the oldest
+    when either is exceeded by a quarter (so a trim, a move of the lists, is paid once
+    per quarter of the bound, not at every read). The lists hold references to the
+    batches' bytes, not the batches' lists: a stream read one line at a time keeps
+    two list slots per line, not two lists and a tuple per read (which made a stream
+    of short lines hold some 470 bytes per line of a 256 KiB budget, 24 MB).
+    """
 
-    def __init__(self, budget: int = RECENT_BYTES) -> None:
+    __slots__ = ("_messages", "_size", "_ts", "budget", "max_lines")
+
+    def __init__(self, budget: int = RECENT_BYTES, max_lines: int = RECENT_LINES) -> None:
         self.budget = budget
-        self._chunks: deque[tuple[list[bytes], list[bytes], int]] = deque()
+        self.max_lines = max_lines
+        self._ts: list[bytes] = []
+        self._messages: list[bytes] = []
         self._size = 0
 
+    def __len__(self) -> int:
+        return len(self._ts)
+
+    @property
+    def size(self) -> int:
+        """Message bytes kept."""
+        return self._size
+
     def add(self, ts: list[bytes], messages: list[bytes], size: int) -> None:
-        self._chunks.append((ts, messages, size))
+        self._ts += ts
+        self._messages += messages
         self._size += size
-        while len(self._chunks) > 1 and self._size - self._chunks[0][2] >= self.budget:
-            self._size -= self._chunks.popleft()[2]
+        if (
+            len(self._ts) > self.max_lines + self.max_lines // 4
+            or self._size > self.budget + self.budget // 4
+        ):
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest lines until both bounds hold (keeping the newest line)."""
+        messages = self._messages
+        drop = max(0, len(messages) - self.max_lines)
+        size = self._size - sum(map(len, islice(messages, drop)))
+        last = len(messages) - 1
+        while size > self.budget and drop < last:
+            size -= len(messages[drop])
+            drop += 1
+        del self._ts[:drop]
+        del messages[:drop]
+        self._size = size
 
     def counts(self) -> Counter[tuple[bytes, bytes]]:
         """How many times each ``(ts, message)`` was admitted lately."""
-        out: Counter[tuple[bytes, bytes]] = Counter()
-        for ts, messages, _ in self._chunks:
-            out.update(zip(ts, messages, strict=True))
-        return out
+        return Counter(zip(self._ts, self._messages, strict=True))
 
 
 class StreamDedup:

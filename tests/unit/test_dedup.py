@@ -137,12 +137,47 @@ def test_the_fast_path_gives_what_line_by_line_gives() -> None:
     assert many.mark == one.mark == mark(7, 1)
 
 
-def test_recent_lines_keep_at_least_the_last_read_within_the_budget() -> None:
+def test_recent_lines_keep_the_newest_line_whatever_its_size() -> None:
     recent = RecentLines(budget=10)
     recent.add([b"t1"], [b"x" * 8], 8)
     recent.add([b"t2"], [b"y" * 8], 8)
     recent.add([b"t3"], [b"z" * 30], 30)
     assert set(recent.counts()) == {(b"t3", b"z" * 30)}
+    assert recent.size == 30
+
+
+def test_recent_lines_are_bounded_in_lines_when_read_one_at_a_time() -> None:
+    """A slow stream is read a line per socket read: what is kept stays within the line
+    bound (plus the quarter it may overrun before a trim), and is the newest lines."""
+    recent = RecentLines(budget=1 << 30, max_lines=100)
+    for n in range(10_000):
+        recent.add([ts(n)], [b"%d" % n], len(b"%d" % n))
+        assert len(recent) <= 125
+    kept = recent.counts()
+    assert len(recent) >= 100 and len(kept) == len(recent)
+    assert (ts(9_999), b"9999") in kept and (ts(9_899), b"9899") in kept
+    assert recent.size == sum(len(m) for _, m in kept)
+
+
+def test_recent_lines_are_bounded_in_bytes() -> None:
+    recent = RecentLines(budget=1000, max_lines=10_000)
+    for n in range(1000):
+        recent.add([ts(2 * n), ts(2 * n + 1)], [b"a" * 50, b"b" * 50], 100)
+        assert recent.size <= 1250
+    assert 1000 - 100 < recent.size <= 1250
+    assert (ts(1999), b"b" * 50) in recent.counts()
+
+
+def test_a_repeat_is_recognised_after_many_single_line_reads() -> None:
+    """The rotation repeat the bound is for: after thousands of one-line reads, the
+    engine re-sends the last lines (up to the bound) and every one is dropped."""
+    dedup = StreamDedup(ZERO, RecentLines(max_lines=400))
+    for n in range(1, 5001):
+        admit_all(dedup, [n], [b"line %d" % n])
+    back = list(range(5001 - 356, 5001))  # the worst repeat measured: 356 lines
+    got = admit_all(dedup, [*back, 5001], [*(b"line %d" % n for n in back), b"line 5001"])
+    assert got == [(5001, 1)]
+    assert dedup.resent == 356 and dedup.clock_backwards == 0
 
 
 def test_plan_reads_close_streams_together_from_the_older_mark() -> None:
