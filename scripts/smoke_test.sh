@@ -8,7 +8,8 @@
 #
 # Without --metrics-url it starts its own daemon (capturing only the containers it
 # starts). Prints a line per checkpoint, writes summary.json and chart.png, exits 1
-# naming each failed criterion. Removes every container it started, also on Ctrl-C.
+# naming each failed criterion (RSS is printed and charted, not judged). Removes every
+# container it started, also on Ctrl-C.
 # (scripts/smoke_test.py; its daemon, containers and audit come from log_capturer_testkit.)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,7 +18,8 @@ from log_capturer_testkit import REPO
 
 CHECKPOINT = re.compile(
     r"^\[(\d+)/(\d+)\] [\d.]+m: threads=\d+ \([+-]\d+, [+-][\d.]+/min\) "
-    r"fds=\d+ \([+-]\d+, [+-][\d.]+/min\) reuse=[\d.]+ lines=\d+",
+    r"fds=\d+ \([+-]\d+, [+-][\d.]+/min\) reuse=[\d.]+ lines=\d+ monitors=\d+ "
+    r"rss=\d+MB \([+-][\d.]+/min\)",
     re.M,
 )
 
@@ -65,6 +66,8 @@ def test_short_soak_passes_and_a_leaking_daemon_fails_it(tmp_path: Path) -> None
     assert summary["fd_slope_per_min"] < 0.5 and summary["thread_slope_per_min"] < 0.5
     assert summary["api_reuse_ratio"] >= 0.9 and summary["restarts"] == 0
     assert len(summary["checkpoints"]) == 9
+    assert all(c["rss_mb"] > 10 for c in summary["checkpoints"])  # the daemon's, in MB
+    assert 10 < summary["rss_mb_min"] <= summary["rss_mb_max"]
     assert (good_dir / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     assert leak.returncode == 1, leak_out[-4000:]
