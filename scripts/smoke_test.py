@@ -429,7 +429,6 @@ def finish_and_audit(
     if warm:
         summary.rss_mb_min = min(c.rss_mb for c in warm)
         summary.rss_mb_max = max(c.rss_mb for c in warm)
-    if warm:
         requests = (
             final.get('log_capturer_docker_pool_requests_total{kind="api"}', 0)
             - warm[0].api_requests

@@ -24,7 +24,8 @@ READ_SIZE = 256 * 1024  # a backlog arrives as fast as we read: fewer, larger re
 # a read fills less than a quarter, so a quiet stream does not hold a 256 KiB buffer
 # while it waits. Meant against C-heap fragmentation (scale.py, 300 containers: RSS 218
 # MB, 145 with a fixed mmap threshold, 190 with this), not shown to help at 500
-# containers (540 MB before, 645 after, one run each): see benchmarks/README.md.
+# containers (540 MB before, 645 after, one run each): see benchmarks/README.md. The
+# daemon now fixes the mmap threshold itself (cli.MMAP_THRESHOLD).
 READ_SIZE_MIN = 16 * 1024
 # After a read this small (the engine sends a backlog in pieces as small as one line
 # when we keep up), wait a moment so the next read takes what arrived meanwhile: each
