@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"log-capturer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
-        ("run", "run the daemon until SIGTERM/SIGINT"),
+        ("run", "run the daemon until SIGTERM/SIGINT (SIGHUP reloads the config)"),
         ("check-config", "validate the configuration and print it with defaults filled in"),
     ):
         cmd = sub.add_parser(name, help=help_text)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"log-capturer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        supervisor = Supervisor(config)
+        supervisor = Supervisor(config, args.config)
     except OSError as exc:
         print(f"log-capturer: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -17,17 +17,48 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+# structlog's method names -> their levels (``exception`` logs at error).
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+_threshold = [logging.INFO]
+"""The least severe level logged; :func:`set_level` changes it on a reload. Module loggers
+are bound once (structlog caches them on first use), so the level is checked by a
+processor reading this, not baked into the bound logger class."""
 
 
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Least severe level logged."
+        "info", description="Least severe level logged (a reload applies it)."
     )
-    format: Literal["json", "console"] = Field("json", description="json: one object per line.")
+    format: Literal["json", "console"] = Field(
+        "json", description="json: one object per line. A change needs a restart."
+    )
+
+
+def _below_level(
+    logger: object, method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    if _METHOD_LEVELS.get(method_name, logging.INFO) < _threshold[0]:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def set_level(level: str) -> None:
+    """Log from ``level`` on (a reload changes ``logging.level`` with it)."""
+    _threshold[0] = _LEVELS[level]
+    logging.getLogger().setLevel(max(_threshold[0], logging.INFO))
 
 
 def configure_logging(config: LoggingConfig) -> None:
-    level = _LEVELS[config.level]
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -41,8 +72,8 @@ def configure_logging(config: LoggingConfig) -> None:
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
-        processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        processors=[_below_level, *shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
@@ -54,6 +85,5 @@ def configure_logging(config: LoggingConfig) -> None:
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         )
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(max(level, logging.INFO))
+    logging.getLogger().handlers[:] = [handler]
+    set_level(config.level)

@@ -2,30 +2,45 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
-from .config.loader import Config
+from .config.loader import Config, ConfigError, load_config
+from .config.reload import (
+    MONITOR_FILTER_KEYS,
+    MONITOR_READ_KEYS,
+    ReloadPlan,
+    plan_reload,
+    split_problems,
+)
 from .discovery.container import ContainerInfo
 from .discovery.events import EventWatcher
 from .discovery.filters import ContainerFilter, detect_own_container_id
 from .discovery.selector import ContainerSelector
 from .docker.engine import DockerEngine
 from .docker.errors import ContainerGoneError
+from .logging_setup import set_level
 from .metrics.collectors import register_runtime_collectors
+from .metrics.registry import CONFIG_RELOADS, CONFIG_RESTART_PENDING
 from .monitor.container_monitor import ContainerMonitor
 from .monitor.turns import TurnKeeper
-from .pipeline.dispatcher import Dispatcher
+from .pipeline.dispatcher import Dispatcher, Reconfiguration
 from .pipeline.queue import BatchQueue
 from .pipeline.stages.chain import build_stages
 from .positions.ledger import Ledger, MonitorEnd
 from .server.http import StatusServer
-from .sinks.config import build_sinks
+from .sinks.auth import SecretUnavailableError, make_auth
+from .sinks.base import Sink
+from .sinks.config import build_sink, build_sinks, enabled_sinks
+from .sinks.network_config import NetworkSinkConfig
 from .timestamps import TimestampError, parse_docker_ts
 
 _log = structlog.get_logger(__name__)
@@ -40,10 +55,14 @@ class Supervisor:
     Shutdown order (SIGTERM/SIGINT): stop discovery, stop every monitor (their
     streams are interrupted, the pool wakes its waiters), deliver what is queued,
     save positions, close sinks, close the pool, stop the HTTP server.
+
+    SIGHUP reloads ``config_path`` in place (:meth:`reload`, in the main loop's thread:
+    the handler only sets a flag).
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         mc = config.container_monitor
         self.engine = DockerEngine(config.docker)
         self.ledger = Ledger(config.positions.path)
@@ -75,6 +94,9 @@ class Supervisor:
         self._listed_once = False
         self._stop = threading.Event()
         self._stopping = False
+        self._wake = threading.Event()  # a signal arrived: the main loop looks at once
+        self._reload_requested = threading.Event()
+        self._reselected = False  # the next listing follows a reload's new filters
         self.turns = TurnKeeper(
             self.engine.pool,
             lambda: self.monitors.values(),
@@ -84,11 +106,17 @@ class Supervisor:
     # -- lifecycle -----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until SIGTERM or SIGINT; returns the exit code."""
+        """Run until SIGTERM or SIGINT, reloading the config at SIGHUP; returns the exit
+        code."""
         self._install_signal_handlers()
         self.start()
         try:
-            while not self._stop.wait(1.0):
+            while not self._stop.is_set():
+                self._wake.wait(1.0)
+                self._wake.clear()
+                if self._reload_requested.is_set() and not self._stop.is_set():
+                    self._reload_requested.clear()
+                    self.reload()
                 if not self.dispatcher.alive:
                     _log.error("dispatcher_died")
                     break
@@ -97,15 +125,26 @@ class Supervisor:
         return 0 if self._stop.is_set() else 1
 
     def _install_signal_handlers(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
+        """Handlers only set flags: the main loop acts on them."""
+
+        def stop(signum: int, frame: FrameType | None) -> None:
             _log.info("signal_received", signal=signal.Signals(signum).name)
             self._stop.set()
+            self._wake.set()
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        def reload(signum: int, frame: FrameType | None) -> None:
+            _log.info("signal_received", signal=signal.Signals(signum).name)
+            self._reload_requested.set()
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
 
     def start(self) -> None:
         self.ledger.load(self.sinks)
+        for result in ("applied", "unchanged", "invalid", "failed"):
+            CONFIG_RELOADS.labels(result)
         _log.info(
             "starting",
             containers_with_positions=len(self.ledger.container_ids()),
@@ -135,7 +174,7 @@ class Supervisor:
         for monitor in monitors:
             monitor.join(10)
         self.dispatcher.stop()
-        for sink in self.sinks:
+        for sink in self.dispatcher.sinks:  # a reload may have replaced self.sinks
             try:
                 sink.close()
             except Exception:
@@ -191,13 +230,16 @@ class Supervisor:
         first = not self._listed_once
         if first and gap_started_ns is None:
             gap_started_ns = self.ledger.down_since_ns
+        # After a reload changed the filters, a running container newly selected is one
+        # "already running when first seen": container_monitor.start_from decides.
+        first_seen, self._reselected = first or self._reselected, False
         containers = self.selector.list()  # filtered: see ContainerSelector
         present = {c["Id"] for c in containers}
         for summary in containers:
             cid = summary["Id"]
             state = summary.get("State")
             if state in ("running", "restarting", "paused"):
-                self.ensure_monitor(cid, first_listing=first)
+                self.ensure_monitor(cid, first_listing=first_seen)
             elif cid in self._monitors:
                 continue
             elif self.ledger.unfinished(cid):
@@ -232,6 +274,9 @@ class Supervisor:
     ) -> None:
         """Start a monitor for the container unless one runs, it is filtered out, or done.
 
+        ``first_listing``: found running by the first listing (or the first after a
+        reload changed the filters); if the ledger has no position for it,
+        ``container_monitor.start_from`` decides where it is read from.
         ``name``: the container's name from an event, so one already filtered out is not
         inspected again."""
         with self._lock:
@@ -304,3 +349,159 @@ class Supervisor:
     def monitors(self) -> dict[str, ContainerMonitor]:
         with self._lock:
             return dict(self._monitors)
+
+    # -- reload (SIGHUP) -------------------------------------------------------------------
+
+    def reload(self) -> str:
+        """Read and validate the config file again and apply what can change in place;
+        returns (and counts) the result: applied, unchanged, invalid or failed.
+
+        An invalid file changes nothing (one ``config_reload_invalid`` event names every
+        bad key). Keys that need a restart (see config/reload.py) keep their running
+        values and are named in one ``config_reload_needs_restart`` warning; the other
+        changes apply (:meth:`_apply`). Runs in the main loop's thread."""
+        try:
+            result = self._reload()
+        except Exception:
+            _log.exception("config_reload_failed")
+            result = "failed"
+        CONFIG_RELOADS.labels(result).inc()
+        return result
+
+    def _reload(self) -> str:
+        if self.config_path is None:
+            _log.error("config_reload_failed", error="no config file to reload")
+            return "failed"
+        try:
+            loaded = load_config(self.config_path)
+            plan = plan_reload(self.config, loaded)
+        except ConfigError as exc:
+            return self._reload_invalid(exc.problems)
+        except ValidationError as exc:  # the mix of running and new values does not hold
+            return self._reload_invalid([str(e["msg"]) for e in exc.errors()])
+        problems = self._secrets_missing(plan)
+        if problems:
+            return self._reload_invalid(problems)
+        CONFIG_RESTART_PENDING.set(len(plan.restart))
+        if plan.restart:
+            _log.warning(
+                "config_reload_needs_restart",
+                keys=list(plan.restart),
+                hint="left at their running values until the daemon restarts",
+            )
+        if not plan.changed:
+            _log.info("config_reload_unchanged", path=self.config_path)
+            return "unchanged"
+        errors = self._apply(plan)
+        if errors:
+            _log.error("config_reload_failed", errors=errors, keys=list(plan.live))
+            return "failed"
+        _log.info("config_reload_applied", path=self.config_path, keys=list(plan.live))
+        return "applied"
+
+    def _reload_invalid(self, problems: list[str]) -> str:
+        errors = split_problems(problems)
+        _log.error(
+            "config_reload_invalid",
+            path=self.config_path,
+            keys=[e["key"] for e in errors],
+            errors=errors,
+            hint="the running configuration stays",
+        )
+        return "invalid"
+
+    def _secrets_missing(self, plan: ReloadPlan) -> list[str]:
+        """Network sinks to (re)build whose credentials cannot be read: the reload is
+        refused (as at start, where they stop the daemon) rather than lose the sink."""
+        problems = []
+        for name in plan.sinks_changed():
+            section = getattr(plan.effective.sinks, name)
+            if section.enabled and isinstance(section, NetworkSinkConfig):
+                try:
+                    make_auth(section, name)
+                except SecretUnavailableError as exc:
+                    problems.append(f"sinks.{name}: {exc}")
+        return problems
+
+    def _apply(self, plan: ReloadPlan) -> list[str]:
+        """Apply the live changes of ``plan``, delivery first, then discovery; the errors
+        (a sink that could not start: its running one stays when it can)."""
+        old, new = self.config, plan.effective
+        errors: list[str] = []
+        if plan.touches("logging.level"):
+            set_level(new.logging.level)
+        if plan.touches("sinks", "pipeline", "positions.flush_interval"):
+            pc = new.pipeline
+            self.queue.resize(pc.queue_records, pc.queue_bytes, pc.when_full == "drop_newest")
+            change = self._delivery_change(old, new, plan)
+            if not self.dispatcher.reconfigure(change, self._stop):
+                return ["stopped before the delivery changes were applied"]
+            errors += change.errors
+            if change.failed:  # a later reload tries them again
+                kept = {name: getattr(old.sinks, name) for name in change.failed}
+                new = new.model_copy(update={"sinks": new.sinks.model_copy(update=kept)})
+        self.config = new
+        mc = new.container_monitor
+        self.turns.min_turn = mc.contended_window
+        self.watcher.relist_interval = mc.relist_interval
+        self.watcher.set_backoff(mc.retry_initial_backoff, mc.retry_max_backoff)
+        if plan.touches(*MONITOR_FILTER_KEYS):
+            self._reselect()
+        if plan.touches(*MONITOR_READ_KEYS):
+            self._restart_monitors()
+        return errors
+
+    def _delivery_change(self, old: Config, new: Config, plan: ReloadPlan) -> Reconfiguration:
+        names = enabled_sinks(new.sinks)
+        running = {sink.name for sink in self.dispatcher.sinks}
+        changed = set(plan.sinks_changed())
+        build: dict[str, Callable[[], Sink]] = {}
+        restore: dict[str, Callable[[], Sink]] = {}
+        for name in names:
+            if name not in running or name in changed:
+                build[name] = functools.partial(build_sink, name, new.sinks)
+            if name in running and name in changed:
+                restore[name] = functools.partial(build_sink, name, old.sinks)
+        stages = build_stages(new.pipeline.stages) if plan.touches("pipeline.stages") else None
+        _log.info(
+            "config_reload_delivery",
+            sinks=names,
+            started=sorted(build),
+            removed=sorted(running - set(names)),
+            stages_rebuilt=stages is not None,
+        )
+        return Reconfiguration(
+            new.pipeline, new.positions.flush_interval, names, build, restore, stages
+        )
+
+    def _reselect(self) -> None:
+        """The filters changed: judge every container again, stop the monitors of those
+        no longer selected (what they read is still delivered; their positions stay, so
+        a container selected again later resumes where it stopped), and list again
+        (discovery's thread starts the newly selected ones)."""
+        mc = self.config.container_monitor
+        self.filter.config = mc
+        self.selector.reset()
+        self._reselected = True
+        self.watcher.reselect(self.selector.event_filters())
+        dropped = [m for m in self.monitors.values() if not self.filter.matches(m.info)]
+        for monitor in dropped:
+            monitor.stop()
+        for monitor in dropped:
+            monitor.join(10)
+        if dropped:
+            _log.info(
+                "monitors_deselected", containers=[m.info.short_id for m in dropped]
+            )
+
+    def _restart_monitors(self) -> None:
+        """How logs are read changed: every monitor ends its window and a new one goes on
+        from its read position (what entered the queue) with the new settings."""
+        monitors = list(self.monitors.values())
+        for monitor in monitors:
+            monitor.stop()
+        for monitor in monitors:
+            monitor.join(10)
+        for monitor in monitors:
+            self.ensure_monitor(monitor.info.id)
+        _log.info("monitors_restarted", monitors=len(monitors))

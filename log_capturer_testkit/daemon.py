@@ -162,6 +162,17 @@ class Daemon:
                 f"daemon did not stop within {timeout}s:\n{self.log_tail()}"
             ) from exc
 
+    def reload(self) -> None:
+        """Write ``self.config`` (change it first) to the config file and send SIGHUP: the
+        daemon reloads it in place. Wait on :meth:`reloads` to know it is done."""
+        assert self.proc is not None
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.proc.send_signal(signal.SIGHUP)
+
+    def reloads(self, result: str) -> float:
+        """How many reloads ended with ``result`` (applied, unchanged, invalid, failed)."""
+        return self.metric(f'log_capturer_config_reloads_total{{result="{result}"}}')
+
     def kill(self) -> None:
         """SIGKILL: no drain, no positions save."""
         assert self.proc is not None

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from .loader import ENV_OVERRIDES, Config
+from .reload import RELOAD_RULE
 from .types import DURATION_EXAMPLES, SIZE_EXAMPLES, parse_byte_size, parse_duration
 
 WIDTH = 100
@@ -38,7 +39,9 @@ A config file needs only the keys it changes: a key left out has the value shown
 and this file, loaded as it is, is the default configuration. Durations: {DURATION_EXAMPLES}
 (or 1h30m; 0 is zero). Sizes: {SIZE_EXAMPLES} (or a number of bytes).
 
-{ENV_OVERRIDES}"""
+{ENV_OVERRIDES}
+{RELOAD_RULE}
+"""
 
 
 def render_reference(root: type[BaseModel] = Config) -> str:

@@ -69,6 +69,7 @@ class EventWatcher:
         # Events are replayed from here on reconnect; it starts before the first listing.
         self._since_ns = time.time_ns() - 1_000_000_000
         self._gap_started: int | None = None
+        self._relist_now = False  # a reload changed the filters: end the window, re-list
         self.connected = False
         self.thread = threading.Thread(target=self._run, name="discovery", daemon=True)
 
@@ -84,6 +85,20 @@ class EventWatcher:
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)
 
+    def reselect(self, event_filters: dict[str, list[str]]) -> None:
+        """A reload changed which containers are captured: end the current window, list
+        containers again and follow ``/events`` with ``event_filters`` from the last
+        event seen (events meanwhile are replayed with the new filters). Any thread."""
+        with self._lock:
+            self.event_filters = event_filters
+            self._relist_now = True
+            if self._current is not None:
+                self._current.yield_turn()
+
+    def set_backoff(self, initial: float, maximum: float) -> None:
+        """New waits after discovery errors (a reload)."""
+        self._wait = capped_backoff(initial, maximum)
+
     @property
     def alive(self) -> bool:
         return self.thread.is_alive()
@@ -98,7 +113,7 @@ class EventWatcher:
             _log.warning("discovery_error", error=repr(exc), attempt=state.attempt_number)
 
         retrying = Retrying(
-            wait=self._wait,
+            wait=lambda state: self._wait(state),
             stop=stop_when_event_set(self._stop),
             sleep=self._sleep,
             before_sleep=before_sleep,
@@ -120,9 +135,13 @@ class EventWatcher:
 
     def _window(self) -> None:
         """Follow /events for one ``relist_interval``; then re-list (or note the gap)."""
-        response = self.engine.open_events(self._since_ns, self.event_filters)
+        with self._lock:
+            filters = self.event_filters
+        response = self.engine.open_events(self._since_ns, filters)
         with self._lock:
             self._current = response
+            if self._relist_now:
+                response.yield_turn()  # asked for while it opened: the filters may be old
         try:
             if self._stop.is_set():
                 return
@@ -146,13 +165,16 @@ class EventWatcher:
             with self._lock:
                 self._current = None
             response.close()
-        if end == "deadline":
-            self._relist(None)
-        elif end == "eof" and not self._stop.is_set():
-            # The engine closed the stream (restarting?): events may be lost meanwhile.
+        with self._lock:
+            relist_now, self._relist_now = self._relist_now, False
+        if end == "eof" and not self._stop.is_set():
+            # The engine closed the stream (restarting?): events may be lost meanwhile
+            # (the next window lists again, as of the gap).
             self._gap_started = self._since_ns
             DISCOVERY_RECONNECTS.inc()
             self._set_connected(False)
+        elif end == "deadline" or (relist_now and not self._stop.is_set()):
+            self._relist(None)
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "")

@@ -86,6 +86,11 @@ class ContainerSelector:
             self._verdicts[container_id] = (info.name, captured)
         return info if captured else None
 
+    def reset(self) -> None:
+        """The filters changed (a reload): every verdict is made again."""
+        with self._lock:
+            self._verdicts.clear()
+
     def forget(self, container_id: str) -> None:
         """The container was destroyed."""
         with self._lock:

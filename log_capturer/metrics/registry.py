@@ -235,3 +235,15 @@ JSON_PARSE = Counter(
 REDACTIONS = Counter(
     f"{PREFIX}_redactions", "Secrets replaced by the redact stage, by rule.", ["rule"]
 )
+
+# -- reload ------------------------------------------------------------------------------
+CONFIG_RELOADS = Counter(
+    f"{PREFIX}_config_reloads",
+    "Config reloads (SIGHUP), by result: applied, unchanged (nothing live changed), "
+    "invalid (the running config stays), failed (an error while applying; see the log).",
+    ["result"],
+)
+CONFIG_RESTART_PENDING = Gauge(
+    f"{PREFIX}_config_restart_pending_keys",
+    "Keys the config file changes that a reload cannot apply (they need a restart).",
+)

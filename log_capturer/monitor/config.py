@@ -15,8 +15,10 @@ class MonitorConfig(Section):
     )
     start_from: Literal["beginning", "now"] = Field(
         "beginning",
-        description="Where to start a container already running when first seen; containers "
-        "that start later are always read from their beginning.",
+        description="Where to start a container already running when first seen, with no "
+        "position: at the daemon's first listing, or when a reload's filters newly select it "
+        "(beginning: its whole log). Containers that start later are always read from their "
+        "beginning; a container selected again resumes where it was deselected.",
     )
     stdout: bool = Field(True, description="Capture stdout.")
     stderr: bool = Field(True, description="Capture stderr.")

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
+    stop_after_delay,
+    stop_any,
+    stop_never,
     stop_when_event_set,
 )
+from tenacity.stop import stop_base
 
 from ..backoff import backoff_seconds, capped_backoff
 from ..metrics.registry import POSITION_SAVES, SINK_BATCHES, SINK_RECORDS, SINK_SEND_SECONDS
@@ -24,6 +30,47 @@ from .record import LogRecord
 from .stages import NoStages, StageChain
 
 _log = structlog.get_logger(__name__)
+
+
+class _StopWhen(stop_base):
+    """Stop retrying once ``condition()`` holds."""
+
+    def __init__(self, condition: Callable[[], bool]) -> None:
+        self.condition = condition
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.condition()
+
+
+@dataclass
+class Reconfiguration:
+    """A reload's changes to delivery, applied by the dispatcher thread between two
+    deliveries (:meth:`Dispatcher.reconfigure`).
+
+    ``sinks``: the sink names in their delivery order after the change; ``build``: a
+    builder per sink to (re)build, added or changed (a sink not named in ``sinks`` is
+    removed); ``restore``: builders of the running config, used when a changed sink
+    cannot be built. ``stages``: the new chain, or None to keep it.
+    """
+
+    config: PipelineConfig
+    flush_interval: float
+    sinks: list[str]
+    build: dict[str, Callable[[], Sink]] = field(default_factory=dict)
+    restore: dict[str, Callable[[], Sink]] = field(default_factory=dict)
+    stages: StageChain | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    errors: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    """Sinks that could not be built with their new settings (their old ones run, if any)."""
+
+    def swaps(self, running: list[Sink]) -> bool:
+        """Whether sinks or stages change (what is queued and held is delivered first)."""
+        return (
+            bool(self.build)
+            or self.stages is not None
+            or self.sinks != [sink.name for sink in running]
+        )
 
 
 class Dispatcher:
@@ -60,6 +107,19 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
         self.delivered = 0
         self._checkpoint_failing = False
+        self._pending: Reconfiguration | None = None
+        self._pending_lock = threading.Lock()
+        # While a reconfiguration drains: sinks about to be closed (their writes are
+        # bounded by drain_timeout), those of them that gave up, and the deliveries a
+        # replaced sink gave up on (acknowledged once its replacement accepted them).
+        self._leaving: frozenset[str] = frozenset()
+        self._replacing: frozenset[str] = frozenset()
+        self._gave_up: set[str] = set()
+        self._carry: list[list[Batch]] = []
+        # A delivery whose retries a reload cut short, and the sinks that had accepted it.
+        self._interrupted: tuple[list[Batch], set[str]] | None = None
+        self._wake = threading.Event()  # ends a retry's wait: shutdown, or a reload asked
+        self._retrying = ""  # the sink a retry waits for
 
     def start(self) -> None:
         self._thread.start()
@@ -70,6 +130,7 @@ class Dispatcher:
         self._thread.join(self.config.drain_timeout if timeout is None else timeout)
         if self._thread.is_alive():
             self._abandon.set()
+            self._wake.set()
             self._thread.join(30)
             if self._thread.is_alive():
                 _log.error("dispatcher_did_not_stop")
@@ -82,6 +143,8 @@ class Dispatcher:
         next_flush = time.monotonic() + self.flush_interval
         try:
             while not self._abandon.is_set():
+                if self._pending is not None:
+                    self._reconfigure()
                 wake = next_flush
                 held = self.stages.next_deadline()
                 if held is not None:
@@ -111,6 +174,132 @@ class Dispatcher:
             if left:  # not acknowledged: the next start reads them again from the engine
                 _log.warning("queue_abandoned_at_shutdown", records=left)
 
+    # -- reload --------------------------------------------------------------------------
+
+    def reconfigure(self, change: Reconfiguration, give_up: threading.Event) -> bool:
+        """Have the dispatcher thread apply ``change`` (see :meth:`_reconfigure`) and wait
+        for it; False if ``give_up`` was set or the thread ended first. Any thread."""
+        with self._pending_lock:
+            self._pending = change
+        self._wake.set()  # a sink leaving at this change stops its retries (see _deliver)
+        while not change.done.wait(0.2):
+            if give_up.is_set() or not self.alive:
+                return False
+        return True
+
+    def _reconfigure(self) -> None:
+        """Apply the pending reconfiguration, in this thread, between deliveries.
+
+        When sinks or stages change, the lines queued when it was asked for are
+        delivered first with the running sinks and stages, the stages release what they
+        hold (an open multiline group ends there), and the sinks are checkpointed with
+        the positions: every line read before the reload reached every old sink. A sink
+        leaving (removed, or replaced by one with new settings) gets ``drain_timeout``
+        per delivery: a removed one that does not accept it is given up on (counted as
+        abandoned; it no longer holds positions back), a replaced one's deliveries go to
+        its replacement. Then each leaving sink is closed (its files and threads
+        released) before its replacement is built, so the two never run at once (a
+        spool directory has one owner). A new sink receives the deliveries from then on.
+        """
+        with self._pending_lock:
+            change, self._pending = self._pending, None
+            if not self._abandon.is_set():
+                self._wake.clear()
+        if change is None:
+            return
+        swaps = change.swaps(self.sinks)
+        try:
+            if swaps:
+                running = {sink.name for sink in self.sinks}
+                self._replacing = frozenset(running & set(change.build))
+                self._leaving = self._replacing | (running - set(change.sinks))
+                if self._interrupted is not None:
+                    self._deliver(*self._interrupted)
+                self._drain(len(self.queue))
+                if self._staged and not self._abandon.is_set():
+                    self._deliver(RecordBatch.group(self.stages.flush()))
+                if self._abandon.is_set():
+                    return
+                self.checkpoint(force=True)
+                self.sinks = self._swap_sinks(change)
+                if change.stages is not None:
+                    self.stages = change.stages
+                    self._staged = not isinstance(self.stages, NoStages)
+                self._hand_over()
+            self.config = change.config
+            self.flush_interval = change.flush_interval
+            if swaps:
+                self.checkpoint(force=True)
+        finally:
+            self._leaving = self._replacing = frozenset()
+            self._gave_up, self._carry, self._interrupted = set(), [], None
+            change.done.set()
+
+    def _drain(self, lines: int) -> None:
+        """Deliver ``lines`` lines from the queue (whole batches) through the running
+        stages and sinks."""
+        while lines > 0 and not self._abandon.is_set():
+            batches = self.queue.get(min(lines, self.config.batch_size), 0.0, 0.0)
+            if not batches:
+                return
+            lines -= total_lines(batches)
+            self._deliver(self._through_stages(batches))
+
+    def _hand_over(self) -> None:
+        """The deliveries a replaced sink gave up on go to its replacement; then they are
+        acknowledged (if it could not be built, they are abandoned for it)."""
+        replacements = [s for s in self.sinks if s.name in self._gave_up]
+        for batches in self._carry:
+            lines = total_lines(batches)
+            for sink in replacements:
+                if not self._write_with_retry(sink, batches, lines):
+                    return  # abandoned at shutdown: not acknowledged
+            self.ledger.acknowledge(batches)
+            self.delivered += lines
+
+    def _swap_sinks(self, change: Reconfiguration) -> list[Sink]:
+        running = {sink.name: sink for sink in self.sinks}
+        for name, sink in running.items():
+            if name in change.build or name not in change.sinks:
+                self._close(sink)
+        out: list[Sink] = []
+        for name in change.sinks:
+            builder = change.build.get(name)
+            if builder is None:
+                out.append(running[name])
+                continue
+            built = self._build(name, builder, change)
+            if built is None:
+                change.failed.append(name)
+                if name in running and name in change.restore:
+                    built = self._build(name, change.restore[name], change)
+            if built is not None:
+                out.append(built)
+        if not out:
+            # Nothing would receive the lines, and positions would move past them.
+            raise RuntimeError("no sink left after the reload: " + "; ".join(change.errors))
+        return out
+
+    @staticmethod
+    def _close(sink: Sink) -> None:
+        try:
+            sink.close()
+        except Exception:
+            _log.exception("sink_close_failed", sink=sink.name)
+
+    @staticmethod
+    def _build(
+        name: str, builder: Callable[[], Sink], change: Reconfiguration
+    ) -> Sink | None:
+        try:
+            sink = builder()
+            sink.recover({}, None)  # a torn last line of a file it appends to is cut
+        except Exception as exc:
+            change.errors.append(f"sinks.{name}: {exc}")
+            _log.exception("sink_start_failed", sink=name)
+            return None
+        return sink
+
     def _through_stages(self, batches: list[Batch]) -> list[Batch]:
         """Batches of containers a stage applies to become records and go through the
         stages; the others pass as they are (columns)."""
@@ -128,9 +317,13 @@ class Dispatcher:
             return passed
         return passed + RecordBatch.group(self.stages.process(records, time.monotonic()))
 
-    def _deliver(self, batches: list[Batch]) -> None:
+    def _deliver(self, batches: list[Batch], accepted: set[str] | None = None) -> None:
+        """Hand ``batches`` to every sink (but those in ``accepted``, which have them),
+        then acknowledge them. A reload asked for meanwhile cuts short the retries of a
+        sink it removes or replaces: the delivery is finished by :meth:`_reconfigure`."""
         if not batches:
             return
+        accepted = set() if accepted is None else accepted
         if any(sink.wants_checkpoint() for sink in self.sinks):
             # A sink rotates only right after a saved checkpoint (see FileSink.recover):
             # wait for one (a full disk) rather than write without it.
@@ -144,12 +337,36 @@ class Dispatcher:
                     return
         lines = total_lines(batches)
         for sink in self.sinks:
-            if not self._write_with_retry(sink, batches, lines):
-                return  # abandoned at shutdown: nothing of this delivery is acknowledged
+            if sink.name in accepted:
+                continue
+            if sink.name in self._gave_up:  # leaving, and did not accept an earlier delivery
+                if sink.name not in self._replacing:
+                    SINK_RECORDS.labels(sink.name, "abandoned").inc(lines)
+                continue
+            leaving = sink.name in self._leaving
+            limit = self.config.drain_timeout if leaving else None
+            if self._write_with_retry(sink, batches, lines, limit):
+                accepted.add(sink.name)
+                continue
+            if self._abandon.is_set():
+                return  # abandoned at shutdown: nothing of it is acknowledged
+            if not leaving:  # a reload that removes or replaces it cut its retries short
+                self._interrupted = (batches, accepted)
+                return
+            self._gave_up.add(sink.name)
+        if self._gave_up & self._replacing:
+            # A sink being replaced gave up: the delivery waits for its replacement,
+            # unacknowledged (a removed sink that gave up holds nothing back).
+            self._carry.append(batches)
+            return
         self.ledger.acknowledge(batches)
         self.delivered += lines
 
-    def _write_with_retry(self, sink: Sink, batches: list[Batch], lines: int) -> bool:
+    def _write_with_retry(
+        self, sink: Sink, batches: list[Batch], lines: int, limit: float | None = None
+    ) -> bool:
+        """Write until ``sink`` accepts; False if shutdown gave up on it, or (``limit``,
+        at a reload) it did not accept within ``limit`` seconds."""
         failures = 0
         failed_at = 0.0  # monotonic time of this delivery's first failure
 
@@ -164,10 +381,15 @@ class Dispatcher:
             failures += 1
             log("sink_write_failed", sink=sink.name, attempt=state.attempt_number, error=str(exc))
 
+        self._retrying = sink.name
         retrying = Retrying(
             retry=retry_if_exception_type(SinkError),
             wait=capped_backoff(0.2, 10.0),
-            stop=stop_when_event_set(self._abandon),
+            stop=stop_any(
+                stop_when_event_set(self._abandon),
+                stop_after_delay(limit) if limit is not None else stop_never,
+                _StopWhen(lambda: self._leaves_at_reload(sink.name)),
+            ),
             sleep=self._sleep,
             before_sleep=before_sleep,
             reraise=True,
@@ -183,7 +405,10 @@ class Dispatcher:
                         raise
                     SINK_SEND_SECONDS.labels(sink.name).observe(time.monotonic() - started)
         except SinkError as exc:
-            self._abandoned(sink, lines, str(exc))
+            if self._abandon.is_set():
+                self._abandoned(sink, lines, str(exc))
+            elif limit is not None:
+                self._left_behind(sink, lines, str(exc))
             return False
         SINK_BATCHES.labels(sink.name, "accepted").inc()
         SINK_RECORDS.labels(sink.name, "accepted").inc(lines)
@@ -197,7 +422,28 @@ class Dispatcher:
         return True
 
     def _sleep(self, seconds: float) -> None:
-        self._abandon.wait(seconds)
+        """A retry's wait: ended by shutdown, or by a reload that removes or replaces the
+        sink being retried (a sink that stays waits it out)."""
+        deadline = time.monotonic() + seconds
+        if self._wake.wait(seconds) and not self._leaves_at_reload(self._retrying):
+            self._abandon.wait(max(0.0, deadline - time.monotonic()))
+
+    def _leaves_at_reload(self, name: str) -> bool:
+        """A reload asked for removes or replaces sink ``name`` (its retries stop)."""
+        pending = self._pending
+        return pending is not None and (name in pending.build or name not in pending.sinks)
+
+    def _left_behind(self, sink: Sink, lines: int, error: str) -> None:
+        """A sink leaving at a reload did not accept a delivery within drain_timeout."""
+        if sink.name in self._replacing:
+            _log.warning(
+                "sink_drain_handed_over", sink=sink.name, records=lines, error=error,
+                hint="its replacement receives what it did not accept",
+            )
+        else:
+            SINK_RECORDS.labels(sink.name, "abandoned").inc(lines)
+            _log.error("sink_batch_abandoned_at_reload", sink=sink.name, records=lines,
+                       error=error)
 
     @staticmethod
     def _abandoned(sink: Sink, lines: int, error: str) -> None:

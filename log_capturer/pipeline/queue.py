@@ -81,6 +81,16 @@ class BatchQueue:
                 self._cond.notify_all()
             return True
 
+    def resize(self, max_records: int, max_bytes: int, drop_newest: bool) -> None:
+        """New bounds and policy (a reload); producers waiting for room look again."""
+        with self._cond:
+            self.max_records = max_records
+            self.max_bytes = max_bytes
+            self.drop_newest = drop_newest
+            QUEUE_CAPACITY_RECORDS.set(max_records)
+            QUEUE_CAPACITY_BYTES.set(max_bytes)
+            self._cond.notify_all()
+
     def _publish(self) -> None:
         QUEUE_RECORDS.set(self._records)
         QUEUE_BYTES.set(self._bytes)

@@ -43,15 +43,28 @@ class SinksConfig(Section):
         return self
 
 
+SINK_NAMES = ("file", "stdout", "loki", "otlp")
+"""The sinks in the order every delivery reaches them (each is a key of ``sinks:``)."""
+
+
+def build_sink(name: str, config: SinksConfig) -> Sink:
+    """The sink ``name`` (one of :data:`SINK_NAMES`) from its section of ``config``."""
+    if name == "file":
+        return FileSink(config.file)
+    if name == "stdout":
+        return StdoutSink(config.stdout)
+    if name == "loki":
+        return LokiSink(config.loki)
+    if name == "otlp":
+        return OtlpSink(config.otlp)
+    raise ValueError(f"unknown sink {name!r}")
+
+
+def enabled_sinks(config: SinksConfig) -> list[str]:
+    """The names of the enabled sinks, in :data:`SINK_NAMES` order."""
+    return [name for name in SINK_NAMES if getattr(config, name).enabled]
+
+
 def build_sinks(config: SinksConfig) -> list[Sink]:
     """The enabled sinks, in a fixed order."""
-    sinks: list[Sink] = []
-    if config.file.enabled:
-        sinks.append(FileSink(config.file))
-    if config.stdout.enabled:
-        sinks.append(StdoutSink(config.stdout))
-    if config.loki.enabled:
-        sinks.append(LokiSink(config.loki))
-    if config.otlp.enabled:
-        sinks.append(OtlpSink(config.otlp))
-    return sinks
+    return [build_sink(name, config) for name in enabled_sinks(config)]

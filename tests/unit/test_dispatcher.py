@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from log_capturer.discovery.container import ContainerInfo
 from log_capturer.pipeline.batch import Batch
 from log_capturer.pipeline.config import PipelineConfig
-from log_capturer.pipeline.dispatcher import Dispatcher
+from log_capturer.pipeline.dispatcher import Dispatcher, Reconfiguration
 from log_capturer.pipeline.queue import BatchQueue
 from log_capturer.positions.ledger import Ledger
 from log_capturer.positions.marks import Mark
@@ -292,3 +292,166 @@ def test_every_positions_save_holds_the_marks_and_sink_states_of_one_moment(
         assert positions.sinks == {"first": {"lines": lines}, "second": {"lines": lines}}
     assert saved(tmp_path).marks == {WEB.id: upto(40)}
     assert saved(tmp_path).sinks == {"first": {"lines": 40}, "second": {"lines": 40}}
+
+
+# -- reconfiguration (a reload) ---------------------------------------------------------
+
+
+class Journalled(ScriptedSink):
+    """A ScriptedSink whose writes (of the first line of each delivery), close and
+    creation go to a journal shared with the other sinks."""
+
+    def __init__(self, name: str, journal: list[str], *, gate: threading.Event | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.journal = journal
+        self.gate = gate
+        journal.append(f"built {name}")
+
+    def write(self, batches: list[Batch]) -> None:
+        if self.gate is not None:
+            self.gate.wait(30)
+        super().write(batches)
+        self.journal.append(f"{self.name} got {batches[0].texts()[0]}")
+
+    def close(self) -> None:
+        self.journal.append(f"closed {self.name}")
+
+
+def reconfigure(
+    dispatcher: Dispatcher, sinks: list[str], build: dict[str, Callable[[], Sink]]
+) -> tuple[threading.Thread, Reconfiguration]:
+    """Ask for a reconfiguration from another thread (the supervisor's main loop)."""
+    change = Reconfiguration(dispatcher.config, dispatcher.flush_interval, sinks, build)
+    caller = threading.Thread(
+        target=dispatcher.reconfigure, args=(change, threading.Event()), daemon=True
+    )
+    caller.start()
+    wait_for(lambda: dispatcher._pending is change, "the request handed over")
+    return caller, change
+
+
+def test_a_reload_drains_what_is_queued_to_the_old_sinks_then_swaps_them(
+    tmp_path: Path,
+) -> None:
+    """The lines queued when the reload is asked for reach the sink being removed and the
+    one being replaced; both are closed before the replacement is built; the new sinks
+    receive what comes after; positions follow every sink of each moment."""
+    journal: list[str] = []
+    gate = threading.Event()
+    keep = Journalled("keep", journal, gate=gate)
+    removed, changed = Journalled("removed", journal), Journalled("changed", journal)
+    dispatcher, queue, ledger = make(tmp_path, [keep, removed, changed])
+    dispatcher.start()
+    try:
+        put(queue, 1)
+        wait_for(lambda: keep.attempts == 0 and not queue, "a delivery in progress")
+        put(queue, 2)
+        put(queue, 3)  # queued while the delivery of line 1 is held by "keep"
+        caller, change = reconfigure(
+            dispatcher,
+            ["keep", "changed", "added"],
+            {
+                "changed": lambda: Journalled("changed", journal),
+                "added": lambda: Journalled("added", journal),
+            },
+        )
+        gate.set()
+        caller.join(10)
+        assert change.done.is_set() and change.errors == []
+        assert [s.name for s in dispatcher.sinks] == ["keep", "changed", "added"]
+        put(queue, 4)
+        wait_for(lambda: ledger.delivered(WEB.id) == upto(4), "line 4 acknowledged")
+    finally:
+        gate.set()
+        dispatcher.stop(timeout=10)
+    for old in (removed, changed):
+        assert [m for d in old.accepted for m in d] == ["line 1", "line 2", "line 3"]
+    assert [m for d in keep.accepted for m in d] == ["line 1", "line 2", "line 3", "line 4"]
+    swap = journal.index("built changed", journal.index("closed changed"))
+    assert journal.index("closed removed") < swap < journal.index("built added")
+    assert journal.index("removed got line 2") < journal.index("closed removed")
+    new = [s for s in dispatcher.sinks if s.name != "keep"]
+    assert [[m for d in s.accepted for m in d] for s in new] == [["line 4"], ["line 4"]]
+    assert set(saved(tmp_path).sinks) == {"keep", "changed", "added"}
+
+
+def test_a_removed_sink_that_is_down_no_longer_holds_positions_back(tmp_path: Path) -> None:
+    """It gets drain_timeout for what is queued, then is given up on (counted); the
+    lines are acknowledged for the sinks that stay."""
+    journal: list[str] = []
+    keep, down = Journalled("keep", journal), Journalled("down", journal, fail_writes=FOREVER)
+    dispatcher, queue, ledger = make(tmp_path, [keep, down])
+    dispatcher.config = PipelineConfig(batch_wait=0.01, drain_timeout=0.3)
+    before = abandoned("down")
+    with structlog.testing.capture_logs() as logs:
+        dispatcher.start()
+        try:
+            put(queue, 1)
+            wait_for(lambda: down.attempts >= 1, "a failed write")
+            put(queue, 2)
+            caller, change = reconfigure(dispatcher, ["keep"], {})
+            caller.join(30)
+            assert change.done.is_set()
+            assert "closed down" in journal
+            wait_for(lambda: ledger.delivered(WEB.id) == upto(2), "both lines acknowledged")
+        finally:
+            dispatcher.stop(timeout=10)
+    assert [m for d in keep.accepted for m in d] == ["line 1", "line 2"]
+    assert abandoned("down") == before + 2
+    assert [e["event"] for e in logs].count("sink_batch_abandoned_at_reload") == 1
+
+
+def test_what_a_replaced_sink_does_not_take_goes_to_its_replacement(tmp_path: Path) -> None:
+    """A sink replaced because its settings changed (Loki's URL fixed) and down: the
+    deliveries it gives up on go to its replacement before they are acknowledged."""
+    journal: list[str] = []
+    keep, broken = Journalled("keep", journal), Journalled("loki", journal, fail_writes=FOREVER)
+    dispatcher, queue, ledger = make(tmp_path, [keep, broken])
+    dispatcher.config = PipelineConfig(batch_wait=0.01, drain_timeout=0.3)
+    dispatcher.start()
+    fixed: list[Journalled] = []
+
+    def build() -> Sink:
+        fixed.append(Journalled("loki", journal))
+        return fixed[-1]
+
+    try:
+        put(queue, 1)
+        wait_for(lambda: broken.attempts >= 1, "a failed write")
+        put(queue, 2)
+        caller, _ = reconfigure(dispatcher, ["keep", "loki"], {"loki": build})
+        caller.join(30)
+        put(queue, 3)
+        wait_for(lambda: ledger.delivered(WEB.id) == upto(3), "every line acknowledged")
+    finally:
+        dispatcher.stop(timeout=10)
+    assert broken.accepted == []
+    assert [m for d in fixed[0].accepted for m in d] == ["line 1", "line 2", "line 3"]
+    assert [m for d in keep.accepted for m in d] == ["line 1", "line 2", "line 3"]
+
+
+def test_a_sink_that_cannot_start_leaves_the_old_one_running(tmp_path: Path) -> None:
+    journal: list[str] = []
+    old = Journalled("loki", journal)
+    dispatcher, queue, ledger = make(tmp_path, [old])
+    restored: list[Journalled] = []
+
+    def broken() -> Sink:
+        raise OSError("spool directory not writable")
+
+    def restore() -> Sink:
+        restored.append(Journalled("loki", journal))
+        return restored[-1]
+
+    change = Reconfiguration(dispatcher.config, 0.02, ["loki"], {"loki": broken},
+                             {"loki": restore})
+    dispatcher.start()
+    try:
+        assert dispatcher.reconfigure(change, threading.Event())
+        put(queue, 1)
+        wait_for(lambda: ledger.delivered(WEB.id) == upto(1), "line 1 acknowledged")
+    finally:
+        dispatcher.stop(timeout=10)
+    assert change.failed == ["loki"] and "spool directory not writable" in change.errors[0]
+    assert [m for d in restored[0].accepted for m in d] == ["line 1"]
