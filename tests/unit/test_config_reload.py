@@ -3,9 +3,12 @@ place, which need a restart, and the config the daemon goes on with."""
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import pytest
+import structlog
 
 from log_capturer.config.loader import Config
 from log_capturer.config.reference import render_reference
@@ -17,6 +20,7 @@ from log_capturer.config.reload import (
     plan_reload,
     split_problems,
 )
+from log_capturer.logging_setup import LoggingConfig, configure_logging, set_level
 from log_capturer_testkit.daemon import deep_merge
 
 BASE: dict[str, Any] = {
@@ -141,3 +145,25 @@ def test_the_reference_states_the_reload_rule_with_every_live_key() -> None:
     flat = " ".join(RELOAD_RULE.split())
     for key in LIVE_KEYS:
         assert key.removeprefix("container_monitor.") in flat, key
+
+
+def test_a_new_level_reaches_loggers_already_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    """structlog caches a module's logger on first use: the level is read at each call."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(LoggingConfig(level="info"))
+    log = structlog.get_logger("test_reload_level")
+    try:
+        log.debug("hidden")
+        log.info("shown")
+        set_level("debug")
+        log.debug("now_shown")
+        set_level("error")
+        log.warning("hidden_again")
+        log.error("still_shown")
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert events == ["shown", "now_shown", "still_shown"]

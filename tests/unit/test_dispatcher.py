@@ -327,7 +327,7 @@ def reconfigure(
         target=dispatcher.reconfigure, args=(change, threading.Event()), daemon=True
     )
     caller.start()
-    wait_for(lambda: dispatcher._pending is change, "the request handed over")
+    wait_for(lambda: dispatcher._pending is change or change.done.is_set(), "handed over")
     return caller, change
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import yaml
 from prometheus_client import REGISTRY
 
 from log_capturer import supervisor as supervisor_module
@@ -445,3 +447,127 @@ def test_shutdown_stops_monitors_then_drains_saves_closes_sinks_then_the_engine(
     assert daemons.saved() == {web: upto(4)}
     assert not (monitor.alive or supervisor.dispatcher.alive or supervisor.watcher.alive)
     assert supervisor.engine.pool.stats().open == 0
+
+
+# -- reload (SIGHUP) --------------------------------------------------------------------
+
+
+def reload_with(
+    supervisor: Supervisor, tmp_path: Path, **changes: dict[str, Any]
+) -> tuple[str, list[dict[str, Any]]]:
+    """Write the running config with ``changes`` (whole sections' keys) to a file, have
+    the supervisor reload it; the result and the log events."""
+    data = supervisor.config.model_dump(mode="json")
+    for section, keys in changes.items():
+        data[section] = {**data[section], **keys}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    supervisor.config_path = str(path)
+    with structlog.testing.capture_logs() as logs:
+        result = supervisor.reload()
+    return result, logs
+
+
+def test_a_reload_starts_the_newly_selected_and_stops_the_deselected(
+    fake: FakeEngine, daemons: Daemons, tmp_path: Path
+) -> None:
+    """A running container newly selected is read as start_from says (its whole log by
+    default); a deselected one's monitor stops, and when selected again it resumes from
+    where it was read to."""
+    web = fake.add_container("web-1")
+    db = fake.add_container("db-1")
+    supervisor = daemons.start(exclude_names=["db-*"])
+    wait_monitor(web).deliver(1, 2)
+    result, _ = reload_with(supervisor, tmp_path, container_monitor={"exclude_names": ["web-*"]})
+    assert result == "applied"
+    assert wait_monitor(db).started_from == {"stdout": Mark(), "stderr": Mark()}
+    assert not monitors_of(web)[0].alive and len(monitors_of(web)) == 1
+    wait_monitor(db).deliver(7)
+
+    assert reload_with(supervisor, tmp_path, container_monitor={"exclude_names": []})[0] == (
+        "applied"
+    )
+    assert wait_monitor(web, 2).started_from == {**upto(2), "stderr": Mark()}
+    assert monitors_of(db)[0].alive and len(monitors_of(db)) == 1
+
+
+def test_a_newly_selected_container_starts_now_with_start_from_now(
+    fake: FakeEngine, daemons: Daemons, tmp_path: Path
+) -> None:
+    db = fake.add_container("db-1")
+    supervisor = daemons.start(exclude_names=["db-*"], start_from="now")
+    before = time.time_ns()
+    changes = {"exclude_names": []}
+    assert reload_with(supervisor, tmp_path, container_monitor=changes)[0] == "applied"
+    started = wait_monitor(db).started_from
+    assert all(mark.ts_ns >= before for mark in started.values()), started
+    # A container that starts after the reload is read whole, as always.
+    late = fake.add_container("late-1")
+    fake.emit("start", late)
+    assert wait_monitor(late).started_from == {"stdout": Mark(), "stderr": Mark()}
+
+
+def test_an_invalid_file_changes_nothing_and_names_every_bad_key(
+    fake: FakeEngine, daemons: Daemons, tmp_path: Path
+) -> None:
+    supervisor = daemons.start()
+    running = supervisor.config
+    result, logs = reload_with(
+        supervisor,
+        tmp_path,
+        container_monitor={"stream_window": "5x", "exclude_names": "web"},
+        pipeline={"batch_size": 0},
+    )
+    assert result == "invalid" and supervisor.config is running
+    [event] = [e for e in logs if e["event"] == "config_reload_invalid"]
+    assert event["keys"] == [
+        "container_monitor.stream_window",
+        "container_monitor.exclude_names",
+        "pipeline.batch_size",
+    ]
+    assert all(error["message"] for error in event["errors"])
+
+
+def test_restart_keys_are_named_and_kept_the_live_ones_apply(
+    fake: FakeEngine, daemons: Daemons, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    levels: list[str] = []
+    monkeypatch.setattr(supervisor_module, "set_level", levels.append)
+    supervisor = daemons.start()
+    listen = supervisor.config.server.listen
+    result, logs = reload_with(
+        supervisor,
+        tmp_path,
+        server={"listen": "127.0.0.1:1"},
+        docker={"timeout": 9},
+        logging={"level": "warning"},
+        pipeline={"batch_size": 7},
+    )
+    assert result == "applied"
+    [warning] = [e for e in logs if e["event"] == "config_reload_needs_restart"]
+    assert warning["keys"] == ["docker.timeout", "server.listen"]
+    assert supervisor.config.server.listen == listen
+    assert supervisor.config.docker.timeout == 5
+    assert supervisor.dispatcher.config.batch_size == 7
+    assert supervisor.config.logging.level == "warning" and levels == ["warning"]
+    # The same file again: the restart keys are still named, nothing else to do.
+    data = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    with structlog.testing.capture_logs() as logs:
+        assert supervisor.reload() == "unchanged"
+    assert [e["keys"] for e in logs if e["event"] == "config_reload_needs_restart"] == [
+        ["docker.timeout", "server.listen"]
+    ]
+
+
+def test_new_read_settings_restart_the_monitors_from_their_read_positions(
+    fake: FakeEngine, daemons: Daemons, tmp_path: Path
+) -> None:
+    web = fake.add_container("web-1")
+    supervisor = daemons.start()
+    wait_monitor(web).deliver(1, 2, 3)
+    changes = {"stream_window": 5.0}
+    assert reload_with(supervisor, tmp_path, container_monitor=changes)[0] == "applied"
+    again = wait_monitor(web, 2)
+    assert again.started_from == {**upto(3), "stderr": Mark()}
+    assert not monitors_of(web)[0].alive
