@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from log_capturer_testkit.loki import RealLoki, peers_missing
+from tests.require import require
 
 
 @pytest.fixture(scope="session")
 def real_loki() -> Iterator[RealLoki]:
     """A real Loki v3.4.6, started once per session (about 15-20 s), multi-tenant: use
     :func:`loki_tenant` for a tenant of the test's own. Skipped only where the peers
-    folder (../shared/peers) is absent; CI has it."""
+    folder (../shared/peers) is absent; under CI=true that fails (tests/require.py)."""
     missing = peers_missing()
-    if missing:
-        pytest.skip(f"real Loki unavailable: {missing}")
+    require(missing is None, f"real Loki unavailable: {missing}")
     workdir = Path(tempfile.mkdtemp(prefix="log-capturer-loki-"))
     loki = RealLoki(workdir)
     try:

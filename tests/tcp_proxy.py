@@ -2,8 +2,11 @@
 
 ``down()`` closes the listener and resets every open connection (clients see connection
 refused, as when the server's process is gone); ``up()`` listens again on the same port.
-``delay(seconds)`` holds each request's first bytes that long (a slow server). The real
-server behind it keeps running, so a test can take "Loki" down without restarting it.
+``delay(seconds)`` holds each request's first bytes that long (a slow server);
+``hold()`` keeps every response from the client until ``release()``, and ``in_flight()``
+counts the connections whose request has had no response yet: a test can kill a client
+while it is sure a push is in flight. The real server behind it keeps running, so a test
+can take "Loki" down without restarting it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ class TcpProxy:
         self._accepter: threading.Thread | None = None
         self._sockets: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
+        self._awaiting: dict[int, bool] = {}  # connection -> request sent, no response yet
+        self._released = threading.Event()
+        self._released.set()
 
     @property
     def url(self) -> str:
@@ -39,6 +45,18 @@ class TcpProxy:
 
     def delay(self, seconds: float) -> None:
         self._delay = seconds
+
+    def hold(self) -> None:
+        """Keep responses from the clients until :meth:`release` (or :meth:`down`)."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def in_flight(self) -> int:
+        """Connections whose last request has not had (the start of) a response."""
+        with self._lock:
+            return sum(self._awaiting.values())
 
     def up(self) -> TcpProxy:
         if self._listener is not None:
@@ -60,6 +78,7 @@ class TcpProxy:
         listener, self._listener = self._listener, None
         if listener is None:
             return
+        self._released.set()
         if self._accepter is not None:
             self._accepter.join(5)
         listener.close()
@@ -90,15 +109,18 @@ class TcpProxy:
                 client.close()
                 continue
             self.connections += 1
+            conn = self.connections
             with self._lock:
                 self._sockets.update((client, server))
+                self._awaiting[conn] = False
                 for src, dst, slow in ((client, server, True), (server, client, False)):
-                    thread = threading.Thread(target=self._pipe, args=(src, dst, slow),
+                    thread = threading.Thread(target=self._pipe, args=(src, dst, slow, conn),
                                               daemon=True)
                     self._threads.append(thread)
                     thread.start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, slow: bool, conn: int) -> None:
+        """``slow``: client -> server (requests); else server -> client (responses)."""
         src.settimeout(None)
         fresh = True
         try:
@@ -106,12 +128,22 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if slow and fresh and self._delay:
-                    time.sleep(self._delay)
+                if slow:
+                    with self._lock:
+                        self._awaiting[conn] = True
+                    if fresh and self._delay:
+                        time.sleep(self._delay)
+                else:
+                    self._released.wait()
                 fresh = len(data) == 65536  # the next recv is likely the same request
                 dst.sendall(data)
+                if not slow:
+                    with self._lock:
+                        self._awaiting[conn] = False
         except OSError:
             pass
         finally:
+            with self._lock:
+                self._awaiting[conn] = False
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)

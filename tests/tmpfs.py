@@ -1,7 +1,7 @@
 """A small tmpfs to fill up: the full disk of the disk-full tests (unit and integration).
 
-Mounting needs root; where it cannot mount, the test is skipped with the reason
-printed. The mount is removed in a ``finally``.
+Mounting needs root; where it cannot mount, the test is skipped with the reason (failed
+under CI=true: tests/require.py). The mount is removed in a ``finally``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.require import missing
 
 FILLER = "filler"
 
@@ -33,9 +33,7 @@ def small_tmpfs(mount_point: Path, size: int) -> Iterator[Path]:
     except OSError as exc:  # no mount command
         result, failure = None, str(exc)
     if result is None or result.returncode != 0:
-        reason = f"cannot mount a tmpfs (needs root): {failure}"
-        print(reason)
-        pytest.skip(reason)
+        missing(f"cannot mount a tmpfs (needs root): {failure}")
     try:
         yield mount_point
     finally:

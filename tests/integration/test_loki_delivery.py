@@ -231,15 +231,22 @@ def test_sigkill_during_slow_pushes_file_exactly_once_loki_exact(
     make_daemon: Callable[..., Daemon], containers: Fleet, real_loki: RealLoki,
     loki_tenant: str, proxy: TcpProxy,
 ) -> None:
-    proxy.delay(0.3)  # every push takes a while: kills land mid-push
+    """Three SIGKILLs, each while a push is in flight: the proxy holds Loki's answers
+    until the daemon is dead (Loki has the push, the daemon never learns it), so each
+    restart sends it again. The file sink beside it holds every line once; Loki, which
+    drops exact duplicates, every line."""
+    proxy.delay(0.3)  # every push takes a while
     daemon = loki_daemon(make_daemon, proxy.url, loki_tenant, file_sink=True)
     daemon.start()
     name = f"killed-{daemon.run_id}"
-    container = containers.run(paced(3000, 100, "0.2"), name=name)
+    container = containers.run(paced(3000, 50, "0.2"), name=name)  # 12 s: pushes all along
     for _ in range(3):
         wait_for(lambda: len(daemon.records()) > 300, 30, what="records")
         time.sleep(1.1)
-        daemon.kill()
+        proxy.hold()
+        wait_for(lambda: proxy.in_flight() > 0, 30, what="a push in flight")
+        daemon.kill()  # mid-push: its request is at Loki, the answer held back
+        proxy.release()
         time.sleep(0.5)
         daemon.start()
     containers.wait_exit(container)

@@ -202,8 +202,10 @@ def test_a_60s_outage_with_a_sigkill_inside_every_line_once_after_in_both_sinks(
     """Both network sinks of one daemon behind the same proxy, each with its own spool:
     Loki goes away for 60 s, the daemon is killed (SIGKILL) 30 s into it and restarted;
     afterwards every line is in Loki exactly once through each sink (the Loki push streams
-    carry a ``stream`` label, the OTLP stream a ``log_iostream`` field). One outage for
-    both keeps the suite short."""
+    carry a ``stream`` label, the OTLP stream a ``log_iostream`` field). Loki drops exact
+    duplicates, so what it stores cannot show one: the lines each sink took over both
+    runs are counted too (the container is paused for the count before the kill), and
+    must be the lines written, once. One outage for both keeps the suite short."""
     daemon = otlp_daemon(make_daemon, proxy.url, loki_tenant)
     daemon.config["sinks"]["loki"] = {
         "enabled": True, "url": proxy.url, "tenant_id": loki_tenant, "host": "test-host",
@@ -217,6 +219,20 @@ def test_a_60s_outage_with_a_sigkill_inside_every_line_once_after_in_both_sinks(
     def pushed() -> list[str]:
         return real_loki.lines(selector(container_name=name, stream="stdout"), loki_tenant)
 
+    def taken() -> dict[str, float]:
+        """Lines each network sink took (sent, or spooled) in this run of the daemon."""
+        series = 'log_capturer_sink_records_total{{sink="{}",status="accepted"}}'
+        return {sink: daemon.metric(series.format(sink)) for sink in ("otlp", "loki")}
+
+    looks: list[dict[str, float]] = []
+
+    def first_run_settled() -> bool:
+        """Nothing queued, and what the sinks took unchanged over three looks."""
+        if daemon.metric("log_capturer_queue_records", -1) != 0:
+            return False
+        looks.append(taken())
+        return len(looks) >= 3 and looks[-3] == looks[-1]
+
     container = containers.run(paced(1300, 20, "1"), name=name)  # about 65 s of logging
     wait_for(lambda: len(stored(real_loki, loki_tenant, name)) >= 20 and len(pushed()) >= 20,
              30, interval=0.5, what="first lines in Loki through both sinks")
@@ -227,20 +243,29 @@ def test_a_60s_outage_with_a_sigkill_inside_every_line_once_after_in_both_sinks(
 
     wait_for(lambda: spooled("otlp") >= 60 and spooled("loki") >= 60, 40,
              what="lines spooled by both sinks while Loki is away")
-    time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+    during = (len(stored(real_loki, loki_tenant, name)), len(pushed()))
+    time.sleep(max(0.0, 29 - (time.monotonic() - outage_started)))
+    container.pause()  # what the first run took can be counted exactly
+    wait_for(first_run_settled, 20, interval=0.3, what="the sinks done with what was read")
+    first_run = looks[-1]
     daemon.kill()  # SIGKILL inside the outage: the spools and the positions are on disk
+    container.unpause()
     assert list((daemon.data / "spool").glob("*.seg"))
     assert list((daemon.data / "spool-loki").glob("*.seg"))
     daemon.start()
     time.sleep(max(0.0, 60 - (time.monotonic() - outage_started)))  # the outage is 60 s long
-    assert len(stored(real_loki, loki_tenant, name)) < 1300  # Loki really was away
-    assert len(pushed()) < 1300
+    # Loki really was away: nothing more reached it through the proxy.
+    assert (len(stored(real_loki, loki_tenant, name)), len(pushed())) == during
     proxy.up()
     containers.wait_exit(container, timeout=60)
     wait_stored(real_loki, loki_tenant, name, 1300)
     wait_for(lambda: len(pushed()) >= 1300, 60, interval=1.0, what="1300 pushed lines")
     wait_for(lambda: daemon.metric_sum("log_capturer_spool_records") == 0, 30,
              what="empty spools")
+    second_run = taken()
+    sent = {sink: first_run[sink] + second_run[sink] for sink in first_run}
+    print(f"DELIVERY otlp/loki-outage-60s-sigkill {name}: taken by each sink {sent}")
+    assert sent == {"otlp": 1300, "loki": 1300}, (first_run, second_run)
     assert daemon.stop() == 0
     audit("outage-60s-sigkill", real_loki, loki_tenant, name, "stdout", numbered(1300))
     lines = pushed()

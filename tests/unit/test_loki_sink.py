@@ -119,13 +119,19 @@ def run() -> str:
 
 
 @pytest.fixture
-def make_sink(tmp_path: Path, real_loki: RealLoki, loki_tenant: str) -> Iterator[SinkFactory]:
-    """Sinks pushing to the real Loki as this test's tenant, unless told otherwise."""
+def make_sink(
+    tmp_path: Path, loki_tenant: str, request: pytest.FixtureRequest
+) -> Iterator[SinkFactory]:
+    """Sinks pushing to the real Loki as this test's tenant, unless told otherwise (a
+    ``url``: then the real Loki is not asked for, so a test of the fake alone does not
+    depend on it)."""
     sinks: list[LokiSink] = []
 
     def make(url: str | None = None, **overrides: Any) -> RecordsLokiSink:
         overrides.setdefault("tenant_id", loki_tenant)
-        sink = RecordsLokiSink(settings(tmp_path, url or real_loki.url, **overrides))
+        if url is None:
+            url = request.getfixturevalue("real_loki").url
+        sink = RecordsLokiSink(settings(tmp_path, url, **overrides))
         sinks.append(sink)
         return sink
 
@@ -145,6 +151,13 @@ def fake() -> Iterator[FakeLoki]:
 def proxy(real_loki: RealLoki) -> Iterator[TcpProxy]:
     """The real Loki behind a proxy the test can take down and bring back."""
     with TcpProxy(real_loki.port) as front:
+        yield front
+
+
+@pytest.fixture
+def fake_proxy(fake: FakeLoki) -> Iterator[TcpProxy]:
+    """The fake behind a proxy: for tests that only take "Loki" away (no real one)."""
+    with TcpProxy(fake.port) as front:
         yield front
 
 
@@ -541,10 +554,10 @@ def test_timeouts_are_transient_and_resending_is_harmless(
 
 
 def test_without_a_spool_an_outage_is_a_sink_error(
-    proxy: TcpProxy, make_sink: SinkFactory
+    fake_proxy: TcpProxy, make_sink: SinkFactory
 ) -> None:
-    sink = make_sink(proxy.url, spool_max_bytes=0)
-    proxy.down()
+    sink = make_sink(fake_proxy.url, spool_max_bytes=0)
+    fake_proxy.down()
     started = time.monotonic()
     with pytest.raises(SinkError, match="loki unavailable"):
         sink.write_records(records(2))
@@ -688,11 +701,11 @@ def test_a_full_spool_pushes_back_and_loses_nothing(
 
 
 def test_close_stops_the_replayer_promptly_and_keeps_the_spool(
-    proxy: TcpProxy, make_sink: SinkFactory, tmp_path: Path
+    fake_proxy: TcpProxy, make_sink: SinkFactory, tmp_path: Path
 ) -> None:
     # A replayer backing off 30 s would outlive close()'s 2 s join unless close wakes it.
-    sink = make_sink(proxy.url, min_backoff=30.0, max_backoff=30.0)
-    proxy.down()
+    sink = make_sink(fake_proxy.url, min_backoff=30.0, max_backoff=30.0)
+    fake_proxy.down()
     with structlog.testing.capture_logs() as logs:
         sink.write_records(records(3))
         replayers = [t for t in threading.enumerate() if t.name == "loki-spool-replayer"]

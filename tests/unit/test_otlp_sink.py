@@ -33,6 +33,7 @@ from log_capturer.sinks.otlp import OtlpSink, OtlpSinkConfig
 from log_capturer.sinks.otlp.encode import Encoder, Export
 from log_capturer.sinks.otlp.responses import classify
 from log_capturer.sinks.otlp.rpc_status import Status
+from tests.require import missing
 from tests.unit.batches import line_batch
 
 T0 = 1_795_000_000_000_000_000
@@ -426,7 +427,7 @@ def test_bad_headers_fail_at_start_naming_the_pair_not_its_value(
 def make_certificate(tmp_path: Path) -> tuple[Path, Path]:
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
+        missing("openssl is not installed: cannot make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
