@@ -11,7 +11,7 @@ from ..docker.errors import ContainerGoneError
 from .container import ContainerInfo
 from .events import EVENT_FILTERS
 from .filters import ContainerFilter, listed_name
-from .node import NodeIdentity
+from .node import HostConfig, NodeIdentity
 
 
 class ContainerSelector:
@@ -32,11 +32,15 @@ class ContainerSelector:
     """
 
     def __init__(
-        self, engine: DockerEngine, container_filter: ContainerFilter, node: NodeIdentity
+        self,
+        engine: DockerEngine,
+        container_filter: ContainerFilter,
+        node: NodeIdentity | None = None,
     ) -> None:
+        """``node``: names the containers' node (default: the engine's name)."""
         self.engine = engine
         self.filter = container_filter
-        self.node = node
+        self.node = node or NodeIdentity(HostConfig(), engine)
         self._lock = threading.Lock()
         self._verdicts: dict[str, tuple[str, bool]] = {}  # id -> (name, captured)
 
