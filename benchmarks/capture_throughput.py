@@ -67,7 +67,9 @@ class StreamPath:
 
         self.engine = DockerEngine(DockerConfig())
         self.engine.ensure_api_version()
-        self.info = ContainerInfo.from_inspect(self.engine.inspect_container(container_id))
+        self.info = ContainerInfo.from_inspect(
+            self.engine.inspect_container(container_id), str(self.engine.info()["Name"])
+        )
 
     def run(self, expected: int) -> float:
         from log_capturer.docker.stream import LogStream

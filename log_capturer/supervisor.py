@@ -24,6 +24,7 @@ from .config.reload import (
 from .discovery.container import ContainerInfo
 from .discovery.events import EventWatcher
 from .discovery.filters import ContainerFilter, detect_own_container_id
+from .discovery.node import NodeIdentity
 from .discovery.selector import ContainerSelector
 from .docker.engine import DockerEngine
 from .docker.errors import ContainerGoneError
@@ -65,6 +66,7 @@ class Supervisor:
         self.config_path = config_path
         mc = config.container_monitor
         self.engine = DockerEngine(config.docker)
+        self.node = NodeIdentity(config.host, self.engine)
         self.ledger = Ledger(config.positions.path)
         self.sinks = build_sinks(config.sinks)
         pc = config.pipeline
@@ -78,7 +80,7 @@ class Supervisor:
             stages=build_stages(pc.stages),
         )
         self.filter = ContainerFilter(mc, mc.self_container_id or detect_own_container_id())
-        self.selector = ContainerSelector(self.engine, self.filter)
+        self.selector = ContainerSelector(self.engine, self.filter, self.node)
         self.watcher = EventWatcher(
             self.engine,
             self,
@@ -227,6 +229,7 @@ class Supervisor:
         found by their StartedAt; the first listing after a restart treats the time the
         daemon was down (since its last positions save) as such a gap."""
         self.engine.ensure_api_version()
+        self.node.resolve()  # before any container is inspected: every record carries it
         first = not self._listed_once
         if first and gap_started_ns is None:
             gap_started_ns = self.ledger.down_since_ns
@@ -335,9 +338,10 @@ class Supervisor:
 
     def _refresh(self, container_id: str) -> None:
         try:
-            info = ContainerInfo.from_inspect(self.engine.inspect_container(container_id))
+            data = self.engine.inspect_container(container_id)
         except ContainerGoneError:
             return
+        info = ContainerInfo.from_inspect(data, self.node.resolve())
         with self._lock:
             monitor = self._monitors.get(container_id)
         if monitor is not None:

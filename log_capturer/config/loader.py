@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from ..discovery.node import HostConfig
 from ..docker.config import DockerConfig
 from ..logging_setup import LoggingConfig
 from ..monitor.config import MonitorConfig
@@ -43,6 +44,10 @@ class Config(Section):
         default_factory=DockerConfig,
         description="The Docker engine: where it is, the one connection pool every request "
         "and log stream shares, and retries of transient API errors.",
+    )
+    host: HostConfig = Field(
+        default_factory=HostConfig,
+        description="The node this daemon runs on: the name its records carry.",
     )
     container_monitor: MonitorConfig = Field(
         default_factory=MonitorConfig,

@@ -7,6 +7,12 @@ from typing import Any
 
 COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_PROJECT = "com.docker.compose.project"
+SWARM_SERVICE = "com.docker.swarm.service.name"
+"""Set by Swarm on every task container: the service's name (``<stack>_<service>`` for a
+stack's). Swarm also sets task, node and service ids, which are never used as labels:
+a task id is new at every restart."""
+SWARM_STACK = "com.docker.stack.namespace"
+"""Set by ``docker stack deploy`` on a stack's services and their task containers."""
 
 # Settings a container carries itself, as labels (no daemon config needed).
 EXCLUDE_LABEL = "io.log_capturer.exclude"
@@ -28,6 +34,8 @@ class ContainerInfo:
     tty: bool = False
     running: bool = False
     started_at: str = ""
+    host: str = ""
+    """The node's name (discovery/node.py), the same for every container of a daemon."""
 
     @property
     def compose_service(self) -> str | None:
@@ -38,11 +46,20 @@ class ContainerInfo:
         return self.labels.get(COMPOSE_PROJECT)
 
     @property
+    def swarm_service(self) -> str | None:
+        return self.labels.get(SWARM_SERVICE)
+
+    @property
+    def swarm_stack(self) -> str | None:
+        return self.labels.get(SWARM_STACK)
+
+    @property
     def short_id(self) -> str:
         return self.id[:12]
 
     @classmethod
-    def from_inspect(cls, data: dict[str, Any]) -> ContainerInfo:
+    def from_inspect(cls, data: dict[str, Any], host: str) -> ContainerInfo:
+        """The container of an inspect answer, on the node named ``host``."""
         config = data.get("Config") or {}
         state = data.get("State") or {}
         return cls(
@@ -53,4 +70,5 @@ class ContainerInfo:
             tty=bool(config.get("Tty")),
             running=bool(state.get("Running")),
             started_at=str(state.get("StartedAt") or ""),
+            host=host,
         )

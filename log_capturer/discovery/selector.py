@@ -11,6 +11,7 @@ from ..docker.errors import ContainerGoneError
 from .container import ContainerInfo
 from .events import EVENT_FILTERS
 from .filters import ContainerFilter, listed_name
+from .node import HostConfig, NodeIdentity
 
 
 class ContainerSelector:
@@ -30,9 +31,16 @@ class ContainerSelector:
       forgotten.
     """
 
-    def __init__(self, engine: DockerEngine, container_filter: ContainerFilter) -> None:
+    def __init__(
+        self,
+        engine: DockerEngine,
+        container_filter: ContainerFilter,
+        node: NodeIdentity | None = None,
+    ) -> None:
+        """``node``: names the containers' node (default: the engine's name)."""
         self.engine = engine
         self.filter = container_filter
+        self.node = node or NodeIdentity(HostConfig(), engine)
         self._lock = threading.Lock()
         self._verdicts: dict[str, tuple[str, bool]] = {}  # id -> (name, captured)
 
@@ -76,11 +84,13 @@ class ContainerSelector:
             with self._lock:
                 if self._verdicts.get(container_id) == (name, False):
                     return None
+        host = self.node.resolve()  # learnt once, before the first inspect
         try:
-            info = ContainerInfo.from_inspect(self.engine.inspect_container(container_id))
+            data = self.engine.inspect_container(container_id)
         except ContainerGoneError:
             self.forget(container_id)
             return None
+        info = ContainerInfo.from_inspect(data, host)
         captured = self.filter.matches(info)
         with self._lock:
             self._verdicts[container_id] = (info.name, captured)

@@ -7,7 +7,7 @@ becomes ``docker.errors.create_api_error_from_http_exception(...)`` (``NotFound`
 checks that contract against the installed docker-py. ``docker.APIClient`` is not
 used: its stock adapter opens a pool per request URL (see adapter.py), its versioned
 calls need a negotiated version set through a private attribute, and its streams
-need private helpers (``_url``, ``_get``, ``_raise_for_status``). The six endpoints
+need private helpers (``_url``, ``_get``, ``_raise_for_status``). The seven endpoints
 used here are one request each, built below.
 """
 
@@ -195,6 +195,13 @@ class DockerEngine:
             DOCKER_API_ERRORS.labels("ping", kind).inc()
             _log.debug("docker_ping_failed", error=repr(exc))
             return False
+
+    def info(self) -> dict[str, Any]:
+        """``GET /info``: the engine's system information (``Name``, ``Swarm``...), retried
+        like any API call."""
+        url = self.url("/info")
+        result: dict[str, Any] = self.call("info", lambda: self._get_json(url))
+        return result
 
     def inspect_container(self, container_id: str) -> dict[str, Any]:
         """``GET /containers/{id}/json``; :class:`ContainerGoneError` when the engine has no

@@ -241,7 +241,9 @@ class ContainerMonitor:
         engine_ended = self._window(follow=True)
         if not engine_ended or self._stop.is_set():
             return False
-        state = ContainerInfo.from_inspect(self.engine.inspect_container(self.info.id))
+        state = ContainerInfo.from_inspect(
+            self.engine.inspect_container(self.info.id), self.info.host
+        )
         if state.running:
             return False
         self.info = state  # the run that ended (its StartedAt tells a later restart apart)

@@ -3,14 +3,16 @@
 One JSON object per line, compact, UTF-8 kept (byte for byte what
 ``json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))`` gives)::
 
-    {"ts":"...","container_id":"...","container_name":"...","image":"...","stream":"stdout",
-     "message":"...","labels":{...},"compose_service":"...","compose_project":"...",
-     "truncated":true,"fields":{...},"lines":3,"end_ts":"...","end_seq":1}
+    {"ts":"...","host":"...","container_id":"...","container_name":"...","image":"...",
+     "stream":"stdout","message":"...","labels":{...},"compose_service":"...",
+     "compose_project":"...","swarm_service":"...","swarm_stack":"...","truncated":true,
+     "fields":{...},"lines":3,"end_ts":"...","end_seq":1}
 
 Strings are escaped by msgspec (byte-identical to the standard library's escaping
 with ``ensure_ascii=False``, 2.6x faster than ``encode_basestring`` per message
 here). A container's fields are the same on every line, so their JSON is made once
-per container (:func:`container_json`) and a batch of plain lines is assembled from
+per container (:func:`container_json`; the node's name, the same for every container, is
+one of them) and a batch of plain lines is assembled from
 prepared pieces with C-level joins: a message that is valid UTF-8 and holds no
 character JSON must escape (the common case, checked for the whole batch at once)
 is copied as it is. Measured per line (1,700-line batches of 64-byte messages):
@@ -72,7 +74,8 @@ class ContainerJson:
     def __init__(self, container: ContainerInfo) -> None:
         self.container = container
         start = (
-            b',"container_id":' + encode(container.id)
+            b',"host":' + encode(container.host)
+            + b',"container_id":' + encode(container.id)
             + b',"container_name":' + encode(container.name)
             + b',"image":' + encode(container.image)
             + b',"stream":'
@@ -86,6 +89,10 @@ class ContainerJson:
             tail += b',"compose_service":' + encode(container.compose_service)
         if container.compose_project is not None:
             tail += b',"compose_project":' + encode(container.compose_project)
+        if container.swarm_service is not None:
+            tail += b',"swarm_service":' + encode(container.swarm_service)
+        if container.swarm_stack is not None:
+            tail += b',"swarm_stack":' + encode(container.swarm_stack)
         self.tail = tail
         self.tail_truncated = tail + b',"truncated":true'
 

@@ -57,6 +57,7 @@ class LogRecord:
         c = self.container
         out: dict[str, Any] = {
             "ts": self.ts,
+            "host": c.host,
             "container_id": c.id,
             "container_name": c.name,
             "image": c.image,
@@ -68,6 +69,10 @@ class LogRecord:
             out["compose_service"] = c.compose_service
         if c.compose_project is not None:
             out["compose_project"] = c.compose_project
+        if c.swarm_service is not None:
+            out["swarm_service"] = c.swarm_service
+        if c.swarm_stack is not None:
+            out["swarm_stack"] = c.swarm_stack
         if self.truncated:
             out["truncated"] = True
         if self.fields is not None:

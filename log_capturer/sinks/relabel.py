@@ -39,7 +39,8 @@ META_LABELS = (
     f"{META_PREFIX}id (the 64-hex id), {META_PREFIX}name (with Docker's leading '/', as "
     f"Promtail sees it), {META_PREFIX}image, {META_PREFIX}log_stream (stdout, stderr or tty), "
     f"{LABEL_META_PREFIX}<name> (every container label, its name's characters other than "
-    f"letters, digits and _ written _) and {HOST_META} (the sink's host value)"
+    f"letters, digits and _ written _) and {HOST_META} (the node's name: host.name, or "
+    "the sink's host)"
 )
 """The meta labels rules can read, for the config reference."""
 

@@ -170,11 +170,14 @@ def test_every_alert_is_labelled_annotated_and_tested_both_ways() -> None:
 # -- Prometheus config ---------------------------------------------------------------------
 
 
-def test_promtool_check_config(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-swarm.yml"])
+def test_promtool_check_config(tmp_path: Path, config: str) -> None:
+    """The compose deployment's config and the Swarm one (dockerswarm_sd_configs; it runs
+    against a live swarm in tests/integration/test_swarm.py)."""
     # a copy: promtool resolves rule_files beside the config and must not touch the repo
     copy = tmp_path / "prometheus"
     shutil.copytree(PROM_DIR, copy)
-    result = run([tool("promtool"), "check", "config", "prometheus.yml"], cwd=copy)
+    result = run([tool("promtool"), "check", "config", config], cwd=copy)
     assert result.returncode == 0, output(result)
     assert "SUCCESS" in result.stdout and "alerts.yml" in result.stdout, output(result)
 

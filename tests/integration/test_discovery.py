@@ -113,7 +113,9 @@ def test_the_engine_filters_select_exactly_what_the_filters_say(
             ids[f"{suffix}-{run_id}"] = made.id
     finally:
         docker_client.images.remove(alias)  # the name is gone; the image stays (TEST_IMAGE)
-    everyone = {n: ContainerInfo.from_inspect(engine.inspect_container(c)) for n, c in ids.items()}
+    everyone = {
+        n: ContainerInfo.from_inspect(engine.inspect_container(c), "node") for n, c in ids.items()
+    }
     assert everyone[f"xweb-3-{run_id}"].image == alias  # inspect still tells the name
 
     reached_inspect = 0

@@ -2,8 +2,8 @@
 
 For the pool it only has to behave like an HTTP server with keep-alive. For discovery
 it also keeps containers (``add_container``) and an event buffer (``emit``), and
-answers ``/containers/json``, ``/containers/{id}/json`` and ``/events`` with the
-engine's shapes and filter rules (label: all must hold; name: regular expressions on
+answers ``/info``, ``/containers/json``, ``/containers/{id}/json`` and ``/events`` with
+the engine's shapes and filter rules (label: all must hold; name: regular expressions on
 the name with or without its ``/``; ``since`` inclusive). Capture correctness and the
 real engine's filter semantics are tested against the real engine (tests/integration).
 """
@@ -23,6 +23,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+NODE_NAME = "fake-node"
+"""The engine's ``Name`` in ``/info`` (not this machine's hostname)."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,6 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(b"OK")
         elif path == "version":
             self._send(b'{"ApiVersion": "1.41"}', "application/json")
+        elif path == "info":
+            self._send_json(*self.server.info)
         elif path == "break":
             self.connection.shutdown(socket.SHUT_RDWR)  # no response at all
             self.close_connection = True
@@ -182,6 +187,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.event_generation = 0  # bumped to end every open /events stream
         self.events_down = False
         self.inspect_barrier: threading.Barrier | None = None
+        self.info: tuple[int, Any] = (200, {"Name": NODE_NAME, "Swarm": {"NodeID": ""}})
         super().__init__(path, _Handler)
 
     def list_containers(self, query: dict[str, str]) -> list[dict[str, Any]]:

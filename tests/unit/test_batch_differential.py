@@ -32,7 +32,13 @@ INFO = ContainerInfo(
     id="d" * 64,
     name='we"ird\\name',
     image="img:1",
-    labels={"com.docker.compose.service": "svc", "k\u00e9y": 'v"\\\x01'},
+    labels={
+        "com.docker.compose.service": "svc",
+        "com.docker.swarm.service.name": "st_svc",
+        "com.docker.stack.namespace": "st",
+        "k\u00e9y": 'v"\\\x01',
+    },
+    host='n\u00f6de "1"\\',  # the node's name: escaped once, in the prepared pieces
 )
 T0 = 1_795_000_000_000_000_000
 MAX_LINE = 1 << 20

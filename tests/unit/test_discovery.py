@@ -4,6 +4,7 @@ re-lists. The real engine's filter semantics: tests/integration/test_discovery.p
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,13 +15,15 @@ import pytest
 
 from log_capturer.discovery.events import EventWatcher
 from log_capturer.discovery.filters import ContainerFilter
+from log_capturer.discovery.node import HostConfig, NodeIdentity
 from log_capturer.discovery.selector import ContainerSelector
-from log_capturer.docker.config import DockerConfig
+from log_capturer.docker.config import DockerConfig, RetryConfig
 from log_capturer.docker.engine import DockerEngine
+from log_capturer.docker.errors import EngineUnavailableError
 from log_capturer.monitor.config import MonitorConfig
 from log_capturer.timestamps import format_api_ts
 
-from .fake_engine import FakeEngine
+from .fake_engine import NODE_NAME, FakeEngine
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 30) -> Any:
@@ -43,14 +46,62 @@ def fake(tmp_path: Path) -> Iterator[FakeEngine]:
 
 @pytest.fixture
 def engine(fake: FakeEngine) -> Iterator[DockerEngine]:
-    config = DockerConfig(socket_path=fake.path, timeout=5, api_version="1.41")
+    config = DockerConfig(
+        socket_path=fake.path,
+        timeout=5,
+        api_version="1.41",
+        retry=RetryConfig(attempts=2, initial_backoff=0.01, max_backoff=0.01),
+    )
     made = DockerEngine(config)
     yield made
     made.close()
 
 
 def selector_for(engine: DockerEngine, self_id: str = "", **config: Any) -> ContainerSelector:
-    return ContainerSelector(engine, ContainerFilter(MonitorConfig(**config), self_id))
+    node = NodeIdentity(HostConfig(), engine)
+    return ContainerSelector(engine, ContainerFilter(MonitorConfig(**config), self_id), node)
+
+
+# -- the node's name --------------------------------------------------------------------------
+
+
+def test_the_node_is_named_by_the_engine_once_and_every_container_carries_it(
+    fake: FakeEngine, engine: DockerEngine
+) -> None:
+    web, db = fake.add_container("web-1"), fake.add_container("db-1")
+    selector = selector_for(engine)
+    infos = [selector.inspect(web), selector.inspect(db)]
+    assert [i.host if i else None for i in infos] == [NODE_NAME, NODE_NAME]
+    assert fake.requests.count("info") == 1
+    assert fake.requests.index("info") < fake.requests.index(f"containers/{web}/json")
+
+
+def test_a_configured_name_wins_and_the_engine_is_not_asked(
+    fake: FakeEngine, engine: DockerEngine
+) -> None:
+    web = fake.add_container("web-1")
+    node = NodeIdentity(HostConfig(name="edge-7"), engine)
+    selector = ContainerSelector(engine, ContainerFilter(MonitorConfig(), ""), node)
+    info = selector.inspect(web)
+    assert info is not None and info.host == "edge-7"
+    assert "info" not in fake.requests
+
+
+def test_an_engine_that_cannot_answer_yet_is_asked_again_and_one_without_a_name_falls_back(
+    fake: FakeEngine, engine: DockerEngine
+) -> None:
+    node = NodeIdentity(HostConfig(), engine)
+    fake.server.info = (503, {"message": "starting"})
+    with pytest.raises(EngineUnavailableError):
+        node.resolve()  # discovery's retry loop asks again, with backoff
+    assert fake.requests.count("info") == 2  # the engine's own retries
+    fake.server.info = (200, {"Name": "node-2"})
+    assert node.resolve() == "node-2"
+    assert node.resolve() == "node-2" and fake.requests.count("info") == 3
+    # An engine whose /info is refused for good (or has no Name): this machine's hostname.
+    for answer in [(404, {"message": "page not found"}), (200, {"Name": ""})]:
+        fake.server.info = answer
+        assert NodeIdentity(HostConfig(), engine).resolve() == socket.gethostname()
 
 
 # -- the selector ---------------------------------------------------------------------------

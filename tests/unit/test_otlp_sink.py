@@ -133,6 +133,31 @@ def test_one_resource_per_container_with_the_semantic_conventions() -> None:
     assert [r.body.string_value for r in job.scope_logs[0].log_records] == ["job line"]
 
 
+def test_a_swarm_task_is_its_service_in_its_stack_on_its_node() -> None:
+    task = ContainerInfo(
+        id="c" * 64, name="shop_api.1.x2k9q0tq5pmw7c1vkflbxs7yv", image="shop/api:2",
+        labels={"com.docker.swarm.service.name": "shop_api",
+                "com.docker.stack.namespace": "shop",
+                "com.docker.swarm.task.id": "x2k9q0tq5pmw7c1vkflbxs7yv"},
+        host="node-1",
+    )
+    plain = ContainerInfo(id="d" * 64, name="job-7", image="busybox:1", host="node-1")
+    encoder = Encoder(OtlpSinkConfig(compression="none", relabel_configs=[
+        {"source_labels": ["service.namespace", "service.name"], "separator": "/",
+         "target_label": "app"},
+    ]))
+    (export,) = encoder.build([batch(task, [("stdout", "up")]), batch(plain, [("stdout", "x")])])
+    got = [attrs(r.resource.attributes) for r in decode(export).resource_logs]
+    assert got == [
+        {"container.id": task.id, "container.name": task.name,
+         "container.image.name": "shop/api:2", "service.name": "shop_api",
+         "service.namespace": "shop", "host.name": "node-1", "app": "shop/shop_api"},
+        {"container.id": plain.id, "container.name": "job-7",
+         "container.image.name": "busybox:1", "service.name": "job-7",
+         "host.name": "node-1", "app": "/job-7"},  # no namespace: an empty value
+    ]
+
+
 def test_long_lines_are_cut_and_marked_truncated() -> None:
     encoder = Encoder(OtlpSinkConfig(max_line_bytes=1024))
     (export,) = encoder.build([batch(WEB, [("stdout", "é" * 1000), ("stdout", "short")])])

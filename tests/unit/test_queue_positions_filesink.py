@@ -199,12 +199,14 @@ def test_file_sink_record_format(tmp_path: Path) -> None:
         name="api",
         image="shop/api:2",
         labels={"com.docker.compose.service": "api", "com.docker.compose.project": "shop"},
+        host="node-1",
     )
     sink.write([line_batch(info, [("stderr", T0, b"bad \xff utf8")], truncated=[True])])
     sink.close()
     doc = json.loads((tmp_path / "logs.jsonl").read_text())
     assert doc == {
         "ts": format_rfc3339_ns(T0),
+        "host": "node-1",
         "container_id": "d" * 64,
         "container_name": "api",
         "image": "shop/api:2",
@@ -215,3 +217,32 @@ def test_file_sink_record_format(tmp_path: Path) -> None:
         "compose_project": "shop",
         "truncated": True,
     }
+
+
+def test_file_sink_record_of_a_swarm_task(tmp_path: Path) -> None:
+    """A Swarm task's service and stack, from the labels Swarm and ``docker stack deploy``
+    set; the task's ids stay in labels only."""
+    sink = sink_at(tmp_path)
+    labels = {
+        "com.docker.swarm.service.name": "shop_api",
+        "com.docker.stack.namespace": "shop",
+        "com.docker.swarm.task.id": "t" * 25,
+    }
+    info = ContainerInfo(id="d" * 64, name="shop_api.1." + "t" * 25, image="shop/api:2",
+                         labels=labels, host="node-1")
+    sink.write([line_batch(info, [("stdout", T0, b"up")])])
+    sink.close()
+    text = (tmp_path / "logs.jsonl").read_text()
+    assert json.loads(text) == {
+        "ts": format_rfc3339_ns(T0),
+        "host": "node-1",
+        "container_id": "d" * 64,
+        "container_name": info.name,
+        "image": "shop/api:2",
+        "stream": "stdout",
+        "message": "up",
+        "labels": labels,
+        "swarm_service": "shop_api",
+        "swarm_stack": "shop",
+    }
+    assert text.startswith(f'{{"ts":"{format_rfc3339_ns(T0)}","host":"node-1",')

@@ -177,6 +177,51 @@ def test_defaults_unchanged_without_rules() -> None:
     assert meta == ()
 
 
+TASK = ContainerInfo(
+    id="c" * 64,
+    name="shop_api.1.x2k9q0tq5pmw7c1vkflbxs7yv",  # <service>.<slot>.<task id>
+    image="shop/api:2",
+    labels={
+        "com.docker.swarm.service.name": "shop_api",
+        "com.docker.stack.namespace": "shop",
+        "com.docker.swarm.task.id": "x2k9q0tq5pmw7c1vkflbxs7yv",
+        "com.docker.swarm.task.name": "shop_api.1.x2k9q0tq5pmw7c1vkflbxs7yv",
+        "com.docker.swarm.node.id": "n" * 25,
+    },
+    host="node-1",
+)
+
+
+def test_the_node_name_and_swarm_metadata_are_default_labels() -> None:
+    """The host label is the node's name (the container's host, from the engine) unless
+    the sink sets its own; a Swarm task gets its service and stack, never a task id; a
+    container outside Swarm gets none of them."""
+    web = ContainerInfo(WEB.id, WEB.name, WEB.image, WEB.labels, host="node-1")
+    ((task_labels, _), (web_labels, _)) = encode(LokiSinkConfig(), TASK, web)
+    assert task_labels == {"container_name": TASK.name, "swarm_service": "shop_api",
+                           "swarm_stack": "shop", "stream": "stdout", "host": "node-1"}
+    assert web_labels == {"container_name": "shop-web-1", "compose_service": "web",
+                          "stream": "stdout", "host": "node-1"}
+    ((labels, _),) = encode(LokiSinkConfig(host="h1"), TASK)
+    assert labels["host"] == "h1"
+
+
+def test_rules_see_the_swarm_defaults_and_the_node_name() -> None:
+    """The swarm labels are defaults like the others: rules read and change them; the
+    task name without its id is a stable container label."""
+    config = LokiSinkConfig(relabel_configs=[
+        {"source_labels": ["swarm_stack", "swarm_service"], "separator": "/",
+         "target_label": "app"},
+        {"source_labels": ["__meta_docker_container_label_com_docker_swarm_task_name"],
+         "regex": r"(.+)\.[0-9a-z]{25}", "target_label": "container_name"},
+        {"source_labels": ["__host__"], "target_label": "node"},
+        {"action": "labeldrop", "regex": "swarm_.*"},
+    ])
+    ((labels, _),) = encode(config, TASK)
+    assert labels == {"container_name": "shop_api.1", "app": "shop/shop_api",
+                      "stream": "stdout", "host": "node-1", "node": "node-1"}
+
+
 def test_loki_labels_and_metadata_from_container_labels() -> None:
     config = LokiSinkConfig(
         host="h1",

@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 from log_capturer import supervisor as supervisor_module
 from log_capturer.config.loader import Config
 from log_capturer.discovery.container import ContainerInfo
+from log_capturer.discovery.node import HostConfig
 from log_capturer.docker.config import DockerConfig
 from log_capturer.docker.engine import DockerEngine
 from log_capturer.monitor.config import MonitorConfig
@@ -40,7 +41,7 @@ from log_capturer.supervisor import Supervisor
 from log_capturer.timestamps import format_rfc3339_ns
 
 from .batches import line_batch
-from .fake_engine import FakeEngine
+from .fake_engine import NODE_NAME, FakeEngine
 
 T0 = 1_795_000_000_000_000_000
 LONG_AGO = "2020-01-01T00:00:00.000000000Z"
@@ -177,8 +178,12 @@ class Daemons:
         self.running: list[Supervisor] = []
         self.sink = JournalSink(FakeMonitor.journal)
 
-    def start(self, relist_interval: float = 3600, **monitor: Any) -> Supervisor:
+    def start(
+        self, relist_interval: float = 3600, host_name: str = "", connect: bool = True,
+        **monitor: Any,
+    ) -> Supervisor:
         config = Config(
+            host=HostConfig(name=host_name),
             docker=DockerConfig(socket_path=self.fake.path, timeout=5, api_version="1.41"),
             container_monitor=MonitorConfig(
                 relist_interval=relist_interval,
@@ -193,7 +198,8 @@ class Daemons:
         supervisor = Supervisor(config)
         self.running.append(supervisor)
         supervisor.start()
-        wait_for(lambda: supervisor.watcher.connected, "discovery connected")
+        if connect:
+            wait_for(lambda: supervisor.watcher.connected, "discovery connected")
         return supervisor
 
     @property
@@ -254,6 +260,39 @@ def upto(n: int) -> dict[str, Mark]:
 
 def now_ts() -> str:
     return format_rfc3339_ns(time.time_ns())
+
+
+# -- the node's name ----------------------------------------------------------------------
+
+
+def test_no_container_is_read_before_the_engine_names_the_node(
+    fake: FakeEngine, daemons: Daemons
+) -> None:
+    """/info failing at start: discovery retries with backoff, not ready, nothing read;
+    once it answers, every monitor's container carries the engine's name."""
+    fake.server.info = (500, {"message": "engine starting"})
+    web = fake.add_container("web-1")
+    supervisor = daemons.start(connect=False)
+    wait_for(lambda: fake.requests.count("info") >= 6, "/info asked again after a backoff")
+    assert fake.inspects(web) == 0 and FakeMonitor.made == []
+    assert not supervisor.ready()[0] and not supervisor.watcher.connected
+    fake.server.info = (200, {"Name": NODE_NAME})
+    assert wait_monitor(web).info.host == NODE_NAME
+    wait_for(lambda: supervisor.watcher.connected, "discovery connected")
+    fake.emit("start", brief := fake.add_container("brief-1", running=False))
+    fake.emit("die", brief)
+    assert wait_monitor(brief).info.host == NODE_NAME
+    first_inspect = fake.requests.index(f"containers/{web}/json")
+    assert "info" not in fake.requests[first_inspect:]  # learnt before, once
+
+
+def test_a_configured_node_name_is_used_without_asking_the_engine(
+    fake: FakeEngine, daemons: Daemons
+) -> None:
+    web = fake.add_container("web-1")
+    daemons.start(host_name="edge-7")
+    assert wait_monitor(web).info.host == "edge-7"
+    assert "info" not in fake.requests
 
 
 # -- events -----------------------------------------------------------------------------

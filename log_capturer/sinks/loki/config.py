@@ -18,7 +18,15 @@ LOKI_MAX_LINE_BYTES = 262_144  # Loki's default max_line_size (bytes of the line
 MAX_BATCH_BYTES = 3 * 1024 * 1024  # batch_bytes bound: room below Loki's 4 MiB (a 500 above)
 LOKI_MAX_LABEL_VALUE = 2048  # Loki's default max_label_value_length
 
-LABEL_SOURCES = ("container_name", "compose_service", "compose_project", "stream", "host")
+LABEL_SOURCES = (
+    "container_name",
+    "compose_service",
+    "compose_project",
+    "swarm_service",
+    "swarm_stack",
+    "stream",
+    "host",
+)
 """Record attributes that may become stream labels: all of them low-cardinality."""
 
 METADATA_SOURCES = (
@@ -27,6 +35,8 @@ METADATA_SOURCES = (
     "image",
     "compose_service",
     "compose_project",
+    "swarm_service",
+    "swarm_stack",
     "stream",
     "host",
     "truncated",
@@ -66,9 +76,15 @@ class LokiSinkConfig(NetworkSinkConfig):
     )
     tenant_id: str | None = Field(None, description="Sent as X-Scope-OrgID (multi-tenant Loki).")
     labels: list[str] = Field(
-        default_factory=lambda: ["container_name", "compose_service", "stream", "host"],
-        description="Stream labels, from: " + ", ".join(LABEL_SOURCES) + ". A label whose "
-        "value is missing is left out. Keep this set small: every combination is a stream. "
+        default_factory=lambda: [
+            "container_name", "compose_service", "swarm_service", "swarm_stack", "stream", "host"
+        ],
+        description="Stream labels, from: " + ", ".join(LABEL_SOURCES) + ". compose_* and "
+        "swarm_* come from the container's labels com.docker.compose.service/project, "
+        "com.docker.swarm.service.name (a Swarm task's service, <stack>_<service> in a stack) "
+        "and com.docker.stack.namespace (its stack); host is host.name (or this sink's host). "
+        "A label whose value is missing is left out (a container outside Swarm has no "
+        "swarm_*). Keep this set small: every combination is a stream. "
         "Loki adds service_name (from container_name) and counts its max_label_names_per_"
         "series (15) before adding it.",
     )
@@ -76,7 +92,9 @@ class LokiSinkConfig(NetworkSinkConfig):
         default_factory=dict,
         description="Extra fixed labels on every stream (names are sanitized).",
     )
-    host: str = Field("", description="Value of the host label; empty = this machine's hostname.")
+    host: str = Field(
+        "", description="The host label (and __host__) for this sink; empty = host.name."
+    )
     line_format: Literal["message", "json"] = Field(
         "message", description="message: the log line as is; json: the full record as JSON."
     )

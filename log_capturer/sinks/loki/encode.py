@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -298,7 +297,7 @@ class Encoder:
     def __init__(self, config: LokiSinkConfig, name: str = "loki") -> None:
         self.config = config
         self.name = name
-        self.host = config.host or socket.gethostname()
+        self.host = config.host  # overrides the node's name (container.host)
         self.metadata_enabled = bool(
             config.structured_metadata or config.metadata_relabel_configs
         )
@@ -409,7 +408,7 @@ class Encoder:
         labels.update(self.config.static_labels)
         meta_labels = None
         if self._label_rules:
-            meta_labels = docker_meta(container, stream, self.host)
+            meta_labels = docker_meta(container, stream, self.host or container.host)
             relabelled = self._label_rules.apply(meta_labels | labels)
             if relabelled is None:
                 return None
@@ -428,7 +427,7 @@ class Encoder:
                 meta[name] = value
         if self._meta_rules:
             if meta_labels is None:
-                meta_labels = docker_meta(container, stream, self.host)
+                meta_labels = docker_meta(container, stream, self.host or container.host)
             relabelled = self._meta_rules.apply(meta_labels | meta)
             meta = visible(relabelled) if relabelled is not None else {}
         return _Resolved(labels, label_text(labels), tuple(meta.items()))
@@ -469,14 +468,14 @@ class Encoder:
         if name == "stream":
             return stream
         if name == "host":
-            return self.host
+            return self.host or container.host
         if name == "container_name":
             return str(container.name)
         if name == "container_id":
             return str(container.id)
         if name == "image":
             return str(container.image)
-        value = getattr(container, name, None)  # compose_service, compose_project
+        value = getattr(container, name, None)  # compose_*, swarm_*
         return None if value is None else str(value)
 
     def _cut(self, messages: list[str]) -> tuple[list[str], list[bool] | None]:

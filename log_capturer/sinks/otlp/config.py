@@ -40,8 +40,9 @@ the others, and every log record attribute, become structured metadata."""
 
 RESOURCE_ATTRIBUTES = (
     "container.id (the 64-hex id), container.name, container.image.name (the image as "
-    "Docker reports it, with its tag), service.name (the compose service, else the "
-    "container name) and host.name (host)"
+    "Docker reports it, with its tag), service.name (a Swarm task's service, else the "
+    "compose service, else the container name), service.namespace (a Swarm task's stack) "
+    "and host.name (host.name of the config, or host)"
 )
 
 
@@ -78,7 +79,9 @@ class OtlpSinkConfig(NetworkSinkConfig):
     compression: Literal["gzip", "none"] = Field(
         "gzip", description="Content-Encoding of the requests (and of spooled requests)."
     )
-    host: str = Field("", description="Value of host.name; empty = this machine's hostname.")
+    host: str = Field(
+        "", description="The host.name attribute (and __host__) for this sink; empty = host.name."
+    )
     resource_attributes: dict[str, str] = Field(
         default_factory=dict,
         description="Extra fixed resource attributes on every container's resource (for "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -315,7 +314,7 @@ class Encoder:
     def __init__(self, config: OtlpSinkConfig, name: str = "otlp") -> None:
         self.config = config
         self.name = name
-        self.host = config.host or socket.gethostname()
+        self.host = config.host  # overrides the node's name (container.host)
         self._resource_rules = Relabeler(config.relabel_configs)
         self._meta_rules = Relabeler(config.metadata_relabel_configs)
         self._guard = CardinalityGuard(name, config.max_label_values, "resource attribute")
@@ -374,8 +373,11 @@ class Encoder:
             "container.id": container.id,
             "container.name": container.name,
             "container.image.name": container.image,
-            "service.name": container.compose_service or container.name,
-            "host.name": self.host,
+            "service.name": (
+                container.swarm_service or container.compose_service or container.name
+            ),
+            "service.namespace": container.swarm_stack or "",
+            "host.name": self.host or container.host,
         }
         attributes.update(self.config.resource_attributes)
         return {k: v for k, v in attributes.items() if v}
@@ -384,7 +386,7 @@ class Encoder:
         attributes = self.semantic_attributes(container)
         meta_labels = None
         if self._resource_rules:
-            meta_labels = docker_meta(container, stream, self.host)
+            meta_labels = docker_meta(container, stream, self.host or container.host)
             relabelled = self._resource_rules.apply(meta_labels | attributes)
             if relabelled is None:
                 return None
@@ -393,7 +395,7 @@ class Encoder:
         record: dict[str, str] = {IOSTREAM: stream}
         if self._meta_rules:
             if meta_labels is None:
-                meta_labels = docker_meta(container, stream, self.host)
+                meta_labels = docker_meta(container, stream, self.host or container.host)
             relabelled = self._meta_rules.apply(meta_labels | record)
             record = visible(relabelled) if relabelled is not None else {}
         record.pop(TRUNCATED, None)
