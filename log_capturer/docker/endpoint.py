@@ -234,7 +234,7 @@ def tls_failure(exc: BaseException) -> TlsFailure | None:
         if not isinstance(error, ssl.SSLError):
             continue
         default = "UNEXPECTED_EOF" if isinstance(error, ssl.SSLEOFError) else type(error).__name__
-        reason = str(error.reason or default).upper()
+        reason = str(getattr(error, "reason", None) or default).upper()
         detail = getattr(error, "verify_message", None) or str(error)
         return TlsFailure(reason.lower(), str(detail), _meaning(reason))
     return None

@@ -31,7 +31,8 @@ DOCKER_TLS_ERRORS = Counter(
     "Connections to the engine that failed in TLS, by OpenSSL's reason "
     "(certificate_verify_failed: the engine's certificate is not signed by our CA; "
     "sslv3_alert_bad_certificate, tlsv13_alert_certificate_required...: the engine refused "
-    "our client certificate; load_failed: our TLS files cannot be read).",
+    "our client certificate; unexpected_eof: the engine hung up during the handshake, often "
+    "the same refusal; load_failed: our TLS files cannot be read).",
     ["reason"],
 )
 
