@@ -132,8 +132,12 @@ def _remove_all_containers(client: docker.DockerClient) -> None:
 
 class TlsDockerd:
     """``dockerd --tlsverify`` on ``tcp://127.0.0.1:<port>`` with its own data root, exec
-    root (and so its own containerd), pid file; no bridge, no iptables, ``vfs`` storage.
-    Its containers run with ``network_mode="none"``."""
+    root (and so its own containerd), pid file, a bridge of its own, no iptables, ``vfs``
+    storage. Its containers run with ``network_mode="none"``.
+
+    Never ``--bridge none``: a dockerd started so deletes the host's ``docker0`` (moby's
+    ``removeDefaultBridgeInterface``), and every later container of the shared engine on
+    the default network fails to start ("could not find bridge docker0")."""
 
     def __init__(self, certs: CertSet) -> None:
         self.certs = certs
@@ -141,6 +145,7 @@ class TlsDockerd:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._client: docker.DockerClient | None = None
+        self.bridge = f"lc-br{self.port}"  # at most 15 characters (IFNAMSIZ)
 
     @property
     def host(self) -> str:
@@ -152,6 +157,8 @@ class TlsDockerd:
 
     def start(self, timeout: float = 60) -> TlsDockerd:
         c = self.certs
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", "172.31.254.1/24", "dev", self.bridge], check=True)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [
@@ -161,7 +168,7 @@ class TlsDockerd:
                     *("--pidfile", str(self.root / "pid")),
                     *("-H", self.host, "--tlsverify", "--tlscacert", str(c.ca)),
                     *("--tlscert", str(c.server_cert), "--tlskey", str(c.server_key)),
-                    *("--bridge", "none", "--iptables=false", "--ip6tables=false"),
+                    *("--bridge", self.bridge, "--iptables=false", "--ip6tables=false"),
                     *("--ip-masq=false", "--storage-driver", "vfs", "--log-driver", "json-file"),
                     *("--log-level", "warn"),
                 ],
@@ -212,6 +219,7 @@ class TlsDockerd:
                 _end_group(self.proc)
             unmount_under(self.root)
             shutil.rmtree(self.root, ignore_errors=True)
+            subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
 
 
 # -- Podman's API service -----------------------------------------------------------------
