@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return EXIT_OK
 
+    from .docker.endpoint import EndpointError
     from .logging_setup import configure_logging
     from .monitor import faults
     from .supervisor import Supervisor
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         supervisor = Supervisor(config, args.config)
+    except EndpointError as exc:  # DOCKER_HOST or TLS settings that cannot work
+        print(f"log-capturer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"log-capturer: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE

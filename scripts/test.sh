@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/ensure_docker.sh
 scripts/ensure_tools.sh
+scripts/ensure_podman.sh
 scripts/make_test_image.sh
 exec .venv/bin/python -m pytest "$@"

@@ -32,19 +32,25 @@ from tenacity import (
 )
 
 from ..backoff import capped_backoff
-from ..metrics.registry import DOCKER_API_ERRORS, DOCKER_API_REQUESTS, DOCKER_API_RETRIES
+from ..metrics.registry import (
+    DOCKER_API_ERRORS,
+    DOCKER_API_REQUESTS,
+    DOCKER_API_RETRIES,
+    STREAM_HEADER_TIMEOUTS,
+)
 from ..timestamps import format_api_ts
 from .adapter import PooledUnixAdapter
 from .config import DockerConfig
+from .endpoint import Endpoint, resolve_endpoint
 from .errors import ContainerGoneError, EngineUnavailableError, PoolClosedError, PoolExhaustedError
 from .pool import DockerConnectionPool
-from .stream import ManagedResponse
+from .stream import ManagedResponse, StreamCut, StreamEnd
 
 _log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-# The adapter sends every request to the one socket whatever the host: this is only
-# what requests needs to route ``http+docker://`` to our adapter.
+# The adapter sends every request to the one pool (its engine) whatever the host: this
+# is only what requests needs to route ``http+docker://`` to our adapter.
 BASE_URL = "http+docker://localhost"
 
 
@@ -85,18 +91,32 @@ class DockerEngine:
     :class:`ManagedResponse`.
     """
 
-    def __init__(self, config: DockerConfig) -> None:
+    def __init__(self, config: DockerConfig, endpoint: Endpoint | None = None) -> None:
+        """``endpoint``: where the engine is; by default resolved from the config and the
+        environment (:func:`~.endpoint.resolve_endpoint`, which may raise
+        :class:`~.endpoint.EndpointError`)."""
         self.config = config
-        self.pool = DockerConnectionPool(config.socket_path, config.pool, timeout=config.timeout)
+        self.endpoint = endpoint or resolve_endpoint(config)
+        tls = self.endpoint.tls
+        _log.info(
+            "docker_engine",
+            engine=self.endpoint.address,
+            source=self.endpoint.source,
+            tls="off" if tls is None else ("verify" if tls.verify else "no_verify"),
+            ca_file=tls.ca_file if tls else None,
+            cert_file=tls.cert_file if tls else None,
+        )
+        self.pool = DockerConnectionPool(self.endpoint, config.pool, timeout=config.timeout)
         self.adapter = PooledUnixAdapter(self.pool)
         self.session = requests.Session()
-        self.session.trust_env = False  # no proxies, no .netrc credentials on a unix socket
+        self.session.trust_env = False  # no proxies, no .netrc credentials: the pool is the route
         self.session.headers["User-Agent"] = _user_agent()
         self.session.mount("http+docker://", self.adapter)
         self._stop = threading.Event()
         self._maintainer: threading.Thread | None = None
         self._version_lock = threading.Lock()
         self._api_version = None if config.api_version == "auto" else config.api_version
+        self.podman: bool | None = None  # known from the first answer (see get)
 
     def ensure_api_version(self) -> str:
         """With ``api_version: auto``, ask the engine once (retried like any API call).
@@ -130,12 +150,24 @@ class DockerEngine:
         timeout: float | tuple[float, float | None] | None = None,
     ) -> requests.Response:
         """One GET through the pool, status not checked (see :func:`raise_for_status`)."""
-        return self.session.get(
+        response = self.session.get(
             url,
             params=params,
             stream=stream,
             timeout=self.config.timeout if timeout is None else timeout,
         )
+        if self.podman is None:
+            # Podman names itself in every answer; discovery's first call (before any
+            # log request) settles it.
+            self.podman = "Libpod-Api-Version" in response.headers
+        return response
+
+    @property
+    def whole_second_timestamps(self) -> bool:
+        """The engine's log timestamps are whole seconds (Podman 4's Docker API writes
+        them as RFC 3339 without a fraction, though it applies ``since`` and ``until``
+        to the nanosecond): see :meth:`open_logs` and monitor/admit.py."""
+        return bool(self.podman)
 
     def _get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
         with self.get(url, params) as response:
@@ -242,17 +274,34 @@ class DockerEngine:
         deadline: float | None = None,
         priority: bool = False,
         wait_timeout: float = 0,
+        cut: StreamCut | None = None,
     ) -> ManagedResponse:
         """Open ``/containers/{id}/logs`` with timestamps; the caller owns the response.
 
         ``tail`` > 0: only the last ``tail`` lines of the log (before ``since`` applies).
-        ``priority``/``wait_timeout``: how this request waits for a pooled connection."""
+        ``priority``/``wait_timeout``: how this request waits for a pooled connection.
+        ``cut``: interrupts the request from another thread, also before its response.
+
+        Podman sends a log stream's response headers only with its first line (Docker
+        sends them at once): a follow request for a quiet container, or a scan that
+        finds nothing before the deadline, gets no answer at all by then. That is the
+        quiet window it would be on Docker, not a failure: the response returned has
+        ended with ``deadline`` (counted in ``log_capturer_stream_header_timeouts_total``),
+        and the connection, its request still pending on the engine, is closed. A cut
+        while waiting returns a response ended by the cut.
+        """
         params: dict[str, Any] = {
             "stdout": int(stdout),
             "stderr": int(stderr),
             "follow": int(follow),
             "timestamps": 1,
         }
+        if self.whole_second_timestamps:
+            # Lines come stamped with their second only: a since inside a second would
+            # leave out lines that carry that second's stamp, and the marks' counts of
+            # lines at a stamp would then drop new lines. From the second's start, every
+            # line of that stamp comes again, as the dedup expects.
+            since_ns -= since_ns % 1_000_000_000
         if since_ns > 0:
             params["since"] = format_api_ts(since_ns)
         if until_ns > 0:
@@ -261,8 +310,21 @@ class DockerEngine:
             params["tail"] = tail
         read_timeout = None if deadline is None else max(0.05, deadline - time.monotonic())
         url = self.url("/containers/{0}/logs", container_id)
-        with self.pool.checkout(priority=priority, wait_timeout=wait_timeout):
-            return self._open_stream(url, params, read_timeout, container_id)
+        cut = cut or StreamCut()
+        with self.pool.checkout(priority=priority, wait_timeout=wait_timeout, cut=cut):
+            try:
+                return self._open_stream(url, params, read_timeout, container_id, cut)
+            except requests.exceptions.ReadTimeout:
+                if cut.interrupted:
+                    return ManagedResponse.ended(cut.reason(), cut)
+                if deadline is None:
+                    raise
+                STREAM_HEADER_TIMEOUTS.inc()
+                return ManagedResponse.ended(StreamEnd.DEADLINE, cut)
+            except requests.exceptions.ConnectionError:
+                if cut.interrupted:  # the socket was shut down under the request
+                    return ManagedResponse.ended(cut.reason(), cut)
+                raise
 
     def open_events(self, since_ns: int, filters: dict[str, list[str]]) -> ManagedResponse:
         """Open ``/events`` (JSON objects, one per line) replaying from ``since_ns``."""
@@ -278,9 +340,10 @@ class DockerEngine:
         params: dict[str, Any],
         read_timeout: float | None,
         container_id: str | None,
+        cut: StreamCut | None = None,
     ) -> ManagedResponse:
         response = self.get(url, params, stream=True, timeout=(self.config.timeout, read_timeout))
-        managed = ManagedResponse(response)
+        managed = ManagedResponse(response, cut)
         try:
             raise_for_status(response)
         except docker.errors.NotFound as exc:

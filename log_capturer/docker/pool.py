@@ -9,15 +9,20 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import urllib3
 from urllib3.util.wait import wait_for_read
 
+from ..metrics.registry import DOCKER_TLS_ERRORS
 from .config import PoolConfig
 from .connection import DockerSocketConnection
+from .endpoint import Endpoint, TlsContext, tls_failure
 from .errors import PoolClosedError, PoolExhaustedError
+
+if TYPE_CHECKING:
+    from .stream import StreamCut
 
 _log = structlog.get_logger(__name__)
 _STREAM_PATH = re.compile(r"^(?:/v[\d.]+)?(?:/containers/[^/]+/(?:logs|attach)|/events)\b")
@@ -53,9 +58,10 @@ class PoolStats:
 
 
 class DockerConnectionPool(urllib3.HTTPConnectionPool):
-    """A bounded pool of connections to the engine's unix socket, with ``database/sql`` semantics.
+    """A bounded pool of connections to the engine, with ``database/sql`` semantics.
 
-    One pool serves the whole process: API calls, log streams and the event stream.
+    One pool serves the whole process: API calls, log streams and the event stream,
+    over the engine's unix socket or TCP, with or without TLS (the same contract).
     Its contract, set by :class:`PoolConfig`:
 
     * ``max_open``: at most this many connections exist at once, in use or idle.
@@ -78,6 +84,11 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
       stream cut at its deadline), frees its slot when it comes back.
     * After :meth:`close`, waiters and new callers get :class:`PoolClosedError`;
       connections still in use are closed when returned.
+    * A TLS failure (the engine refused our certificate, or we refused its) is named
+      once per episode (``engine_tls_error`` with OpenSSL's reason and what it means,
+      ``engine_tls_recovered`` at the next answer) and counted every time
+      (``log_capturer_docker_tls_errors_total{reason}``); the request fails as any
+      connection error does, and its caller retries.
 
     Counters (:meth:`stats`): open, in use, idle, waiting, new connections,
     checkouts and reuses per request kind (``api``, ``stream``), waits, wait time,
@@ -86,10 +97,15 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
 
     ConnectionCls = DockerSocketConnection
 
-    def __init__(self, socket_path: str, config: PoolConfig, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout, maxsize=1, block=False)
-        self.socket_path = socket_path
+    def __init__(self, endpoint: Endpoint, config: PoolConfig, timeout: float) -> None:
+        super().__init__(
+            endpoint.host, endpoint.port or None, timeout=timeout, maxsize=1, block=False
+        )
+        self.endpoint = endpoint
+        self.socket_path = endpoint.path
+        self.tls = TlsContext(endpoint.tls) if endpoint.tls is not None else None
         self.config = config
+        self._tls_failing: str | None = None  # the reason of the TLS failure episode
         lock = threading.Lock()
         self._cond = threading.Condition(lock)
         self._priority_cond = threading.Condition(lock)  # the same lock: one state
@@ -116,7 +132,7 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
         with self._cond:
             self._new_connections += 1
         self.num_connections += 1
-        return DockerSocketConnection(self.socket_path, self.timeout.connect_timeout)  # type: ignore[arg-type]
+        return DockerSocketConnection(self.endpoint, self.timeout.connect_timeout, self.tls)  # type: ignore[arg-type]
 
     def _get_conn(self, timeout: float | None = None) -> DockerSocketConnection:
         """Check out the most recently used idle connection, a new one under the cap, or wait.
@@ -175,7 +191,10 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
         self._close_all(stale)
         if conn is None:
             conn = self._new_conn()
-        conn.new_lease()
+        lease = conn.new_lease()
+        cut: StreamCut | None = getattr(self._local, "cut", None)
+        if cut is not None:
+            cut.attach(conn, lease)  # from now on it can interrupt this request
         return conn
 
     def _put_conn(self, conn: Any) -> None:
@@ -217,16 +236,21 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
             self._cond.notify(n)
 
     @contextmanager
-    def checkout(self, *, priority: bool = False, wait_timeout: float = 0) -> Iterator[None]:
+    def checkout(
+        self, *, priority: bool = False, wait_timeout: float = 0, cut: StreamCut | None = None
+    ) -> Iterator[None]:
         """Options for the checkouts this thread makes inside the block: served before
-        non-priority waiters; wait up to ``wait_timeout`` (0 = the pool's)."""
+        non-priority waiters; wait up to ``wait_timeout`` (0 = the pool's); ``cut`` gets
+        the connection, so it can interrupt the request before its response arrives."""
         self._local.priority = priority
         self._local.wait_timeout = wait_timeout
+        self._local.cut = cut
         try:
             yield
         finally:
             self._local.priority = False
             self._local.wait_timeout = 0
+            self._local.cut = None
 
     def _expired(self, conn: DockerSocketConnection, now: float, idle: bool) -> str | None:
         lifetime = self.config.max_lifetime
@@ -262,7 +286,45 @@ class DockerConnectionPool(urllib3.HTTPConnectionPool):
 
     def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         self._local.kind = request_kind(url)
-        return super().urlopen(method, url, *args, **kwargs)
+        try:
+            response = super().urlopen(method, url, *args, **kwargs)
+        except Exception as exc:
+            cut: StreamCut | None = getattr(self._local, "cut", None)
+            if self.tls is not None and not (cut is not None and cut.interrupted):
+                self._note_tls_failure(exc)  # (a request we cut fails as it may)
+            raise
+        if self._tls_failing is not None:
+            self._note_tls_recovered()
+        return response
+
+    def _note_tls_failure(self, exc: BaseException) -> None:
+        failure = tls_failure(exc)
+        if failure is None:
+            return
+        DOCKER_TLS_ERRORS.labels(failure.reason).inc()
+        with self._cond:
+            # Logged when failures start, and again only when their reason changes to
+            # another that names a cause (a bare EOF may stand for the same refusal).
+            current = self._tls_failing
+            new_episode = current is None or (
+                not failure.vague and failure.reason != current
+            )
+            if current is None or not failure.vague:
+                self._tls_failing = failure.reason
+        if new_episode:
+            _log.error(
+                "engine_tls_error",
+                engine=self.endpoint.address,
+                reason=failure.reason,
+                detail=failure.detail,
+                cause=failure.cause,
+            )
+
+    def _note_tls_recovered(self) -> None:
+        with self._cond:
+            reason, self._tls_failing = self._tls_failing, None
+        if reason is not None:
+            _log.info("engine_tls_recovered", engine=self.endpoint.address, after=reason)
 
     def maintain(self) -> None:
         """Close idle connections past their age limits; health-check the others with /_ping.

@@ -26,6 +26,16 @@ DOCKER_API_RETRIES = Counter(
     ["operation"],
 )
 
+DOCKER_TLS_ERRORS = Counter(
+    f"{PREFIX}_docker_tls_errors",
+    "Connections to the engine that failed in TLS, by OpenSSL's reason "
+    "(certificate_verify_failed: the engine's certificate is not signed by our CA; "
+    "sslv3_alert_bad_certificate, tlsv13_alert_certificate_required...: the engine refused "
+    "our client certificate; unexpected_eof: the engine hung up during the handshake, often "
+    "the same refusal; load_failed: our TLS files cannot be read).",
+    ["reason"],
+)
+
 # -- discovery ---------------------------------------------------------------------------
 CONTAINERS_MONITORED = Gauge(
     f"{PREFIX}_containers_monitored", "Containers with a running monitor thread."
@@ -50,6 +60,11 @@ STREAM_WINDOWS = Counter(
     f"{PREFIX}_stream_windows",
     "Log stream windows (one request each) by how they ended.",
     ["end"],
+)
+STREAM_HEADER_TIMEOUTS = Counter(
+    f"{PREFIX}_stream_header_timeouts",
+    "Log requests with no response headers by their deadline, ended as a quiet window "
+    "(end=deadline): Podman answers a log request only with its first line.",
 )
 LINES_CAPTURED = Counter(
     f"{PREFIX}_lines_captured", "New log lines captured and queued for delivery.", ["stream"]

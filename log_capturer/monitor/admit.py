@@ -16,6 +16,12 @@ Two things make the engine send a line again, and both are dropped here, per str
   same bytes at the same nanosecond cannot be told from a repeat: the second is taken
   for one (none in 100,000 lines written flat out here).
 
+Engines whose timestamps are whole seconds (Podman 4) stamp many lines alike, and a
+log repeating a line within a second is common: there a line at the newest timestamp is
+always new (``whole_seconds``), and only a step back is checked for repeats. (Podman's
+``k8s-file`` log does not rotate by default; a repeat of the newest second's lines
+at a rotation would be delivered twice.)
+
 A batch whose lines of a stream are in strictly increasing time and all new (a
 window's reads after its first: nearly every batch) is admitted with a handful of
 C-level passes; any other goes line by line through the same rules.
@@ -113,6 +119,7 @@ class StreamDedup:
         "_mark_text",
         "_replay",
         "_seen",
+        "_whole_seconds",
         "clock_backwards",
         "dropped",
         "mark",
@@ -120,8 +127,13 @@ class StreamDedup:
         "resent",
     )
 
-    def __init__(self, mark: Mark, recent: RecentLines | None = None) -> None:
+    def __init__(
+        self, mark: Mark, recent: RecentLines | None = None, whole_seconds: bool = False
+    ) -> None:
+        """``whole_seconds``: the engine stamps lines with their second only (see the
+        module docstring)."""
         self.mark = mark
+        self._whole_seconds = whole_seconds
         self._mark_text = format_rfc3339_ns(mark.ts_ns).encode()
         self.recent = recent if recent is not None else RecentLines()
         self._last = b""  # the newest timestamp of the window
@@ -184,6 +196,9 @@ class StreamDedup:
                 self._last = stamp
                 self._seen = seq = 1
                 self._replay = None
+            elif stamp == self._last and self._whole_seconds:
+                self._seen += 1  # one more line in the newest second
+                seq = self._seen
             else:
                 # At or behind the newest timestamp: a line sent again (a rotation), or new.
                 if self._replay is None:

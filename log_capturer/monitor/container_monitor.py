@@ -20,7 +20,7 @@ from ..docker.engine import DockerEngine
 from ..docker.errors import ContainerGoneError, PoolClosedError
 from ..docker.frames import ENGINE_CHUNK_BYTES
 from ..docker.lines import Lines
-from ..docker.stream import LogStream, StreamEnd
+from ..docker.stream import LogStream, StreamCut, StreamEnd
 from ..metrics.registry import (
     BYTES_CAPTURED,
     CLOCK_BACKWARDS,
@@ -127,7 +127,7 @@ class ContainerMonitor:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._current: LogStream | None = None
-        self._current_opened = 0.0
+        self._cut: StreamCut | None = None  # the current request's, from before it is sent
         self._current_proof = False
         self.finished_reason: MonitorEnd | None = None
         self.windows = 0
@@ -150,8 +150,8 @@ class ContainerMonitor:
     def stop(self) -> None:
         self._stop.set()
         with self._lock:
-            if self._current is not None:
-                self._current.interrupt()
+            if self._cut is not None:
+                self._cut.cut(stop=True)
 
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)
@@ -165,18 +165,21 @@ class ContainerMonitor:
         if it is a proof read the engine is still scanning for (a cut would waste the
         scan, and the next window would start it again)."""
         with self._lock:
-            if self._current is None:
+            # Held from when the request got its connection (its wait for one is not a
+            # turn), including a wait for the engine's answer.
+            held_since = self._cut.attached_at if self._cut is not None else None
+            if held_since is None:
                 return None
-            if self._current_proof and not self._current.first_data_ns:
+            if self._current_proof and not (self._current and self._current.first_data_ns):
                 return None
-            return time.monotonic() - self._current_opened
+            return time.monotonic() - held_since
 
     def yield_turn(self) -> bool:
         """End the current window early (its connection goes to a waiter); see turns.py."""
         with self._lock:
-            if self._current is None or self._stop.is_set():
+            if self._cut is None or self._cut.attached_at is None or self._stop.is_set():
                 return False
-            self._current.yield_turn()
+            self._cut.cut(stop=False)
             return True
 
     def update_info(self, info: ContainerInfo) -> None:
@@ -413,32 +416,43 @@ class ContainerMonitor:
             TAIL_READS.inc()
         request_ns = time.time_ns()
         started = time.monotonic()
-        response = self.engine.open_logs(
-            info.id,
-            stdout=tty or bool(tail) or "stdout" in plan.streams,
-            stderr=tty or bool(tail) or "stderr" in plan.streams,
-            follow=plan.follow,
-            since_ns=since_ns,
-            until_ns=until_ns,
-            tail=tail,
-            deadline=deadline,
-            # A container never read yet goes before monitors taking turns; the others
-            # wait as long as a turn of every monitor may take, not the API timeout.
-            priority=self._reads == 0,
-            wait_timeout=self.config.stream_window + self.engine.config.pool.wait_timeout,
-        )
+        cut = StreamCut()
+        with self._lock:
+            # Stops and turns reach the request from here on, also while the engine has
+            # not answered yet (Podman answers a quiet follow request only at its first line).
+            self._cut = cut
+            self._current_proof = proof
+        if self._stop.is_set():
+            cut.cut(stop=True)
+        try:
+            response = self.engine.open_logs(
+                info.id,
+                stdout=tty or bool(tail) or "stdout" in plan.streams,
+                stderr=tty or bool(tail) or "stderr" in plan.streams,
+                follow=plan.follow,
+                since_ns=since_ns,
+                until_ns=until_ns,
+                tail=tail,
+                deadline=deadline,
+                # A container never read yet goes before monitors taking turns; the others
+                # wait as long as a turn of every monitor may take, not the API timeout.
+                priority=self._reads == 0,
+                wait_timeout=self.config.stream_window + self.engine.config.pool.wait_timeout,
+                cut=cut,
+            )
+        except BaseException:
+            with self._lock:
+                self._cut = None
+            raise
         self._reads += 1
         stream = LogStream(
             response, tty=tty, deadline=deadline, max_line_bytes=self.config.max_line_bytes
         )
         with self._lock:
             self._current = stream
-            self._current_opened = time.monotonic()
-            self._current_proof = proof
         self._new_lines = 0
-        if self._stop.is_set():
-            stream.interrupt()
-        dedups = {s: StreamDedup(self.marks[s], self._recent[s]) for s in plan.streams}
+        coarse = self.engine.whole_second_timestamps
+        dedups = {s: StreamDedup(self.marks[s], self._recent[s], coarse) for s in plan.streams}
         check = TailCheck(tail) if tail else None
         held = Lines.empty()
         last_ts = b""
@@ -496,6 +510,7 @@ class ContainerMonitor:
         finally:
             with self._lock:
                 self._current = None
+                self._cut = None
                 self._current_proof = False
             stream.close()
             closed_ns = time.time_ns()

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from log_capturer.config.loader import load_config
+from log_capturer.docker.endpoint import resolve_endpoint
 from log_capturer_testkit import REPO, TEST_IMAGE, Daemon, Fleet, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -275,7 +276,7 @@ def test_deploy_daemon_config() -> None:
     assert config.positions.path.startswith("/var/lib/log_capturer/")
     assert config.sinks.file.enabled and config.sinks.file.path.startswith("/var/lib/log_capturer/")
     assert config.container_monitor.exclude_labels == {EXCLUDE_LABEL: "true"}
-    assert config.docker.socket_path == "/var/run/docker.sock"
+    assert resolve_endpoint(config.docker, environ={}).address == "unix:///var/run/docker.sock"
     assert "# loki:" in DAEMON_CONFIG.read_text()  # the commented example
 
 
