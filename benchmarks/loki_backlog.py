@@ -6,6 +6,7 @@ Usage:
   .venv/bin/python benchmarks/loki_backlog.py [--lines 1000000] [--rounds 4]
   .venv/bin/python benchmarks/loki_backlog.py --quick          # 20k lines, one round
   .venv/bin/python benchmarks/loki_backlog.py --shippers daemon,promtail   # a subset
+  .venv/bin/python benchmarks/loki_backlog.py --shippers daemon,base,promtail --base-code ../main
 
 The backlog container of benchmarks/capture_throughput.py (N numbered stdout lines, every
 10th also a stderr line; kept and reused with ``--reuse``) is shipped, in rotating
@@ -13,6 +14,8 @@ order each round, by
 
 * daemon:   ``python -m log_capturer run`` with only the Loki sink (protobuf + snappy,
             pushes of ``batch_bytes``; ``--batch-size`` records per dispatcher batch);
+* base:     the same, running the ``log_capturer`` of ``--base-code TREE`` (an older
+            checkout: two versions compared in the same run);
 * otlp:     the same daemon with only the OTLP sink, into Loki's ``/otlp/v1/logs``
             (protobuf + gzip, requests of ``batch_bytes``);
 * promtail: Promtail v3.4.6 (../shared/peers) with ``docker_sd_configs`` on
@@ -21,21 +24,28 @@ order each round, by
             ``container_name``;
 
 each into a fresh Loki v3.4.6 (../shared/peers, the shared single-binary config, its
-default limits unless ``--ingestion-mb``). Measured per run: wall time from the
-shipper's start until every line is queryable (``sum(count_over_time(...))`` polled
-every second), the shipper's CPU seconds and CPU µs per line, Loki's CPU seconds,
-pushes and bytes sent (the daemon's ``log_capturer_sink_request_*`` metrics; Promtail's
-``promtail_request_duration_seconds_count`` and ``promtail_encoded_bytes_total``).
-Printed: per round, and the ratios promtail/daemon (time: above 1 = the daemon is
-faster) and daemon/promtail (CPU: below 1 = the daemon spends less) with median and
-spread, the same for otlp against promtail and against daemon; the JSON summary is the
-last thing on stdout. Nothing is asserted.
+default limits unless ``--ingestion-mb``: 4 MB/s, bursts of 6 MB, beyond which Loki
+answers 429). Measured per run: wall time from the shipper's start until every line is
+queryable (``sum(count_over_time(...))`` polled every second), the shipper's CPU seconds
+and CPU µs per line, Loki's CPU seconds; pushes (each counted once however often it was
+retried), their body bytes (compressed, each push once: the daemon's
+``log_capturer_sink_push_bytes``, Promtail's ``promtail_encoded_bytes_total``) and the
+requests by HTTP status (429s included: the daemon's
+``log_capturer_sink_request_duration_seconds``, Promtail's
+``promtail_request_duration_seconds``); for the daemon also the bytes of every request
+(retries included), Loki's mean answer time and how long its reader waited for room in
+the queue (``queue_blocked_s``: above 0, shipping was the slower side). Printed: per
+round, and the ratios promtail/daemon (time: above 1 = the daemon is faster) and
+daemon/promtail (CPU: below 1 = the daemon spends less) with median and spread, the same
+for every other pair run; the JSON summary is the last thing on stdout. Nothing is
+asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -99,8 +109,8 @@ def start_loki(workdir: Path, ingestion_mb: float | None) -> RealLoki:
 
 
 def run_daemon(args: argparse.Namespace, loki: RealLoki, label_value: str, selector: str,
-               window_s: int, expected: int, workdir: Path, sink: str = "loki"
-               ) -> dict[str, Any]:
+               window_s: int, expected: int, workdir: Path, sink: str = "loki",
+               code: str | None = None) -> dict[str, Any]:
     where = {"spool_dir": str(workdir / "spool"), "dead_letter_path": str(workdir / "dead.jsonl")}
     if sink == "loki":
         sinks = {"loki": {"enabled": True, "url": loki.url, "host": "bench", **where}}
@@ -116,7 +126,7 @@ def run_daemon(args: argparse.Namespace, loki: RealLoki, label_value: str, selec
             "sinks": {"file": {"enabled": False}, **sinks},
             "logging": {"level": "warning"},
         },
-        env=common.code_env(args.code),
+        env=common.code_env(code or args.code),
         label=BENCH_LABEL,
     )
     loki_cpu0 = loki.cpu_seconds()
@@ -128,13 +138,26 @@ def run_daemon(args: argparse.Namespace, loki: RealLoki, label_value: str, selec
         metrics = daemon.metrics()
     finally:
         daemon.stop()
+    statuses = by_label(metrics, "log_capturer_sink_request_duration_seconds_count", "status")
     return {
         "seconds": None if done is None else round(done - started, 2),
         "cpu_s": round(cpu, 2),
         "loki_cpu_s": round(loki.cpu_seconds() - loki_cpu0, 2),
-        "pushes": int(sum(v for k, v in metrics.items() if k.startswith(
-            "log_capturer_sink_request_duration_seconds_count{"))),
-        "bytes_sent": int(metric_total(metrics, "log_capturer_sink_request_bytes_total")),
+        # a push retried is one push, several requests; each push's body counted once
+        # (code before log_capturer_sink_push_bytes: its requests that succeeded)
+        "pushes": int(metric_total(metrics, "log_capturer_sink_push_bytes_count")
+                      or sum(v for k, v in statuses.items() if k.startswith("2"))),
+        "requests_by_status": statuses,
+        "bytes_sent": int(metric_total(metrics, "log_capturer_sink_push_bytes_sum")
+                          or metric_total(metrics, "log_capturer_sink_request_bytes_total")),
+        "requests_bytes": int(metric_total(metrics, "log_capturer_sink_request_bytes_total")),
+        # Loki's answer time per request, and how long the reader waited for room in the
+        # queue (the shipping side was the slower one for that long)
+        "request_s_mean": round(
+            metric_total(metrics, "log_capturer_sink_request_duration_seconds_sum")
+            / max(1.0, sum(statuses.values())), 3),
+        "queue_blocked_s": round(
+            metric_total(metrics, "log_capturer_queue_blocked_seconds_total"), 2),
     }
 
 
@@ -180,12 +203,15 @@ def run_promtail(args: argparse.Namespace, loki: RealLoki, label_value: str, sel
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+    statuses = by_label(metrics, "promtail_request_duration_seconds_count", "status_code")
     return {
         "seconds": None if done is None else round(done - started, 2),
         "cpu_s": round(cpu, 2),
         "loki_cpu_s": round(loki.cpu_seconds() - loki_cpu0, 2),
-        "pushes": int(sum(v for k, v in metrics.items() if k.startswith(
-            "promtail_request_duration_seconds_count{"))),
+        # a push retried is one push, several requests; each push's body counted once
+        "pushes": int(sum(statuses.values())
+                      - metric_total(metrics, "promtail_batch_retries_total")),
+        "requests_by_status": statuses,
         "bytes_sent": int(metric_total(metrics, "promtail_encoded_bytes_total")),
     }
 
@@ -195,9 +221,30 @@ def run_otlp(args: argparse.Namespace, loki: RealLoki, label_value: str, selecto
     return run_daemon(args, loki, label_value, selector, window_s, expected, workdir, "otlp")
 
 
-RUNNERS = {"daemon": run_daemon, "otlp": run_otlp, "promtail": run_promtail}
-PAIRS = (("daemon", "promtail"), ("otlp", "promtail"), ("otlp", "daemon"))
+def run_base(args: argparse.Namespace, loki: RealLoki, label_value: str, selector: str,
+             window_s: int, expected: int, workdir: Path) -> dict[str, Any]:
+    if not args.base_code:
+        raise SystemExit("--shippers base needs --base-code TREE")
+    return run_daemon(args, loki, label_value, selector, window_s, expected, workdir, "loki",
+                      args.base_code)
+
+
+RUNNERS = {"daemon": run_daemon, "otlp": run_otlp, "promtail": run_promtail, "base": run_base}
+PAIRS = (("daemon", "promtail"), ("otlp", "promtail"), ("otlp", "daemon"), ("base", "promtail"),
+         ("daemon", "base"))
 """(a, b): ratios b/a of time (above 1 = a is faster), a/b of CPU, pushes and bytes."""
+
+
+def by_label(metrics: dict[str, float], name: str, label: str) -> dict[str, int]:
+    """The series of ``name`` summed by the value of ``label``."""
+    out: dict[str, int] = {}
+    pattern = re.compile(rf'{label}="([^"]*)"')
+    for key, value in metrics.items():
+        if key.startswith(name + "{"):
+            found = pattern.search(key)
+            status = found.group(1) if found else "?"
+            out[status] = out.get(status, 0) + int(value)
+    return dict(sorted(out.items()))
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -219,7 +266,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=10_000,
                         help="the daemon's pipeline.batch_size (records per sink write)")
     parser.add_argument("--ingestion-mb", type=float, default=None,
-                        help="Loki's ingestion_rate_mb (default: Loki's own default, 4)")
+                        help="Loki's ingestion_rate_mb, its burst twice that (default: Loki's "
+                        "own, 4 and 6)")
+    parser.add_argument("--base-code", default=None, metavar="TREE",
+                        help="shipper 'base': the Loki sink of the log_capturer in TREE (an "
+                        "older checkout), to compare two versions in the same run")
     args = parser.parse()
     shippers = [s.strip() for s in args.shippers.split(",") if s.strip()]
     unknown = set(shippers) - set(RUNNERS)
@@ -295,6 +346,7 @@ def run(args: argparse.Namespace, shippers: list[str], client: Any, run_id: str,
                 for shipper in shippers
             } if complete else {},
             "config": {"batch_size": args.batch_size, "ingestion_mb": args.ingestion_mb,
+                       "base_code": args.base_code,
                        "quick": args.quick, "shippers": shippers},
             "engine": common.engine_version(client),
             "code": common.code_version(args.code),

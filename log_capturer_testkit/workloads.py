@@ -95,6 +95,7 @@ def ensure_backlog(
         detach=True,
         name=f"bench-backlog-{lines}-{run_id}",
         labels={BENCH_LABEL: run_id, BACKLOG_LABEL: spec},
+        network_mode="none",  # needs none (and an engine may have no default bridge)
     )
     log(f"writing a {lines}-line backlog in {container.name} ...")
 

@@ -172,6 +172,14 @@ SINK_REQUEST_BYTES = Counter(
     "Bytes of the request bodies a network sink sent (as sent: compressed), retries included.",
     ["sink"],
 )
+SINK_PUSH_BYTES = Histogram(
+    f"{PREFIX}_sink_push_bytes",
+    "Body bytes of each request a network sink built (as sent: compressed), counted once "
+    "however often it was retried: _count is the pushes, _sum their bytes.",
+    ["sink"],
+    buckets=(4096, 16384, 65536, 131072, 262144, 524288, 786432, 1048576, 1572864, 2097152,
+             4194304),
+)
 SINK_UP = Gauge(f"{PREFIX}_sink_up", "1 while the sink's last send succeeded, else 0.", ["sink"])
 FILE_SINK_WRITE_ERRORS = Counter(
     f"{PREFIX}_file_sink_write_errors",

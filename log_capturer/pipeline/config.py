@@ -25,7 +25,8 @@ class PipelineConfig(Section):
         10_000,
         ge=1,
         description="Lines handed to the sinks at once (whole batches: at least one, however "
-        "large): one file write, about one 1 MiB Loki push.",
+        "large): one file write; the network sinks cut their pushes of batch_bytes across "
+        "these deliveries.",
     )
     batch_wait: Duration = Field(
         0.2, description="Longest wait for batch_size lines once a first batch is queued."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,6 +74,24 @@ class Reconfiguration:
         )
 
 
+@dataclass
+class _Held:
+    """A delivery pipelined sinks took but have not all accepted yet: ``tickets`` per sink
+    still to accept it (-1: it could not take it; it is written at the next settle)."""
+
+    batches: list[Batch]
+    lines: int
+    tickets: dict[str, int]
+    submitted: float = field(default_factory=time.monotonic)
+
+    def accepted_by(self, sink: str) -> None:
+        """``sink`` accepted it: counted as a write it accepted."""
+        del self.tickets[sink]
+        SINK_BATCHES.labels(sink, "accepted").inc()
+        SINK_RECORDS.labels(sink, "accepted").inc(self.lines)
+        SINK_SEND_SECONDS.labels(sink).observe(time.monotonic() - self.submitted)
+
+
 class Dispatcher:
     """Owns one thread that takes batches off the queue and hands them to every sink.
 
@@ -84,6 +103,12 @@ class Dispatcher:
     Positions are saved every ``flush_interval`` together with each sink's
     checkpoint, in this thread, so the saved positions and the sinks' state always
     describe the same moment.
+
+    A pipelined sink (the network sinks) takes a delivery without waiting for the server
+    (``Sink.submit``): the delivery is held, and acknowledged once every pipelined sink
+    reports it accepted, deliveries strictly in order. Held deliveries are settled (waited
+    for, and written again synchronously where the sink failed) before a reload swaps
+    sinks, at shutdown, and whenever a pipelined sink reports a failure.
     """
 
     def __init__(
@@ -120,6 +145,7 @@ class Dispatcher:
         self._interrupted: tuple[list[Batch], set[str]] | None = None
         self._wake = threading.Event()  # ends a retry's wait: shutdown, or a reload asked
         self._retrying = ""  # the sink a retry waits for
+        self._held: deque[_Held] = deque()  # in order: acknowledged from the left
 
     def start(self) -> None:
         self._thread.start()
@@ -149,12 +175,20 @@ class Dispatcher:
                 held = self.stages.next_deadline()
                 if held is not None:
                     wake = min(wake, held)
+                for sink in self.sinks:
+                    due = sink.next_deadline()
+                    if due is not None:
+                        wake = min(wake, due)
                 wait = 0.0 if self._stopping.is_set() else max(0.0, wake - time.monotonic())
                 batches = self.queue.get(self.config.batch_size, self.config.batch_wait, wait)
                 if batches:
                     self._deliver(self._through_stages(batches))
                 if self._staged:
                     self._deliver(RecordBatch.group(self.stages.poll(time.monotonic())))
+                now = time.monotonic()
+                for sink in self.sinks:
+                    sink.poll(now)
+                self._collect()
                 if time.monotonic() >= next_flush:
                     self.checkpoint()
                     next_flush = time.monotonic() + self.flush_interval
@@ -167,6 +201,8 @@ class Dispatcher:
             try:
                 if not self._abandon.is_set() and self._staged:
                     self._deliver(RecordBatch.group(self.stages.flush()))
+                if not self._abandon.is_set():
+                    self._settle()
                 self.checkpoint(force=True)
             except Exception:
                 _log.exception("final_checkpoint_failed")
@@ -213,11 +249,14 @@ class Dispatcher:
                 running = {sink.name for sink in self.sinks}
                 self._replacing = frozenset(running & set(change.build))
                 self._leaving = self._replacing | (running - set(change.sinks))
+                self._settle()
                 if self._interrupted is not None:
                     self._deliver(*self._interrupted)
                 self._drain(len(self.queue))
                 if self._staged and not self._abandon.is_set():
                     self._deliver(RecordBatch.group(self.stages.flush()))
+                if not self._abandon.is_set():
+                    self._settle()
                 if self._abandon.is_set():
                     return
                 self.checkpoint(force=True)
@@ -336,8 +375,19 @@ class Dispatcher:
                         self._abandoned(sink, total_lines(batches), "positions not saved")
                     return
         lines = total_lines(batches)
+        # Pipelined sinks take the delivery after the others accepted it (a reload that cuts
+        # a write short then finds it in none of them); a leaving sink writes it.
+        pipelined = [
+            sink for sink in self.sinks
+            if sink.pipelined and sink.name not in accepted and sink.name not in self._gave_up
+            and sink.name not in self._leaving
+        ]
+        if pipelined and not self._wait_room(pipelined):
+            if not self._abandon.is_set():  # a reload that removes or replaces one asked
+                self._interrupted = (batches, accepted)
+            return
         for sink in self.sinks:
-            if sink.name in accepted:
+            if sink.name in accepted or sink in pipelined:
                 continue
             if sink.name in self._gave_up:  # leaving, and did not accept an earlier delivery
                 if sink.name not in self._replacing:
@@ -354,6 +404,21 @@ class Dispatcher:
                 self._interrupted = (batches, accepted)
                 return
             self._gave_up.add(sink.name)
+        tickets: dict[str, int] = {}
+        for sink in pipelined:
+            try:
+                ticket = sink.submit(batches, 0.0)
+            except SinkError:  # it failed: the next settle writes this one again
+                ticket = None
+            tickets[sink.name] = -1 if ticket is None else ticket
+        if tickets or self._held:
+            self._held.append(_Held(batches, lines, tickets))
+            self._collect()
+            return
+        self._finish(batches, lines)
+
+    def _finish(self, batches: list[Batch], lines: int) -> None:
+        """Every sink accepted ``batches`` (or gave up on them at a reload): acknowledge."""
         if self._gave_up & self._replacing:
             # A sink being replaced gave up: the delivery waits for its replacement,
             # unacknowledged (a removed sink that gave up holds nothing back).
@@ -361,6 +426,101 @@ class Dispatcher:
             return
         self.ledger.acknowledge(batches)
         self.delivered += lines
+
+    def _wait_room(self, sinks: list[Sink]) -> bool:
+        """Wait until each pipelined sink can take a delivery; False if shutdown gave up
+        or a reload removes or replaces one of them."""
+        for sink in sinks:
+            self._retrying = sink.name
+            while not sink.wait_room(0.2):
+                self._collect()  # acknowledge what was accepted meanwhile
+                if self._abandon.is_set() or self._leaves_at_reload(sink.name):
+                    return False
+        return True
+
+    def _collect(self) -> None:
+        """Acknowledge the held deliveries every sink accepted, oldest first; a sink that
+        failed (or could not take one) has them settled at once."""
+        by_name = {sink.name: sink for sink in self.sinks}
+        while self._held:
+            held = self._held[0]
+            for name, ticket in list(held.tickets.items()):
+                sink = by_name.get(name)
+                if sink is None or ticket < 0 or sink.failed:
+                    self._settle()
+                    return
+                if sink.accepted() >= ticket:
+                    held.accepted_by(name)
+            if held.tickets:
+                return
+            self._held.popleft()
+            self._finish(held.batches, held.lines)
+
+    def _settle(self) -> bool:
+        """Wait for every held delivery, in order (a reload, shutdown, a failed sink): a
+        sink that dropped one writes it again, retried like any write. False when
+        shutdown, or a reload removing or replacing a sink, cut it short (what is still
+        held stays held)."""
+        for running in self.sinks:
+            if running.pipelined:
+                running.flush()
+        by_name = {running.name: running for running in self.sinks}
+        while self._held:
+            held = self._held[0]
+            for name in list(held.tickets):
+                sink = by_name.get(name)
+                if sink is None:  # not running any more: nothing to wait for
+                    del held.tickets[name]
+                    continue
+                if name in self._gave_up:
+                    if name not in self._replacing:
+                        SINK_RECORDS.labels(name, "abandoned").inc(held.lines)
+                    del held.tickets[name]
+                    continue
+                leaving = name in self._leaving
+                limit = self.config.drain_timeout if leaving else None
+                if self._await(sink, held, limit):
+                    if name in held.tickets:  # accepted as taken (else written again)
+                        held.accepted_by(name)
+                    continue
+                if self._abandon.is_set() or not leaving:
+                    return False
+                self._gave_up.add(name)
+                del held.tickets[name]
+            self._held.popleft()
+            self._finish(held.batches, held.lines)
+        return True
+
+    def _await(self, sink: Sink, held: _Held, limit: float | None) -> bool:
+        """Wait until ``sink`` accepted ``held`` (written again if it dropped it); False
+        at shutdown, after ``limit`` seconds, or when a reload removes or replaces it."""
+        ticket = held.tickets[sink.name]
+        started = time.monotonic()
+        while ticket >= 0:
+            try:
+                if sink.wait(ticket, 0.2):
+                    return True
+            except SinkError:
+                # The sink dropped every delivery it had not accepted: each is written
+                # again, this one first (never waited for after the sink's reset).
+                for other in self._held:
+                    if other.tickets.get(sink.name, -1) >= ticket:
+                        other.tickets[sink.name] = -1
+                break
+            if self._abandon.is_set():
+                self._abandoned(sink, held.lines, "not accepted at shutdown")
+                return False
+            waited = time.monotonic() - started
+            if limit is not None and waited >= limit:
+                self._left_behind(sink, held.lines, f"not accepted within {limit:g}s")
+                return False
+            if self._leaves_at_reload(sink.name):
+                return False
+        left = None if limit is None else max(0.0, limit - (time.monotonic() - started))
+        if not self._write_with_retry(sink, held.batches, held.lines, left):
+            return False
+        del held.tickets[sink.name]  # counted by the write
+        return True
 
     def _write_with_retry(
         self, sink: Sink, batches: list[Batch], lines: int, limit: float | None = None
@@ -458,6 +618,7 @@ class Dispatcher:
         False if that failed (a full disk): the previous positions file stays, and the
         positions stay dirty for the next try. One warning per episode.
         """
+        self._collect()
         if not (force or self.ledger.dirty):
             return True
         try:

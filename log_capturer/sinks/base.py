@@ -39,6 +39,48 @@ class Sink(ABC):
     @abstractmethod
     def write(self, batches: list[Batch]) -> None: ...
 
+    # -- pipelined sinks --------------------------------------------------------------
+    #
+    # A pipelined sink also takes deliveries without waiting for them to be accepted:
+    # the dispatcher submits a delivery, gets a ticket, and acknowledges the delivery
+    # (in order) once the sink reports its ticket accepted. ``write`` keeps its contract.
+
+    pipelined: bool = False
+
+    def submit(self, batches: list[Batch], timeout: float | None) -> int | None:
+        """Take a delivery to accept later: its ticket (tickets grow by one per delivery),
+        or None if there was no room within ``timeout``. Raises :class:`SinkError` when
+        the sink failed (each delivery not accepted must then be written again)."""
+        raise NotImplementedError
+
+    def wait_room(self, timeout: float | None) -> bool:
+        """True once :meth:`submit` can take a delivery at once."""
+        raise NotImplementedError
+
+    def accepted(self) -> int:
+        """The last ticket accepted; every earlier one is accepted too."""
+        raise NotImplementedError
+
+    def wait(self, ticket: int, timeout: float | None) -> bool:
+        """True once ``ticket`` is accepted, False after ``timeout``; raises
+        :class:`SinkError` when its delivery was dropped (write it again)."""
+        raise NotImplementedError
+
+    @property
+    def failed(self) -> bool:
+        """True after a failure dropped deliveries it had taken."""
+        return False
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Send what is held back waiting for more (a partial push) now."""
+
+    def next_deadline(self) -> float | None:
+        """When (monotonic) the sink wants :meth:`poll` called, or None."""
+        return None
+
+    def poll(self, now: float) -> None:  # noqa: B027 - optional hook
+        """Send what has waited long enough."""
+
     def wants_checkpoint(self) -> bool:
         """True to have positions saved before the next write (the file sink, before rotating)."""
         return False

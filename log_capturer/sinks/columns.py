@@ -15,7 +15,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, groupby, islice, repeat
-from operator import eq, le
+from operator import add, eq, le
 from typing import Any, Self, TypeVar
 
 from ..discovery.container import ContainerInfo
@@ -27,7 +27,10 @@ Meta = tuple[tuple[str, str], ...]
 NO_META: Meta = ()
 ENTRY_OVERHEAD = 24
 """Bytes of framing per entry in a request body (timestamp, lengths; JSON's quotes):
-counted with the line, so a request of tiny lines is not many times ``batch_bytes``."""
+counted towards :data:`MAX_BODY_BYTES`, so a request of tiny lines stays below it."""
+MAX_BODY_BYTES = 3 * 1024 * 1024
+"""A request's lines, pairs and framing stay under this: Loki refuses decoded pushes over
+4 MiB (a 500)."""
 
 
 # -- the batches' columns, per container stream ----------------------------------------------
@@ -133,6 +136,13 @@ class Streams:
         self.lines.extend(lines)
         self.meta.extend(meta)
 
+    def tail(self, start: int) -> Self:
+        """A new instance holding copies of the entries from ``start`` on, in this order."""
+        out = type(self)()
+        for stream, ts_ns, lines, meta in self.groups(range(start, len(self))):
+            out.add(self.labels[stream], ts_ns, lines, meta, self.texts[stream])
+        return out
+
     def without_metadata(self) -> Self:
         return type(self)(
             self.labels,
@@ -169,29 +179,57 @@ class Streams:
             )
 
 
-def split_ranges(streams: Streams, batch_bytes: int) -> list[range]:
-    """Consecutive entries, each range about ``batch_bytes`` of body: lines, per-entry
-    pairs (Loki's rate limit counts its structured metadata) and :data:`ENTRY_OVERHEAD`
-    per entry; an entry larger than that goes alone."""
+def split_ranges(streams: Streams, batch_bytes: int, max_bytes: int | None = None) -> list[range]:
+    """Consecutive entries in requests of about ``batch_bytes`` each: see
+    :func:`full_ranges`; the last range may be smaller."""
+    full, rest = full_ranges(streams, batch_bytes, max_bytes)
+    if rest < len(streams):
+        full.append(range(rest, len(streams)))
+    return full
+
+
+def full_ranges(
+    streams: Streams, batch_bytes: int, max_bytes: int | None = None
+) -> tuple[list[range], int]:
+    """Consecutive entries cut into requests as Promtail cuts its batches, and where the
+    rest (too small for one) starts.
+
+    A request holds ``batch_bytes`` of lines and per-entry pairs (what Promtail's
+    ``batchsize`` and Loki's ingestion rate limit count: no framing, before compression)
+    or less when the next entry would not fit; also at most ``max_bytes``
+    (:data:`MAX_BODY_BYTES`) with :data:`ENTRY_OVERHEAD` of framing per entry, so a request
+    of tiny lines stays under what the server decodes. An entry larger than that goes
+    alone."""
     n = len(streams)
     if not n:
-        return []
+        return [], 0
+    limit = MAX_BODY_BYTES if max_bytes is None else max_bytes
     if any(streams.meta):
         costs: Iterable[int] = (
-            len(line) + ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in meta)
+            len(line) + sum(len(k) + len(v) for k, v in meta)
             for line, meta in zip(streams.lines, streams.meta, strict=True)
         )
     else:
-        costs = map(ENTRY_OVERHEAD.__add__, map(len, streams.lines))
+        costs = map(len, streams.lines)
     totals = list(accumulate(costs))
+    framed: list[int] | None = None  # totals with framing, when it can matter
+    if totals[-1] + n * ENTRY_OVERHEAD > limit:
+        framed = list(map(add, totals, range(ENTRY_OVERHEAD, (n + 1) * ENTRY_OVERHEAD,
+                                             ENTRY_OVERHEAD)))
     out = []
-    start, done = 0, 0
+    start = 0
     while start < n:
-        stop = max(start + 1, bisect_right(totals, done + batch_bytes, lo=start))
+        done = totals[start - 1] if start else 0
+        stop = bisect_right(totals, done + batch_bytes, lo=start)
+        if framed is not None:
+            done_framed = framed[start - 1] if start else 0
+            stop = min(stop, bisect_right(framed, done_framed + limit, lo=start))
+        if stop >= n:  # everything left fits: not full (unless exactly)
+            break
+        stop = max(start + 1, stop)
         out.append(range(start, stop))
-        done = totals[stop - 1]
         start = stop
-    return out
+    return out, start
 
 
 def cut_lines(messages: list[str], limit: int) -> tuple[list[str], list[bool] | None]:

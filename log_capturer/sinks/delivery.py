@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
 import requests
 import structlog
@@ -42,6 +42,7 @@ from ..metrics.registry import (
     DEAD_LETTER_RECORDS,
     DELIVERY_LAG,
     SINK_BATCHES,
+    SINK_PUSH_BYTES,
     SINK_RECORDS,
     SINK_REQUEST_BYTES,
     SINK_REQUEST_SECONDS,
@@ -54,6 +55,9 @@ from .auth import make_auth
 from .base import Sink, SinkError
 from .network_config import NetworkSinkConfig
 from .spool import DiskSpool, SpoolEntry, SpoolError, SpoolFullError
+
+if TYPE_CHECKING:
+    from .pushes import PushBuilder, PushPipeline
 
 _log = structlog.get_logger(__name__)
 
@@ -464,6 +468,7 @@ class Delivery(Generic[P]):
                 error=short(str(exc)),
             )
 
+        SINK_PUSH_BYTES.labels(self.name).observe(len(payload.body()))
         retrying = Retrying(
             retry=retry_if_exception_type(_TransientFailure),
             stop=stop,
@@ -717,6 +722,11 @@ class Delivery(Generic[P]):
 
     # -- shutdown --------------------------------------------------------------------
 
+    def interrupt(self) -> None:
+        """End the waits of retries (they raise :class:`SinkError`); :meth:`close` next."""
+        self._stopping.set()
+        self._wake.set()
+
     def close(self) -> None:
         """Stop and join the replayer (at most ``close_timeout``); the spool stays on disk."""
         if self._closed:
@@ -750,20 +760,30 @@ class Delivery(Generic[P]):
 # -- a sink on it ----------------------------------------------------------------------
 
 
-class PayloadBuilder(Protocol[P]):
-    def build(self, batches: Sequence[Batch]) -> list[P]:
-        """The payloads that carry these batches' entries."""
-        ...
-
-
 class NetworkSink(Sink, Generic[P]):
-    """What the network sinks share: :meth:`write` encodes the batches into payloads and
-    hands them to a :class:`Delivery`, which returns only once each entry is stored by
-    the server, durably spooled, or dead-lettered. A subclass builds ``_encoder`` and
-    ``_delivery`` from its config."""
+    """What the network sinks share: a :class:`~log_capturer.sinks.pushes.PushPipeline`
+    that cuts the batches into full pushes, builds the next while one is in flight and
+    hands them, in order, to a :class:`Delivery`, which settles each (stored by the
+    server, durably spooled, or dead-lettered). The dispatcher submits deliveries to it
+    (``pipelined``); :meth:`write` waits for its own. A subclass builds ``_encoder`` and
+    ``_delivery`` from its config, then calls :meth:`_start_pipeline`."""
 
-    _encoder: PayloadBuilder[P]
+    pipelined = True
+    _encoder: PushBuilder[P]
     _delivery: Delivery[P]
+    _pushes: PushPipeline[P]
+
+    def _start_pipeline(self, config: NetworkSinkConfig, batch_bytes: int) -> None:
+        from .pushes import PushPipeline  # it builds on this module
+
+        self._pushes = PushPipeline(
+            self.name,
+            self._encoder,
+            self._delivery,
+            batch_bytes=batch_bytes,
+            batch_wait=config.batch_wait,
+            close_timeout=config.close_timeout,
+        )
 
     @property
     def up(self) -> bool:
@@ -775,8 +795,43 @@ class NetworkSink(Sink, Generic[P]):
         return self._delivery.spool
 
     def write(self, batches: list[Batch]) -> None:
-        self._delivery.deliver(self._encoder.build(batches))
+        """Returns once every entry of ``batches`` (and of every delivery taken before) is
+        stored, spooled or dead-lettered; raises :class:`SinkError` otherwise."""
+        pushes = self._pushes
+        if pushes.failed:
+            pushes.reset()
+        ticket = pushes.submit(batches, None)
+        assert ticket is not None
+        pushes.flush()
+        pushes.wait(ticket, None)
+
+    def submit(self, batches: list[Batch], timeout: float | None) -> int | None:
+        return self._pushes.submit(batches, timeout)
+
+    def wait_room(self, timeout: float | None) -> bool:
+        return self._pushes.wait_room(timeout)
+
+    def accepted(self) -> int:
+        return self._pushes.accepted()
+
+    def wait(self, ticket: int, timeout: float | None) -> bool:
+        return self._pushes.wait(ticket, timeout)
+
+    @property
+    def failed(self) -> bool:
+        return self._pushes.failed
+
+    def flush(self) -> None:
+        self._pushes.flush()
+
+    def next_deadline(self) -> float | None:
+        return self._pushes.next_deadline()
+
+    def poll(self, now: float) -> None:
+        self._pushes.poll(now)
 
     def close(self) -> None:
-        """Stop and join the replayer (at most ``close_timeout``); the spool stays on disk."""
+        """Stop the sender and the replayer (each at most ``close_timeout``); the spool
+        stays on disk."""
+        self._pushes.close()
         self._delivery.close()

@@ -73,7 +73,15 @@ class NetworkSinkConfig(Section):
         1024**3,
         description="Disk spool bound; a full spool makes the sink push back. 0 = no spool.",
     )
-    close_timeout: Duration = Field(5.0, description="At shutdown, longest wait for the replayer.")
+    batch_wait: Duration = Field(
+        0.2,
+        description="Longest wait for more lines to fill a request of batch_bytes (Promtail's "
+        "batchwait, 1s there): what is left of a delivery waits this long for the next "
+        "before it is sent as it is.",
+    )
+    close_timeout: Duration = Field(
+        5.0, description="At shutdown, longest wait for the request in flight and the replayer."
+    )
 
     @field_validator(
         "username",

@@ -455,3 +455,185 @@ def test_a_sink_that_cannot_start_leaves_the_old_one_running(tmp_path: Path) -> 
         dispatcher.stop(timeout=10)
     assert change.failed == ["loki"] and "spool directory not writable" in change.errors[0]
     assert [m for d in restored[0].accepted for m in d] == ["line 1"]
+
+
+# -- pipelined sinks (the network sinks: deliveries taken ahead, accepted later) -------------
+
+
+class PipelinedSink(Sink):
+    """Takes deliveries ahead (``submit``: a ticket each) and accepts them when the test
+    releases them; ``fail()`` drops what is not accepted, as a network sink's pipeline
+    does when its spool is full. ``write`` (the way back after a failure) accepts at
+    once."""
+
+    pipelined = True
+
+    def __init__(self, name: str, accept_on_flush: bool = False) -> None:
+        self.name = name
+        self.cond = threading.Condition()
+        self.taken: list[list[str]] = []  # per ticket, in order: what each delivery held
+        self.written: list[list[str]] = []  # deliveries written synchronously
+        self.through = 0
+        self.lost = 0
+        self.broken = False
+        self.flushes = 0
+        self.accept_on_flush = accept_on_flush
+
+    def submit(self, batches: list[Batch], timeout: float | None) -> int | None:
+        with self.cond:
+            if self.broken:
+                raise SinkError("spool full")
+            self.taken.append([text for batch in batches for text in batch.texts()])
+            self.cond.notify_all()
+            return len(self.taken)
+
+    def wait_room(self, timeout: float | None) -> bool:
+        return True
+
+    def accepted(self) -> int:
+        with self.cond:
+            return self.through
+
+    def wait(self, ticket: int, timeout: float | None) -> bool:
+        deadline = time.monotonic() + (timeout or 0.0)
+        with self.cond:
+            while ticket > self.through:
+                if ticket <= self.lost or self.broken:
+                    raise SinkError("dropped")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    @property
+    def failed(self) -> bool:
+        with self.cond:
+            return self.broken
+
+    def flush(self) -> None:
+        with self.cond:
+            self.flushes += 1
+            if self.accept_on_flush:
+                self.through = len(self.taken)
+                self.cond.notify_all()
+
+    def release(self, ticket: int) -> None:
+        with self.cond:
+            self.through = max(self.through, ticket)
+            self.cond.notify_all()
+
+    def fail(self) -> None:
+        with self.cond:
+            self.broken = True
+            self.lost = len(self.taken)
+            self.cond.notify_all()
+
+    def write(self, batches: list[Batch]) -> None:
+        with self.cond:
+            self.broken = False
+            self.written.append([text for batch in batches for text in batch.texts()])
+            self.taken.append(self.written[-1])
+            self.through = len(self.taken)
+            self.cond.notify_all()
+
+    def tickets(self) -> int:
+        with self.cond:
+            return len(self.taken)
+
+
+def deliver_one_by_one(queue: BatchQueue, sink: PipelinedSink, *numbers: int) -> None:
+    """Each line its own delivery: the next is queued once the sink took the previous."""
+    for n in numbers:
+        taken = sink.tickets()
+        put(queue, n)
+        wait_for(lambda taken=taken: sink.tickets() > taken, f"line {n} taken")
+
+
+def test_a_pipelined_sink_takes_deliveries_ahead_acknowledged_in_order_once_accepted(
+    tmp_path: Path,
+) -> None:
+    file, loki = ScriptedSink("file"), PipelinedSink("loki")
+    dispatcher, queue, ledger = make(tmp_path, [file, loki])
+    before = REGISTRY.get_sample_value(
+        "log_capturer_sink_records_total", {"sink": "loki", "status": "accepted"}) or 0.0
+    dispatcher.start()
+    try:
+        deliver_one_by_one(queue, loki, 1, 2, 3)  # taken while none is accepted
+        assert loki.taken == [["line 1"], ["line 2"], ["line 3"]]
+        assert ledger.delivered(WEB.id) == {}
+        loki.release(2)
+        wait_for(lambda: ledger.delivered(WEB.id) == upto(2), "the first two acknowledged")
+        dispatcher.checkpoint(force=True)  # from the test: the dispatcher only waits now
+        assert saved(tmp_path).marks == {WEB.id: upto(2)}
+        loki.release(3)
+        wait_for(lambda: ledger.delivered(WEB.id) == upto(3), "the third acknowledged")
+    finally:
+        dispatcher.stop(timeout=10)
+    assert file.accepted == [["line 1"], ["line 2"], ["line 3"]]
+    assert loki.written == []  # nothing was written twice
+    after = REGISTRY.get_sample_value(
+        "log_capturer_sink_records_total", {"sink": "loki", "status": "accepted"})
+    assert after == before + 3  # counted as accepted writes are
+
+
+def test_a_pipelined_sink_that_fails_gets_what_it_dropped_written_again_in_order(
+    tmp_path: Path,
+) -> None:
+    loki = PipelinedSink("loki")
+    dispatcher, queue, ledger = make(tmp_path, [loki])
+    dispatcher.start()
+    try:
+        deliver_one_by_one(queue, loki, 1, 2, 3)
+        loki.release(1)
+        wait_for(lambda: ledger.delivered(WEB.id) == upto(1), "the first acknowledged")
+        loki.fail()  # 2 and 3 dropped: the dispatcher writes them again, in order
+        wait_for(lambda: ledger.delivered(WEB.id) == upto(3), "all acknowledged")
+        deliver_one_by_one(queue, loki, 4)  # and takes the next ones ahead again
+    finally:
+        dispatcher.stop(timeout=10)
+    assert loki.written == [["line 2"], ["line 3"]]
+    assert loki.taken[-1] == ["line 4"] and loki.flushes >= 1  # the stop flushed it
+
+
+def test_stop_flushes_a_pipelined_sink_and_acknowledges_what_it_accepts(tmp_path: Path) -> None:
+    loki = PipelinedSink("loki", accept_on_flush=True)
+    dispatcher, queue, ledger = make(tmp_path, [loki])
+    dispatcher.start()
+    deliver_one_by_one(queue, loki, 1, 2)
+    assert ledger.delivered(WEB.id) == {}
+    dispatcher.stop(timeout=10)
+    assert saved(tmp_path).marks == {WEB.id: upto(2)}
+
+
+def test_shutdown_gives_up_on_a_pipelined_sink_that_never_accepts(tmp_path: Path) -> None:
+    file, loki = ScriptedSink("file"), PipelinedSink("loki")
+    dispatcher, queue, ledger = make(tmp_path, [file, loki])
+    dispatcher.start()
+    deliver_one_by_one(queue, loki, 1, 2)
+    before = abandoned("loki")
+    dispatcher.stop(timeout=0.2)
+    assert not dispatcher.alive
+    assert ledger.delivered(WEB.id) == {}  # the file sink has them, Loki does not
+    assert abandoned("loki") == before + 1  # the first held one, then the wait ends
+    assert WEB.id not in saved(tmp_path).marks
+
+
+def test_a_removed_pipelined_sink_that_never_accepts_no_longer_holds_positions_back(
+    tmp_path: Path,
+) -> None:
+    journal: list[str] = []
+    keep, loki = Journalled("keep", journal), PipelinedSink("loki")
+    dispatcher, queue, ledger = make(tmp_path, [keep, loki])
+    dispatcher.config = PipelineConfig(batch_wait=0.01, drain_timeout=0.3)
+    before = abandoned("loki")
+    dispatcher.start()
+    try:
+        deliver_one_by_one(queue, loki, 1, 2)
+        caller, change = reconfigure(dispatcher, ["keep"], {})
+        caller.join(30)
+        assert change.done.is_set()
+        wait_for(lambda: ledger.delivered(WEB.id) == upto(2), "both lines acknowledged")
+    finally:
+        dispatcher.stop(timeout=10)
+    assert abandoned("loki") == before + 2  # given up after drain_timeout, counted

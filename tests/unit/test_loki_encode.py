@@ -11,6 +11,7 @@ import pytest
 from log_capturer.discovery.container import COMPOSE_PROJECT, COMPOSE_SERVICE, ContainerInfo
 from log_capturer.pipeline.batch import RecordBatch
 from log_capturer.pipeline.record import LogRecord
+from log_capturer.sinks.columns import full_ranges
 from log_capturer.sinks.loki import LokiSinkConfig
 from log_capturer.sinks.loki.encode import (
     ENTRY_OVERHEAD,
@@ -81,25 +82,36 @@ def test_lone_surrogates_do_not_break_a_protobuf_push() -> None:
     assert decode_protobuf(push.body()).lines == ["bad ? half"]
 
 
-def test_pushes_are_about_batch_bytes_of_lines_and_framing() -> None:
+def test_pushes_are_batch_bytes_of_lines_as_promtail_counts_them() -> None:
+    # Promtail's batchsize (and Loki's rate limit) count line and metadata bytes only
     now = time.time_ns()
     batch = [rec("x" * 100, now + i) for i in range(1000)]
     pushes = encoder(batch_bytes=10_240).build_records(batch)
-    per_entry = 100 + ENTRY_OVERHEAD
-    assert [len(p) for p in pushes[:-1]] == [10_240 // per_entry] * (len(pushes) - 1)
+    assert [len(p) for p in pushes[:-1]] == [102] * (len(pushes) - 1)
     assert sum(len(p) for p in pushes) == 1000
     assert all(len(p.body()) < 10_240 for p in pushes)  # snappy: smaller still
     [alone] = split_pushes(encoder().streams([rec("y" * 5000, now)]), 1024, "protobuf")
     assert len(alone) == 1
 
 
-def test_a_million_lines_of_100_bytes_are_about_a_hundred_pushes_of_1mib() -> None:
+def test_pushes_of_tiny_lines_stay_under_the_body_bound_with_framing() -> None:
+    streams = Streams()
+    n = 100_000
+    streams.add({"a": "1"}, list(range(n)), ["x"] * n, [()] * n)
+    full, rest = full_ranges(streams, 1024 * 1024, max_bytes=100 * (1 + ENTRY_OVERHEAD))
+    assert [len(r) for r in full] == [100] * (n // 100 - 1) and rest == n - 100
+    assert len(split_pushes(streams, 1024 * 1024, "protobuf")) == 1  # 2.5 MB framed: fits
+
+
+def test_a_million_lines_of_100_bytes_are_a_hundred_pushes_of_1mib() -> None:
     # only the sizing, on columns: the body of each is built when it is sent
     streams = Streams()
     n = 1_000_000
     streams.add({"a": "1"}, list(range(n)), ["x" * 100] * n, [()] * n)
     pushes = split_pushes(streams, 1024 * 1024, "protobuf")
-    assert 110 <= len(pushes) <= 125
+    assert len(pushes) == 96  # 100 MB of lines: 95 of 10,485 lines, and the rest
+    full, rest = full_ranges(streams, 1024 * 1024)
+    assert len(full) == 95 and rest == 95 * 10_485
 
 
 def test_subsets_and_merges_keep_stream_and_time_order() -> None:

@@ -143,11 +143,11 @@ class LokiSinkConfig(NetworkSinkConfig):
     batch_bytes: ByteSize = Field(
         1024 * 1024,
         validation_alias=AliasChoices("batch_bytes", "max_request_bytes"),
-        description="Push size: about this many bytes of lines, structured metadata and "
-        "24 bytes of framing per entry, as Promtail's batchsize (1MiB). A bigger batch from "
-        "the dispatcher becomes several pushes; pushes are no bigger than what the "
-        "dispatcher hands over at once (pipeline.batch_size). At most 3MiB (Loki refuses "
-        "decoded pushes over 4MiB). Formerly max_request_bytes.",
+        description="Push size: this many bytes of lines and structured metadata before "
+        "compression, counted as Promtail's batchsize (1MiB) and Loki's ingestion rate limit "
+        "count them; what one delivery leaves over goes into the next push (batch_wait). "
+        "At most 3MiB, and a push of tiny lines is cut before 3MiB with its framing (Loki "
+        "refuses decoded pushes over 4MiB). Formerly max_request_bytes.",
     )
     spool_dir: str = spool_dir_field("./data/spool/loki")
     dead_letter_path: str = dead_letter_field("./data/loki-dead-letter.jsonl")

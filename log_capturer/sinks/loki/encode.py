@@ -312,22 +312,32 @@ class Encoder:
     def build(self, batches: Sequence[Batch]) -> list[Push]:
         """The pushes of one delivery: every batch's lines, a Loki stream per container
         stream, in pushes of about ``batch_bytes``."""
-        if self.config.line_format == "json":
-            streams = self.streams([r for batch in batches for r in batch.records()])
-        else:
-            streams = self.columns(batches)
-        return split_pushes(streams, self.config.batch_bytes, self.config.encoding)
+        return split_pushes(self.entries(batches), self.config.batch_bytes, self.config.encoding)
 
-    def columns(self, batches: Sequence[Batch]) -> Streams:
+    def entries(self, batches: Sequence[Batch], out: columns.Streams | None = None) -> Streams:
+        """Every batch's lines, a Loki stream per container stream, appended to ``out`` (a
+        new :class:`Streams` when None: only this encoder's are passed back)."""
+        if out is not None and not isinstance(out, Streams):
+            raise TypeError(f"not the Loki sink's entries: {type(out).__name__}")
+        if self.config.line_format == "json":
+            return self.streams([r for batch in batches for r in batch.records()], out)
+        return self.columns(batches, out)
+
+    def payload(self, streams: columns.Streams, positions: Sequence[int]) -> Push:
+        """The push of the entries at ``positions`` of ``streams`` (this encoder's)."""
+        assert isinstance(streams, Streams)
+        return Push(streams, positions, self.config.encoding)
+
+    def columns(self, batches: Sequence[Batch], out: Streams | None = None) -> Streams:
         """Batches (line format ``message``) as :class:`Streams`, without an object per line:
         each container stream's timestamps, texts and cut flags gathered in columns."""
-        out = Streams()
+        out = Streams() if out is None else out
         for part in gather(batches):
             self.add_columns(out, part.container, part.stream, part.ts_ns, part.texts,
                              part.truncated)
         return out
 
-    def streams(self, records: list[LogRecord]) -> Streams:
+    def streams(self, records: list[LogRecord], out: Streams | None = None) -> Streams:
         by_stream: dict[tuple[str, str], list[LogRecord]] = {}
         for record in records:
             key = (record.container.id, record.stream)
@@ -336,7 +346,7 @@ class Encoder:
                 by_stream[key] = [record]
             else:
                 group.append(record)
-        out = Streams()
+        out = Streams() if out is None else out
         for group in by_stream.values():
             if any(r.ts_ns > s.ts_ns for r, s in pairwise(group)):
                 group.sort(key=lambda r: (r.ts_ns, r.seq))

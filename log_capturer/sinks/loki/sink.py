@@ -67,13 +67,15 @@ class LokiSink(NetworkSink[Push]):
 
     def __init__(self, config: LokiSinkConfig) -> None:
         self.config = config
-        self._encoder = Encoder(config)
+        encoder = Encoder(config)
+        self._encoder = encoder
         self._delivery = Delivery(
-            LokiEndpoint(config, self._encoder),
+            LokiEndpoint(config, encoder),
             config,
             spool_dir=config.spool_dir,
             dead_letter_path=config.dead_letter_path,
         )
+        self._start_pipeline(config, config.batch_bytes)
 
     def __repr__(self) -> str:
         return f"LokiSink(url={self.config.url!r}, tenant_id={self.config.tenant_id!r})"

@@ -118,8 +118,9 @@ class OtlpSinkConfig(NetworkSinkConfig):
     )
     batch_bytes: ByteSize = Field(
         1024 * 1024,
-        description="Request size: about this many bytes of lines, attributes and 24 bytes "
-        "of framing per record, before compression. At most 3MiB (Loki refuses decoded "
+        description="Request size: this many bytes of lines and per-record attributes "
+        "before compression (as the Loki sink's batch_bytes); what one delivery leaves over "
+        "goes into the next request (batch_wait). At most 3MiB (Loki refuses decoded "
         "pushes over 4MiB).",
     )
     spool_dir: str = spool_dir_field("./data/spool/otlp")

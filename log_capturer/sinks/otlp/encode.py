@@ -330,10 +330,18 @@ class Encoder:
             for part in split_ranges(streams, config.batch_bytes)
         ]
 
-    def columns(self, batches: Sequence[Batch]) -> Streams:
+    def entries(self, batches: Sequence[Batch], out: Streams | None = None) -> Streams:
+        """The batches' lines appended to ``out`` (a new :class:`Streams` when None)."""
+        return self.columns(batches, out)
+
+    def payload(self, streams: Streams, positions: Sequence[int]) -> Export:
+        """The request of the entries at ``positions`` of ``streams``."""
+        return Export(streams, positions, self.config.encoding, self.config.compression)
+
+    def columns(self, batches: Sequence[Batch], out: Streams | None = None) -> Streams:
         """The batches' lines as :class:`Streams`: a container's streams next to each other,
         each in timestamp order."""
-        out = Streams()
+        out = Streams() if out is None else out
         for part in gather(batches):
             resolved = self.resolve(part.container, part.stream)
             if resolved is None:

@@ -52,6 +52,7 @@ class OtlpSink(NetworkSink[Export]):
             spool_dir=config.spool_dir,
             dead_letter_path=config.dead_letter_path,
         )
+        self._start_pipeline(config, config.batch_bytes)
 
     def __repr__(self) -> str:
         return f"OtlpSink(endpoint={self.config.endpoint!r}, tenant_id={self.config.tenant_id!r})"
