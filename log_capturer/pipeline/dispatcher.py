@@ -146,6 +146,11 @@ class Dispatcher:
         self._wake = threading.Event()  # ends a retry's wait: shutdown, or a reload asked
         self._retrying = ""  # the sink a retry waits for
         self._held: deque[_Held] = deque()  # in order: acknowledged from the left
+        # The other sinks' states (Sink.state) from before they took the oldest held
+        # delivery: saved with the positions instead of their current ones while anything
+        # is held, so a restart's recovery (FileSink.recover reads what the file holds past
+        # the saved offset) does not take their unacknowledged records for delivered ones.
+        self._held_from: dict[str, object] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -365,7 +370,12 @@ class Dispatcher:
         accepted = set() if accepted is None else accepted
         if any(sink.wants_checkpoint() for sink in self.sinks):
             # A sink rotates only right after a saved checkpoint (see FileSink.recover):
-            # wait for one (a full disk) rather than write without it.
+            # wait for one (a full disk) rather than write without it. Nothing may be
+            # held then: the state saved must be the sink's current one.
+            if self._held and not self._settle():
+                if not self._abandon.is_set():  # a reload that removes or replaces one
+                    self._interrupted = (batches, accepted)
+                return
             failures = 0
             while not self.checkpoint(force=True):
                 failures += 1
@@ -386,6 +396,8 @@ class Dispatcher:
             if not self._abandon.is_set():  # a reload that removes or replaces one asked
                 self._interrupted = (batches, accepted)
             return
+        if pipelined and not self._held:  # every delivery so far is acknowledged
+            self._held_from = {s.name: s.state() for s in self.sinks if s not in pipelined}
         for sink in self.sinks:
             if sink.name in accepted or sink in pipelined:
                 continue
@@ -626,6 +638,8 @@ class Dispatcher:
         except OSError as exc:  # not durable: positions must not move past it
             POSITION_SAVES.labels("error").inc()
             return self._checkpoint_failed(exc)
+        if self._held:  # the positions do not include the held deliveries yet
+            states.update((k, v) for k, v in self._held_from.items() if k in states)
         try:  # counts its own failures
             self.ledger.save({k: v for k, v in states.items() if v is not None}, force=force)
         except OSError as exc:

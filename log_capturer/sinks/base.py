@@ -89,6 +89,12 @@ class Sink(ABC):
         """Make accepted records durable; return state to save with the positions."""
         return None
 
+    def state(self) -> Any:
+        """What :meth:`checkpoint` would return now, without making anything durable: the
+        dispatcher saves it instead while deliveries written here wait for a pipelined
+        sink (the state must not run ahead of the positions saved with it)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files, sockets and threads."""
 

@@ -266,9 +266,12 @@ class FileSink(Sink):
 
     def checkpoint(self) -> Any:
         self._reap_compressions()
+        if self._fh is not None and self.config.fsync != "never":
+            os.fsync(self._fh.fileno())
+        return self.state()
+
+    def state(self) -> Any:
         if self._fh is not None:
-            if self.config.fsync != "never":
-                os.fsync(self._fh.fileno())
             stat = os.fstat(self._fh.fileno())
             return {"path": str(self.path), "inode": stat.st_ino, "offset": self._size}
         try:

@@ -6,6 +6,7 @@ test_stages.py; positions on a really full disk: test_full_disk.py.)"""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
 import time
@@ -637,3 +638,40 @@ def test_a_removed_pipelined_sink_that_never_accepts_no_longer_holds_positions_b
     finally:
         dispatcher.stop(timeout=10)
     assert abandoned("loki") == before + 2  # given up after drain_timeout, counted
+
+
+def test_a_file_sink_beside_a_held_delivery_recovers_it_after_a_crash_not_twice(
+    tmp_path: Path,
+) -> None:
+    """A positions save while Loki has not accepted deliveries the file already holds:
+    the file's saved state must not run ahead of the saved positions, or the restart
+    re-reads the delivery from the engine and the file gets it twice (seen in
+    test_loki_delivery's SIGKILL test: 150 duplicates)."""
+    from log_capturer.sinks.file import FileSink, FileSinkConfig
+
+    def file_sink() -> FileSink:
+        return FileSink(FileSinkConfig(path=str(tmp_path / "logs.jsonl")))
+
+    file, loki = file_sink(), PipelinedSink("loki")
+    dispatcher, queue, ledger = make(tmp_path, [file, loki])
+    file.recover({}, None)
+    dispatcher.start()
+    try:
+        deliver_one_by_one(queue, loki, 1, 2)
+        loki.release(1)
+        wait_for(lambda: ledger.delivered(WEB.id) == upto(1), "the first acknowledged")
+        deliver_one_by_one(queue, loki, 3)
+        dispatcher.checkpoint(force=True)  # 2 and 3 in the file, held for Loki
+        crashed = saved(tmp_path)
+    finally:
+        dispatcher._abandon.set()  # the crash: nothing more is settled or saved
+        dispatcher.stop(timeout=5)
+    assert crashed.marks == {WEB.id: upto(1)}
+    restarted = file_sink()
+    held = restarted.recover(crashed.marks, crashed.sinks["file"])
+    assert held[WEB.id] == upto(3)  # the file knows it holds 2 and 3 ...
+    restarted.write([line_batch(WEB, [line(n) for n in (2, 3, 4)])])  # ... read again
+    restarted.close()
+    rows = (tmp_path / "logs.jsonl").read_text().splitlines()
+    texts = [json.loads(row)["message"] for row in rows]
+    assert texts == ["line 1", "line 2", "line 3", "line 4"]
