@@ -11,6 +11,7 @@ from typing import Any
 import requests
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from ..buffers import BufferBudget
 from .bulk import BulkLineDecoder
 from .chunked import ChunkedBodyError, ChunkedDecoder
 from .connection import DockerSocketConnection
@@ -41,6 +42,18 @@ COALESCE_DELAY = 0.002
 # A read may block this much past the deadline rather than set the socket's timeout
 # (two fcntl calls) before every read of a busy stream.
 TIMEOUT_SLACK = 0.01
+
+
+_buffers = threading.local()
+
+
+def _read_buffer(size: int) -> memoryview:
+    """This thread's read buffer of ``size`` bytes (a new one when the size changed: a
+    stream's read size moves by doubling or halving, so rarely)."""
+    buffer: memoryview | None = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) != size:
+        buffer = _buffers.buffer = memoryview(bytearray(size))
+    return buffer
 
 
 class StreamEnd(StrEnum):
@@ -82,6 +95,7 @@ class ManagedResponse:
         self._http: Any = http_response if getattr(http_response, "chunked", False) else None
         self._chunks = ChunkedDecoder() if self._http is not None else None
         self._read_size = READ_SIZE_MIN  # the next read's size (see READ_SIZE_MIN)
+        self._buffered_empty = False  # the reader holds no bytes: read into our buffer
         self._body_done = False
         self._close_lock = threading.Lock()
         self._closed = False
@@ -154,9 +168,23 @@ class ManagedResponse:
         return data
 
     def _read1(self, fp: Any) -> bytes:
-        """What ``fp`` has, up to the stream's read size, which follows the reads."""
+        """What ``fp`` has, up to the stream's read size, which follows the reads.
+
+        Read into this thread's buffer and copied out at the size that arrived: a
+        ``read1(size)`` allocates ``size`` and shrinks it to what came, which splits a
+        free chunk of the C heap at every read, and with one thread per container
+        the heaps fragment and grow for hours (benchmarks/README.md, "Memory"). The
+        reader may still hold body bytes that came with the headers: ``read1`` takes
+        them first (``readinto1`` would block for more after copying them), until a
+        read returns less than asked, which leaves it holding nothing."""
         size = self._read_size
-        data: bytes = fp.read1(size)
+        if self._buffered_empty:
+            buffer = _read_buffer(size)
+            n = fp.readinto1(buffer)
+            data = bytes(buffer[:n])
+        else:
+            data = fp.read1(size)
+            self._buffered_empty = len(data) < size and hasattr(fp, "readinto1")
         if len(data) >= size:
             self._read_size = min(2 * size, READ_SIZE)
         elif 4 * len(data) < size and size > READ_SIZE_MIN:
@@ -238,6 +266,7 @@ class LogStream:
         deadline: float | None,
         max_line_bytes: int,
         parse_stats: ChunkParseStats | None = None,
+        buffers: BufferBudget | None = None,
     ) -> None:
         self.response = response
         self.deadline = deadline
@@ -245,7 +274,7 @@ class LogStream:
         self._decoder: FrameDecoder | RawDecoder = (
             RawDecoder(self.parse_stats) if tty else FrameDecoder(self.parse_stats)
         )
-        self.assembler = LineAssembler(max_line_bytes)
+        self.assembler = LineAssembler(max_line_bytes, buffers)
         # A chunked multiplexed body (the usual case) is decoded in bulk from the wire.
         self._bulk = (
             BulkLineDecoder(self._decoder, self.assembler)
@@ -325,4 +354,5 @@ class LogStream:
         self.response.yield_turn()
 
     def close(self) -> None:
+        self.assembler.discard()  # a read given up early: its partial lines are not held
         self.response.close()
