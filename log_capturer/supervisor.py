@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from .buffers import BufferBudget
 from .config.loader import Config
 from .discovery.container import ContainerInfo
 from .discovery.events import EventWatcher
@@ -50,13 +51,14 @@ class Supervisor:
         self.sinks = build_sinks(config.sinks)
         pc = config.pipeline
         self.queue = BatchQueue(pc.queue_records, pc.queue_bytes, pc.when_full == "drop_newest")
+        self.buffers = BufferBudget(mc.buffer_budget)
         self.dispatcher = Dispatcher(
             self.queue,
             self.sinks,
             self.ledger,
             pc,
             config.positions.flush_interval,
-            stages=build_stages(pc.stages),
+            stages=build_stages(pc.stages, self.buffers),
         )
         self.filter = ContainerFilter(mc, mc.self_container_id or detect_own_container_id())
         self.selector = ContainerSelector(self.engine, self.filter)
@@ -69,7 +71,7 @@ class Supervisor:
             event_filters=self.selector.event_filters(),
         )
         self.server = StatusServer(config.server.listen, self.health, self.ready)
-        self._collectors = register_runtime_collectors(self.engine.pool)
+        self._collectors = register_runtime_collectors(self.engine.pool, buffers=self.buffers)
         self._lock = threading.RLock()
         self._monitors: dict[str, ContainerMonitor] = {}
         self._listed_once = False
@@ -261,6 +263,7 @@ class Supervisor:
                 position,
                 self._monitor_exited,
                 self.ledger,
+                buffers=self.buffers,
             )
             self._monitors[container_id] = monitor
             monitor.start()

@@ -27,6 +27,7 @@ from collections import Counter
 from itertools import compress, islice, repeat
 from operator import countOf, eq, lt
 
+from ..buffers import LINE_OVERHEAD, BufferBudget, Kind
 from ..discovery.container import ContainerInfo
 from ..docker.lines import Lines
 from ..pipeline.batch import LineBatch, derive_seqs
@@ -54,14 +55,20 @@ class RecentLines:
     of short lines hold some 470 bytes per line of a 256 KiB budget, 24 MB).
     """
 
-    __slots__ = ("_messages", "_size", "_ts", "budget", "max_lines")
+    __slots__ = ("_buffers", "_messages", "_size", "_ts", "budget", "max_lines")
 
-    def __init__(self, budget: int = RECENT_BYTES, max_lines: int = RECENT_LINES) -> None:
+    def __init__(
+        self,
+        budget: int = RECENT_BYTES,
+        max_lines: int = RECENT_LINES,
+        buffers: BufferBudget | None = None,
+    ) -> None:
         self.budget = budget
         self.max_lines = max_lines
         self._ts: list[bytes] = []
         self._messages: list[bytes] = []
         self._size = 0
+        self._buffers = buffers  # counts what is kept (kind "recent"), if given
 
     def __len__(self) -> int:
         return len(self._ts)
@@ -71,10 +78,17 @@ class RecentLines:
         """Message bytes kept."""
         return self._size
 
+    @property
+    def cost(self) -> int:
+        """Bytes kept, per-line objects included (see buffers.LINE_OVERHEAD)."""
+        return self._size + LINE_OVERHEAD * len(self._ts)
+
     def add(self, ts: list[bytes], messages: list[bytes], size: int) -> None:
         self._ts += ts
         self._messages += messages
         self._size += size
+        if self._buffers is not None:
+            self._buffers.add(Kind.RECENT, size + LINE_OVERHEAD * len(ts))
         if (
             len(self._ts) > self.max_lines + self.max_lines // 4
             or self._size > self.budget + self.budget // 4
@@ -92,7 +106,17 @@ class RecentLines:
             drop += 1
         del self._ts[:drop]
         del messages[:drop]
+        if self._buffers is not None:
+            self._buffers.add(Kind.RECENT, size - self._size - LINE_OVERHEAD * drop)
         self._size = size
+
+    def release(self) -> None:
+        """Forget every line (the stream's monitor ended)."""
+        if self._buffers is not None:
+            self._buffers.add(Kind.RECENT, -self.cost)
+        self._ts = []
+        self._messages = []
+        self._size = 0
 
     def counts(self) -> Counter[tuple[bytes, bytes]]:
         """How many times each ``(ts, message)`` was admitted lately."""

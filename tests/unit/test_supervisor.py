@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from log_capturer import supervisor as supervisor_module
+from log_capturer.buffers import BufferBudget
 from log_capturer.config.loader import Config
 from log_capturer.discovery.container import ContainerInfo
 from log_capturer.docker.config import DockerConfig
@@ -92,6 +93,7 @@ class FakeMonitor:
         position: ContainerPosition,
         on_exit: Callable[[FakeMonitor], None],
         ledger: Ledger,
+        buffers: BufferBudget | None = None,
     ) -> None:
         self.info = info
         self.queue = queue
