@@ -11,7 +11,7 @@ from log_capturer.discovery.container import ContainerInfo
 from log_capturer.docker.frames import Chunk
 from log_capturer.docker.lines import LineAssembler, Lines
 from log_capturer.metrics.collectors import BufferCollector
-from log_capturer.monitor.admit import RecentLines
+from log_capturer.monitor.admit import RECENT_LINE_COST, RecentLines
 from log_capturer.pipeline.record import LogRecord
 from log_capturer.pipeline.stages.config import MultilineConfig
 from log_capturer.pipeline.stages.multiline import Multiline
@@ -70,7 +70,7 @@ def test_recent_lines_count_what_they_keep_and_give_it_back() -> None:
         messages = [b"m" * (n % 50), b"x", b"y" * 7]
         recent.add([ts(n), ts(n + 1), ts(n + 2)], messages, sum(map(len, messages)))
         assert budget.held()[Kind.RECENT] == recent.cost > 0
-    assert recent.cost == recent.size + LINE_OVERHEAD * len(recent)
+    assert recent.cost == recent.size + RECENT_LINE_COST * len(recent)
     recent.release()
     assert budget.held()[Kind.RECENT] == 0 and len(recent) == 0
 
