@@ -128,9 +128,9 @@ class RecentLines:
         while self._size - cut > self.budget and drop < last:
             cut += lengths[drop]
             drop += 1
-        del self._stamps[: TS_BYTES * drop]
-        del self._messages[:cut]
-        del lengths[:drop]
+        _drop_front(self._stamps, TS_BYTES * drop)
+        _drop_front(self._messages, cut)
+        del lengths[:drop]  # an array moves its items in place
         self._size -= cut
         if self._buffers is not None:
             self._buffers.add(Kind.RECENT, -cut - RECENT_LINE_COST * drop)
@@ -156,6 +156,16 @@ class RecentLines:
             start = end
             at += TS_BYTES
         return Counter(keys)
+
+
+def _drop_front(buffer: bytearray, count: int) -> None:
+    """Remove ``count`` bytes from the front of ``buffer`` in place. (``del buffer[:count]``
+    only moves its start, and its next growth then copies it to a new allocation: a
+    malloc and a free of the whole buffer at every trim, which fragments the C heap.)"""
+    keep = len(buffer) - count
+    with memoryview(buffer) as view:
+        view[:keep] = view[count:]
+    del buffer[keep:]
 
 
 class StreamDedup:
