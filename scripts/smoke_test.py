@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ class Summary:
     rss_growth_mb_second_half: float = 0.0
     rss_growth_max_mb: float = RSS_GROWTH_MAX_MB
     daemon_exit_code: int | None = None
+    churned_removed: int = 0
     api_reuse_ratio: float = 0.0
     restarts: int = 0
     crashed: bool = False
@@ -146,6 +148,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="",
         help="where the summary and chart go (default smoke-output/<time>)",
     )
+    p.add_argument(
+        "--keep-churned",
+        action="store_true",
+        help="keep every churned container until the end (default: remove each once it "
+        "exited and its lines were delivered, as docker run --rm would, so the daemon "
+        "must forget it; kept, the daemon remembers each one's position)",
+    )
     p.add_argument("--image", default=TEST_IMAGE, help="image of the load (default %(default)s)")
     p.add_argument(
         "--daemon-env",
@@ -172,16 +181,48 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+class Delivered:
+    """Records per container name in the file sink output, read as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.counts: Counter[str] = Counter()
+        self._offset = 0
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1  # a line being written is read next time
+        for line in data[:end].splitlines():
+            self.counts[json.loads(line)["container_name"]] += 1
+        self._offset += end
+
+
 class Load:
     """Owns the load and churn containers (a :class:`Fleet` labelled for the soak);
-    removes all of them at the end, even on interrupt."""
+    removes all of them at the end, even on interrupt.
+
+    Given ``delivered``, a churned container is removed once it exited and every line
+    its log holds was delivered (what the engine had is kept for the audit), as a
+    ``docker run --rm`` container goes: the daemon must then forget it. Kept instead,
+    every churned container stays on the engine, and the daemon keeps its position
+    (some 3.5 KB each) for as long as it does."""
 
     def __init__(self, client: docker.DockerClient, image: str, run_id: str) -> None:
         self.fleet = Fleet(client, run_id, label=SMOKE_LABEL, image=image)
+        self.client = client
         self.run_id = run_id
         self.stop = threading.Event()
         self.churned: list[str] = []
         self.churn_errors = 0
+        self.removed: dict[str, dict[str, list[str]]] = {}  # name -> the engine's lines
+        self._delivered: Delivered | None = None
+        self._exited: dict[str, dict[str, list[str]]] = {}  # not removed yet
+        self._pending: list[str] = []
         self._churn: threading.Thread | None = None
 
     def start_load(self, count: int, rate: float) -> list[str]:
@@ -196,6 +237,9 @@ class Load:
             self._run(script, name)
             names.append(name)
         return names
+
+    def remove_when_delivered(self, delivered: Delivered) -> None:
+        self._delivered = delivered
 
     def start_churn(self, per_min: float) -> None:
         if per_min <= 0:
@@ -212,10 +256,35 @@ class Load:
             try:
                 self._run("seq 1 200; echo done >&2", name)
                 self.churned.append(name)
+                self._pending.append(name)
             except docker.errors.DockerException as exc:
                 self.churn_errors += 1
                 print(f"churn container failed to start: {exc}", file=sys.stderr)
             n += 1
+            self._remove_delivered()
+
+    def _remove_delivered(self) -> None:
+        if self._delivered is None:
+            return
+        self._delivered.poll()
+        waiting = []
+        for name in self._pending:
+            try:
+                lines = self._exited.get(name)
+                if lines is None:
+                    if self.client.containers.get(name).status != "exited":
+                        waiting.append(name)
+                        continue
+                    lines = self._exited[name] = engine_lines(self.client, name)
+                if self._delivered.counts[name] < sum(map(len, lines.values())):
+                    waiting.append(name)
+                    continue
+                self.client.containers.get(name).remove()
+                self.removed[name] = self._exited.pop(name)
+            except docker.errors.DockerException as exc:
+                waiting.append(name)
+                print(f"churn container {name} not removed yet: {exc}", file=sys.stderr)
+        self._pending = waiting
 
     def _run(self, script: str, name: str) -> None:
         # No network: the load only writes logs (and a veth pair per container costs the
@@ -228,9 +297,16 @@ class Load:
             self._churn.join(30)
 
 
-def audit(client: docker.DockerClient, names: list[str], output: Path, summary: Summary) -> None:
-    """Each container's lines, as the engine's own log has them, against the sink output."""
-    result = audit_engine(client, names, read_records(output))
+def audit(
+    client: docker.DockerClient,
+    names: list[str],
+    output: Path,
+    summary: Summary,
+    removed: dict[str, dict[str, list[str]]],
+) -> None:
+    """Each container's lines, as the engine's own log has them (had them, for those
+    removed already), against the sink output."""
+    result = audit_engine(client, names, read_records(output), known=removed)
     summary.lines_expected += result.expected
     summary.lines_delivered += result.delivered
     summary.lost += result.lost
@@ -316,6 +392,8 @@ def run(args: argparse.Namespace) -> int:
             daemon.start()
             metrics_url = daemon.url + "/metrics"
             output = Path(args.output_file) if args.output_file else daemon.output
+        if not args.keep_churned:
+            load.remove_when_delivered(Delivered(output))
         load_names = load.start_load(args.containers, args.rate)
         load.start_churn(args.churn_per_min)
         pid = f", daemon pid {daemon.pid}" if daemon is not None else ""
@@ -434,7 +512,7 @@ def finish_and_audit(
 ) -> None:
     names = load_names + list(load.churned)
     if not summary.crashed:
-        drain(args, client, names, output, summary, daemon)
+        drain(args, client, names, output, summary, daemon, load.removed)
     # What the daemon said last: its final /metrics, or the last checkpoint if it died.
     final = last_checkpoint_metrics(summary)
     if not summary.crashed:
@@ -448,7 +526,8 @@ def finish_and_audit(
         code = daemon.stop()
         if code != 0:
             summary.failures.append(f"daemon exit code {code} on SIGTERM")
-    audit(client, names, output, summary)
+    summary.churned_removed = len(load.removed)
+    audit(client, names, output, summary, load.removed)
     judge(args, summary, final)
 
 
@@ -459,12 +538,14 @@ def drain(
     output: Path,
     summary: Summary,
     daemon: Daemon | None,
+    removed: dict[str, dict[str, list[str]]],
 ) -> None:
     """Wait until the daemon delivered what the stopped containers left (a window or
     two) and, for the daemon started here, until its monitors are done."""
     expected_total = 0
     for name in names:
-        expected_total += sum(len(v) for v in engine_lines(client, name).values())
+        lines = removed[name] if name in removed else engine_lines(client, name)
+        expected_total += sum(len(v) for v in lines.values())
 
     def delivered() -> int:
         if daemon_died(daemon, summary):
