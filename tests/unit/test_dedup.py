@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import tracemalloc
 
 from log_capturer.monitor.admit import RECENT_LINE_COST, RecentLines, StreamDedup
@@ -175,6 +176,24 @@ def test_recent_lines_cost_about_40_bytes_a_short_line() -> None:
     assert per_line < 50, per_line  # two bytes objects a line cost 120
     assert recent.cost == recent.size + RECENT_LINE_COST * 1024
     assert abs(recent.cost - used) < 0.2 * used, (recent.cost, used)
+
+
+def buffer_address(buffer: bytearray) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+def test_recent_lines_are_trimmed_in_place_without_a_new_buffer() -> None:
+    """A full stream's trims move the kept lines within their buffers. (``del buffer[:n]``
+    moves the buffer's start instead, and its next growth copies it to a new allocation:
+    a malloc and a free of the whole buffer at every trim, which fragments the C heap.)"""
+    recent = RecentLines()
+    for n in range(3000):  # full, and trimmed a few times already
+        recent.add([ts(n)], [b"e %d" % n], len(b"e %d" % n))
+    stamps, messages = buffer_address(recent._stamps), buffer_address(recent._messages)
+    for n in range(3000, 8000):  # 20 more trims
+        recent.add([ts(n)], [b"e %d" % n], len(b"e %d" % n))
+    assert buffer_address(recent._stamps) == stamps
+    assert buffer_address(recent._messages) == messages
 
 
 def test_recent_lines_are_bounded_in_lines_when_read_one_at_a_time() -> None:
