@@ -16,7 +16,9 @@ line at once, sleeps 3 s and ends. One daemon captures only this run's container
 Reported (JSON at the end; per-sample series with --json-out):
 
 * exactly-once: every number 1..N of every container delivered once (``audit``);
-* daemon RSS (VmRSS of /proc/<pid>/status): max over the run (issue: < 300 MB);
+* daemon RSS (VmRSS of /proc/<pid>/status): max over the run (issue: < 300 MB), and the
+  most the daemon held besides its queue (``log_capturer_buffered_bytes``: held tail
+  reads, recent lines, split lines; MB) and in its queue (message bytes);
 * threads and FDs from /metrics (``log_capturer_threads``,
   ``log_capturer_file_descriptors_open``) sampled every ``--sample-interval`` s: min/max
   and the least-squares slope per minute while every container runs, raw and net of one
@@ -157,6 +159,12 @@ def run(
                 ),
                 "lines": metric_total(m, "log_capturer_lines_captured_total"),
                 "cpu_s": cpu_seconds(pid),
+                # what the daemon holds besides the queue (buffers.py), in MB
+                **{
+                    f"{kind}_mb": m.get(f'log_capturer_buffered_bytes{{kind="{kind}"}}', 0) / 2**20
+                    for kind in ("tail_hold", "recent", "partial")
+                },
+                "queue_mb": m.get("log_capturer_queue_bytes", 0) / 2**20,
             }
 
         sampler = common.Sampler(sample, args.sample_interval)
@@ -273,6 +281,10 @@ def run(
             "exactly_once": audit.ok() and missing_end == 0,
             "rss_mb_max": round(max(rss), 1) if rss else None,
             "rss_mb_last": round(rss[-1], 1) if rss else None,
+            **{
+                f"{kind}_mb_max": round(max((s[f"{kind}_mb"] for _, s in samples), default=0), 1)
+                for kind in ("tail_hold", "recent", "partial", "queue")
+            },
             "steady_window_s": [round(steady_from, 1), round(steady_to, 1)],
             "steady_samples": len(steady),
             "threads": series("threads"),

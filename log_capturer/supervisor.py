@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from .buffers import BufferBudget
 from .config.loader import Config, ConfigError, load_config
 from .config.reload import (
     MONITOR_FILTER_KEYS,
@@ -71,13 +72,14 @@ class Supervisor:
         self.sinks = build_sinks(config.sinks)
         pc = config.pipeline
         self.queue = BatchQueue(pc.queue_records, pc.queue_bytes, pc.when_full == "drop_newest")
+        self.buffers = BufferBudget(mc.buffer_budget)
         self.dispatcher = Dispatcher(
             self.queue,
             self.sinks,
             self.ledger,
             pc,
             config.positions.flush_interval,
-            stages=build_stages(pc.stages),
+            stages=build_stages(pc.stages, self.buffers),
         )
         self.filter = ContainerFilter(mc, mc.self_container_id or detect_own_container_id())
         self.selector = ContainerSelector(self.engine, self.filter, self.node)
@@ -90,7 +92,7 @@ class Supervisor:
             event_filters=self.selector.event_filters(),
         )
         self.server = StatusServer(config.server.listen, self.health, self.ready)
-        self._collectors = register_runtime_collectors(self.engine.pool)
+        self._collectors = register_runtime_collectors(self.engine.pool, buffers=self.buffers)
         self._lock = threading.RLock()
         self._monitors: dict[str, ContainerMonitor] = {}
         self._listed_once = False
@@ -309,6 +311,7 @@ class Supervisor:
                 position,
                 self._monitor_exited,
                 self.ledger,
+                buffers=self.buffers,
             )
             self._monitors[container_id] = monitor
             monitor.start()
@@ -466,7 +469,9 @@ class Supervisor:
                 build[name] = functools.partial(build_sink, name, new.sinks)
             if name in running and name in changed:
                 restore[name] = functools.partial(build_sink, name, old.sinks)
-        stages = build_stages(new.pipeline.stages) if plan.touches("pipeline.stages") else None
+        stages = None
+        if plan.touches("pipeline.stages"):
+            stages = build_stages(new.pipeline.stages, self.buffers)
         _log.info(
             "config_reload_delivery",
             sinks=names,

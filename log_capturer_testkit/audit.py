@@ -102,14 +102,18 @@ class EngineAudit:
 
 
 def audit_engine(
-    client: docker.DockerClient, names: Iterable[str], records: Iterable[Mapping[str, Any]]
+    client: docker.DockerClient,
+    names: Iterable[str],
+    records: Iterable[Mapping[str, Any]],
+    known: Mapping[str, dict[str, list[str]]] | None = None,
 ) -> EngineAudit:
     """Each named container's stdout and stderr, as the engine logged them, against the
-    records delivered for it. ``engine`` keeps what the engine had, per container."""
+    records delivered for it. ``engine`` keeps what the engine had, per container;
+    ``known``: what it had of containers removed since (read before they were)."""
     delivered = by_stream(records)
     audit = EngineAudit()
     for name in names:
-        expected = engine_lines(client, name)
+        expected = known[name] if known and name in known else engine_lines(client, name)
         audit.engine[name] = expected
         audit.containers += 1
         for stream, lines in expected.items():

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import NamedTuple
 
+from ..buffers import LINE_OVERHEAD, BufferBudget, Kind
 from ..timestamps import format_rfc3339_ns, seconds_of
 from .frames import Chunk
 
@@ -145,9 +146,10 @@ class LineAssembler:
     ``discard``-ed: the next window re-reads it whole from its timestamp.
     """
 
-    def __init__(self, max_line_bytes: int) -> None:
+    def __init__(self, max_line_bytes: int, buffers: BufferBudget | None = None) -> None:
         self.max_line_bytes = max_line_bytes
         self._pending: dict[str, _Pending] = {}
+        self._buffers = buffers  # counts the lines being joined (kind "partial"), if given
 
     @property
     def has_pending(self) -> bool:
@@ -159,6 +161,7 @@ class LineAssembler:
         if pending is not None and pending.ts_ns != chunk.ts_ns:
             # A new message started: the previous one ended without a newline.
             del self._pending[chunk.stream]
+            self._count(-pending.size - LINE_OVERHEAD)
             yield pending.finish()
             pending = None
         if pending is None:
@@ -170,15 +173,27 @@ class LineAssembler:
                 yield LogLine(chunk.stream, chunk.ts_ns, chunk.ts_text, data, truncated)
                 return
             pending = self._pending[chunk.stream] = _Pending(chunk)
+            self._count(LINE_OVERHEAD)
+        before = pending.size
         pending.append(chunk.data, self.max_line_bytes)
+        self._count(pending.size - before)
         if chunk.complete:
             del self._pending[chunk.stream]
+            self._count(-pending.size - LINE_OVERHEAD)
             yield pending.finish()
+
+    def _count(self, size: int) -> None:
+        if self._buffers is not None:
+            self._buffers.add(Kind.PARTIAL, size)
+
+    def _drop_all(self) -> dict[str, _Pending]:
+        pending, self._pending = self._pending, {}
+        self._count(-sum(p.size + LINE_OVERHEAD for p in pending.values()))
+        return pending
 
     def flush(self) -> Iterator[LogLine]:
         """End of a finished body (the container stopped): unterminated lines are final."""
-        pending, self._pending = self._pending, {}
-        for item in pending.values():
+        for item in self._drop_all().values():
             yield item.finish()
 
     def pending_ts(self) -> dict[str, int]:
@@ -187,6 +202,4 @@ class LineAssembler:
 
     def discard(self) -> int:
         """Drop incomplete lines; returns how many were dropped (they will be re-read)."""
-        dropped = len(self._pending)
-        self._pending.clear()
-        return dropped
+        return len(self._drop_all())

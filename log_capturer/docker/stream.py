@@ -13,6 +13,7 @@ import requests
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from urllib3.util.wait import wait_for_read
 
+from ..buffers import BufferBudget
 from .bulk import BulkLineDecoder
 from .chunked import ChunkedBodyError, ChunkedDecoder
 from .connection import DockerSocketConnection
@@ -43,6 +44,18 @@ COALESCE_DELAY = 0.002
 # A read may block this much past the deadline rather than set the socket's timeout
 # (two fcntl calls) before every read of a busy stream.
 TIMEOUT_SLACK = 0.01
+
+
+_buffers = threading.local()
+
+
+def _read_buffer(size: int) -> memoryview:
+    """This thread's read buffer of ``size`` bytes (a new one when the size changed: a
+    stream's read size moves by doubling or halving, so rarely)."""
+    buffer: memoryview | None = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) != size:
+        buffer = _buffers.buffer = memoryview(bytearray(size))
+    return buffer
 
 
 class StreamEnd(StrEnum):
@@ -132,6 +145,7 @@ class ManagedResponse:
         self._http: Any = http_response if getattr(http_response, "chunked", False) else None
         self._chunks = ChunkedDecoder() if self._http is not None else None
         self._read_size = READ_SIZE_MIN  # the next read's size (see READ_SIZE_MIN)
+        self._buffered_empty = False  # the reader holds no bytes: read into our buffer
         self._body_done = False
         self._close_lock = threading.Lock()
         self._closed = False
@@ -225,11 +239,26 @@ class ManagedResponse:
         return data
 
     def _read1(self, fp: Any) -> bytes:
-        """What ``fp`` has, up to the stream's read size, which follows the reads."""
+        """What ``fp`` has, up to the stream's read size, which follows the reads.
+
+        Read into this thread's buffer and copied out at the size that arrived: a
+        ``read1(size)`` allocates ``size`` and shrinks it to what came, which splits a
+        free chunk of the C heap at every read, and with one thread per container
+        the heaps fragment and grow for hours (benchmarks/README.md, "Memory"). The
+        reader may still hold body bytes that came with the headers: ``read1`` takes
+        them first (``readinto1`` would block for more after copying them), until a
+        read returns less than asked, which leaves it holding nothing."""
         size = self._read_size
-        data: bytes = fp.read1(size)
+        if self._buffered_empty:
+            buffer = _read_buffer(size)
+            n = fp.readinto1(buffer)
+            data = bytes(buffer[:n])
+        else:
+            data = fp.read1(size)
+            self._buffered_empty = len(data) < size and hasattr(fp, "readinto1")
         if self._tls_sock is not None and data and len(data) < size:
             data = self._gather_records(fp, data, size)
+            self._buffered_empty = False  # read1 may have left bytes in the reader
         if len(data) >= size:
             self._read_size = min(2 * size, READ_SIZE)
         elif 4 * len(data) < size and size > READ_SIZE_MIN:
@@ -327,6 +356,7 @@ class LogStream:
         deadline: float | None,
         max_line_bytes: int,
         parse_stats: ChunkParseStats | None = None,
+        buffers: BufferBudget | None = None,
     ) -> None:
         self.response = response
         self.deadline = deadline
@@ -334,7 +364,7 @@ class LogStream:
         self._decoder: FrameDecoder | RawDecoder = (
             RawDecoder(self.parse_stats) if tty else FrameDecoder(self.parse_stats)
         )
-        self.assembler = LineAssembler(max_line_bytes)
+        self.assembler = LineAssembler(max_line_bytes, buffers)
         # A chunked multiplexed body (the usual case) is decoded in bulk from the wire.
         self._bulk = (
             BulkLineDecoder(self._decoder, self.assembler)
@@ -414,4 +444,5 @@ class LogStream:
         self.response.yield_turn()
 
     def close(self) -> None:
+        self.assembler.discard()  # a read given up early: its partial lines are not held
         self.response.close()

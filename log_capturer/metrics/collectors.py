@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..buffers import BufferBudget, Kind
 from ..docker.pool import DockerConnectionPool
 from .registry import PREFIX
 
@@ -109,6 +110,33 @@ class PoolCollector(Collector):
         yield health
 
 
+class BufferCollector(Collector):
+    """What the monitors and stages hold besides the queue (buffers.py)."""
+
+    def __init__(self, buffers: BufferBudget) -> None:
+        self.buffers = buffers
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        held = self.buffers.held()
+        gauge = GaugeMetricFamily(
+            f"{PREFIX}_buffered_bytes",
+            "Bytes held besides the delivery queue, by kind (tail_hold: lines of tail reads "
+            "held until checked; recent: lines kept to recognise rotation repeats; partial: "
+            "split lines being joined; multiline: groups of the multiline stage); messages "
+            "plus about 120 bytes a line.",
+            labels=["kind"],
+        )
+        for kind in Kind:
+            gauge.add_metric([kind.value], held[kind])
+        yield gauge
+        yield GaugeMetricFamily(
+            f"{PREFIX}_buffer_budget_bytes",
+            "container_monitor.buffer_budget: the most log_capturer_buffered_bytes"
+            '{kind="tail_hold"} may reach (tail reads that do not fit are read plain).',
+            value=self.buffers.total,
+        )
+
+
 class RegisteredCollectors:
     """The collectors one daemon registered, so it can remove them when it stops."""
 
@@ -125,6 +153,11 @@ class RegisteredCollectors:
 
 
 def register_runtime_collectors(
-    pool: DockerConnectionPool, registry: CollectorRegistry = REGISTRY
+    pool: DockerConnectionPool,
+    registry: CollectorRegistry = REGISTRY,
+    buffers: BufferBudget | None = None,
 ) -> RegisteredCollectors:
-    return RegisteredCollectors(registry, [RuntimeCollector(), PoolCollector(pool)])
+    collectors: list[Collector] = [RuntimeCollector(), PoolCollector(pool)]
+    if buffers is not None:
+        collectors.append(BufferCollector(buffers))
+    return RegisteredCollectors(registry, collectors)

@@ -95,7 +95,8 @@ TAIL_FALLBACKS = Counter(
     "Tail reads given up because they could not be proven gap-free, and read again with a "
     "10x larger tail, a proof read or, past the largest tail, a plain since (full: the "
     "tail came back full; until: the body ended at until, which proves nothing; "
-    "held_bytes: too much held back while checking).",
+    "held_bytes: more than tail_hold_max_bytes held back while checking; budget: the "
+    "monitors together held container_monitor.buffer_budget).",
     ["reason"],
 )
 PROOF_READS = Counter(

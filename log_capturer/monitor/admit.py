@@ -29,12 +29,14 @@ C-level passes; any other goes line by line through the same rules.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from itertools import compress, islice, repeat
+from itertools import accumulate, compress, islice, repeat
 from operator import countOf, eq, lt
 
+from ..buffers import BufferBudget, Kind
 from ..discovery.container import ContainerInfo
-from ..docker.lines import Lines
+from ..docker.lines import TS_BYTES, Lines
 from ..pipeline.batch import LineBatch, derive_seqs
 from ..positions.marks import Mark
 from ..timestamps import format_rfc3339_ns, parse_docker_ts
@@ -48,61 +50,128 @@ RECENT_BYTES = 256 * 1024
 """Message bytes of those lines at most (the worst repeat measured: 70 KB of 1 KB lines);
 the newest line is kept whatever its size."""
 
+RECENT_LINE_COST = TS_BYTES + 4
+"""What a recent line costs besides its message: its timestamp and its length."""
+
 
 class RecentLines:
-    """The latest lines admitted in one stream, newest last, in two lists of its own.
+    """The latest lines admitted in one stream, oldest first, packed.
 
     Bounded by ``max_lines`` and ``budget`` (message bytes), trimmed from the oldest
-    when either is exceeded by a quarter (so a trim, a move of the lists, is paid once
-    per quarter of the bound, not at every read). The lists hold references to the
-    batches' bytes, not the batches' lists: a stream read one line at a time keeps
-    two list slots per line, not two lists and a tuple per read (which made a stream
-    of short lines hold some 470 bytes per line of a 256 KiB budget, 24 MB).
+    when either is exceeded by a quarter (so a trim, a move of the buffers, is paid
+    once per quarter of the bound, not at every read). The lines are copied into two
+    buffers of their own: their canonical timestamps (TS_BYTES each) and their messages
+    one after the other, with each message's length: some 40 bytes for a line with a
+    short message, where keeping each line's two bytes objects cost 120 (a stream that
+    writes a line a second filled its 1,024 lines over 17 minutes, so a soak's RSS grew
+    by that for as long; benchmarks/README.md, "Memory"). Before, a tuple and two lists
+    per socket read cost 470 bytes per short line. Only a read with lines at or behind
+    the stream's newest timestamp unpacks them (:meth:`counts`).
     """
 
-    __slots__ = ("_messages", "_size", "_ts", "budget", "max_lines")
+    __slots__ = ("_buffers", "_lengths", "_messages", "_size", "_stamps", "budget", "max_lines")
 
-    def __init__(self, budget: int = RECENT_BYTES, max_lines: int = RECENT_LINES) -> None:
+    def __init__(
+        self,
+        budget: int = RECENT_BYTES,
+        max_lines: int = RECENT_LINES,
+        buffers: BufferBudget | None = None,
+    ) -> None:
         self.budget = budget
         self.max_lines = max_lines
-        self._ts: list[bytes] = []
-        self._messages: list[bytes] = []
-        self._size = 0
+        self._stamps = bytearray()  # TS_BYTES per line
+        self._messages = bytearray()  # the messages, one after the other
+        self._lengths = array("I")  # each message's length
+        self._size = 0  # == len(self._messages)
+        self._buffers = buffers  # counts what is kept (kind "recent"), if given
 
     def __len__(self) -> int:
-        return len(self._ts)
+        return len(self._lengths)
 
     @property
     def size(self) -> int:
         """Message bytes kept."""
         return self._size
 
+    @property
+    def cost(self) -> int:
+        """Bytes kept: messages, timestamps and lengths."""
+        return self._size + RECENT_LINE_COST * len(self._lengths)
+
     def add(self, ts: list[bytes], messages: list[bytes], size: int) -> None:
-        self._ts += ts
-        self._messages += messages
+        count = len(ts)
+        if count > self.max_lines:  # only the newest can be kept
+            ts = ts[-self.max_lines :]
+            messages = messages[-self.max_lines :]
+            size = sum(map(len, messages))
+            count = self.max_lines
+        if count == 1:
+            stamps = ts[0]
+            self._messages += messages[0]
+            self._lengths.append(len(messages[0]))
+        else:
+            stamps = b"".join(ts)
+            self._messages += b"".join(messages)
+            self._lengths.extend(map(len, messages))
+        if len(stamps) != TS_BYTES * count:  # not canonical (never from the decoders)
+            stamps = b"".join(format_rfc3339_ns(parse_docker_ts(t)).encode() for t in ts)
+        self._stamps += stamps
         self._size += size
+        if self._buffers is not None:
+            self._buffers.add(Kind.RECENT, size + RECENT_LINE_COST * count)
         if (
-            len(self._ts) > self.max_lines + self.max_lines // 4
+            len(self._lengths) > self.max_lines + self.max_lines // 4
             or self._size > self.budget + self.budget // 4
         ):
             self._trim()
 
     def _trim(self) -> None:
         """Drop the oldest lines until both bounds hold (keeping the newest line)."""
-        messages = self._messages
-        drop = max(0, len(messages) - self.max_lines)
-        size = self._size - sum(map(len, islice(messages, drop)))
-        last = len(messages) - 1
-        while size > self.budget and drop < last:
-            size -= len(messages[drop])
+        lengths = self._lengths
+        drop = max(0, len(lengths) - self.max_lines)
+        cut = sum(lengths[:drop])
+        last = len(lengths) - 1
+        while self._size - cut > self.budget and drop < last:
+            cut += lengths[drop]
             drop += 1
-        del self._ts[:drop]
-        del messages[:drop]
-        self._size = size
+        _drop_front(self._stamps, TS_BYTES * drop)
+        _drop_front(self._messages, cut)
+        del lengths[:drop]  # an array moves its items in place
+        self._size -= cut
+        if self._buffers is not None:
+            self._buffers.add(Kind.RECENT, -cut - RECENT_LINE_COST * drop)
+
+    def release(self) -> None:
+        """Forget every line (the stream's monitor ended)."""
+        if self._buffers is not None:
+            self._buffers.add(Kind.RECENT, -self.cost)
+        self._stamps = bytearray()
+        self._messages = bytearray()
+        self._lengths = array("I")
+        self._size = 0
 
     def counts(self) -> Counter[tuple[bytes, bytes]]:
         """How many times each ``(ts, message)`` was admitted lately."""
-        return Counter(zip(self._ts, self._messages, strict=True))
+        stamps = bytes(self._stamps)
+        messages = bytes(self._messages)
+        keys = []
+        start = 0
+        at = 0
+        for end in accumulate(self._lengths):
+            keys.append((stamps[at : at + TS_BYTES], messages[start:end]))
+            start = end
+            at += TS_BYTES
+        return Counter(keys)
+
+
+def _drop_front(buffer: bytearray, count: int) -> None:
+    """Remove ``count`` bytes from the front of ``buffer`` in place. (``del buffer[:count]``
+    only moves its start, and its next growth then copies it to a new allocation: a
+    malloc and a free of the whole buffer at every trim, which fragments the C heap.)"""
+    keep = len(buffer) - count
+    with memoryview(buffer) as view:
+        view[:keep] = view[count:]
+    del buffer[keep:]
 
 
 class StreamDedup:

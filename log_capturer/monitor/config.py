@@ -73,8 +73,18 @@ class MonitorConfig(Section):
         "order (measured: about 1 ms); resumed reads overlap by this much.",
     )
     tail_hold_max_bytes: ByteSize = Field(
+        32 * 1024 * 1024,
+        description="Bytes of lines one monitor may hold back while a tail read is checked "
+        "(messages plus about 120 bytes a line); a tail that holds more is read again with "
+        "a plain since.",
+    )
+    buffer_budget: ByteSize = Field(
         64 * 1024 * 1024,
-        description="Lines held back while a tail read is checked; more falls back to since.",
+        description="Bytes of lines all monitors together may hold back while their tail "
+        "reads are checked (messages plus about 120 bytes a line); a tail read whose lines "
+        "do not fit is read again with a plain since, which holds nothing. What else the "
+        "daemon holds besides the queue (recent lines, split lines, multiline groups) is "
+        "bounded per stream; all of it is on /metrics as log_capturer_buffered_bytes.",
     )
     max_stream_hold: Duration = Field(
         600.0,

@@ -15,6 +15,7 @@ from tenacity import (
 )
 
 from ..backoff import capped_backoff
+from ..buffers import BufferBudget, Kind, lines_cost
 from ..discovery.container import ContainerInfo
 from ..docker.engine import DockerEngine
 from ..docker.errors import ContainerGoneError, PoolClosedError
@@ -101,6 +102,7 @@ class ContainerMonitor:
         position: ContainerPosition,
         on_exit: Callable[[ContainerMonitor], None],
         ledger: Ledger,
+        buffers: BufferBudget | None = None,
     ) -> None:
         self.info = info
         self.engine = engine
@@ -113,7 +115,9 @@ class ContainerMonitor:
         # The end of a window with no byte for this long means the stream went quiet.
         self._grace = min(1.0, config.stream_window * 0.25)
         self._received = Received(int(config.stream_window * 1e9) + 2 * self._tolerance_ns)
-        self._recent = {stream: RecentLines() for stream in self.marks}
+        # What this monitor holds is counted there; held tails reserve from its total.
+        self._buffers = buffers
+        self._recent = {stream: RecentLines(buffers=buffers) for stream in self.marks}
         self._prove_next: str | None = None  # why the next follow window starts with a proof
         self._prove_tail = 0  # ... and the smallest tail it needs (what an unproven one held)
         self._gap = ""  # why the last tail read was given up
@@ -207,6 +211,8 @@ class ContainerMonitor:
                 MONITOR_ERRORS.labels("unexpected").inc()
                 log.exception("monitor_failed")
         finally:
+            for recent in self._recent.values():
+                recent.release()
             CONTAINERS_MONITORED.dec()
             log.info("monitor_stopped", reason=str(self.finished_reason), windows=self.windows)
             self._on_exit(self)
@@ -446,7 +452,11 @@ class ContainerMonitor:
             raise
         self._reads += 1
         stream = LogStream(
-            response, tty=tty, deadline=deadline, max_line_bytes=self.config.max_line_bytes
+            response,
+            tty=tty,
+            deadline=deadline,
+            max_line_bytes=self.config.max_line_bytes,
+            buffers=self._buffers,
         )
         with self._lock:
             self._current = stream
@@ -455,6 +465,7 @@ class ContainerMonitor:
         dedups = {s: StreamDedup(self.marks[s], self._recent[s], coarse) for s in plan.streams}
         check = TailCheck(tail) if tail else None
         held = Lines.empty()
+        held_cost = 0  # bytes reserved for ``held`` (buffers.py)
         last_ts = b""
         result: TailState | None = None
         hold_until = started + self.config.max_stream_hold
@@ -472,10 +483,15 @@ class ContainerMonitor:
                 state = self._check_batch(check, lines, chunks_seen, stream)
                 chunks_seen = stream.parse_stats.chunks
                 if state is PENDING:
-                    held.extend(lines)
-                    if sum(map(len, held.messages)) > self.config.tail_hold_max_bytes:
+                    cost = lines_cost(len(lines), lines.size)
+                    if held_cost + cost > self.config.tail_hold_max_bytes:
                         result = self._fallback("held_bytes")
                         break
+                    if not self._reserve(cost):
+                        result = self._fallback("budget")
+                        break
+                    held_cost += cost
+                    held.extend(lines)
                 elif state is GAP:
                     result = self._fallback("full", _age(request_ns, last_ts))
                     break
@@ -483,6 +499,7 @@ class ContainerMonitor:
                     held.extend(lines)
                     self._deliver(held, dedups)
                     held = Lines.empty()
+                    held_cost = self._unreserve(held_cost)
             if check is not None and result is None and check.state is PENDING:
                 # The engine's end settles the count only if ``until`` had not passed:
                 # a tail line stamped after ``until`` ends the body early, and lines cut
@@ -508,6 +525,7 @@ class ContainerMonitor:
                     self._prove_next = "unproven"
                     self._prove_tail = tail
         finally:
+            self._unreserve(held_cost)  # delivered, or given up (read again)
             with self._lock:
                 self._current = None
                 self._cut = None
@@ -561,6 +579,16 @@ class ContainerMonitor:
             ):
                 self._report_checked(plan.streams)
         return stream.end_reason
+
+    def _reserve(self, cost: int) -> bool:
+        """Room for ``cost`` more held bytes in the daemon's buffer budget."""
+        return self._buffers is None or self._buffers.try_reserve(Kind.TAIL_HOLD, cost)
+
+    def _unreserve(self, cost: int) -> int:
+        """Give back ``cost`` held bytes; 0 (what is then held)."""
+        if cost and self._buffers is not None:
+            self._buffers.release(Kind.TAIL_HOLD, cost)
+        return 0
 
     def _report_checked(self, streams: tuple[str, ...]) -> None:
         """The ledger saves these checked times once what was read is delivered."""

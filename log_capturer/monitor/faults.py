@@ -1,9 +1,10 @@
 """Fault injection for tests only: makes the daemon misbehave on purpose.
 
 Set ``LOG_CAPTURER_TEST_FAULT=leak_fd_per_window`` in the daemon's environment and
-every log window leaks one file descriptor (``/dev/null`` opened and never closed).
-The smoke test's own test uses it to show that a leak is detected. Nothing in the
-configuration file can turn it on.
+every log window leaks one file descriptor (``/dev/null`` opened and never closed);
+``leak_memory_per_window`` keeps 256 KiB (written, so resident) per window; both, comma
+separated, install both. The smoke test's own test uses them to show that a leak is
+detected. Nothing in the configuration file can turn them on.
 
 The switch is read once, when ``log-capturer run`` starts (:func:`install`). Unset,
 nothing is installed and the monitor's per-window code holds no check for it; set,
@@ -22,6 +23,8 @@ ENV = "LOG_CAPTURER_TEST_FAULT"
 
 _log = structlog.get_logger(__name__)
 _leaked: list[int] = []
+_kept: list[bytes] = []
+LEAK_BYTES = 256 * 1024
 
 
 def _leak_fd_per_window() -> None:
@@ -37,16 +40,36 @@ def _leak_fd_per_window() -> None:
     setattr(ContainerMonitor, "_window", leaky_window)  # noqa: B010 - a method, on purpose
 
 
-FAULTS: dict[str, Callable[[], None]] = {"leak_fd_per_window": _leak_fd_per_window}
+def _leak_memory_per_window() -> None:
+    from .container_monitor import ContainerMonitor
+
+    window = ContainerMonitor._window
+
+    @functools.wraps(window)
+    def hoarding_window(self: ContainerMonitor, follow: bool) -> bool:
+        _kept.append(bytes(range(256)) * (LEAK_BYTES // 256))  # every page written
+        return window(self, follow)
+
+    setattr(ContainerMonitor, "_window", hoarding_window)  # noqa: B010 - a method, on purpose
+
+
+FAULTS: dict[str, Callable[[], None]] = {
+    "leak_fd_per_window": _leak_fd_per_window,
+    "leak_memory_per_window": _leak_memory_per_window,
+}
 
 
 def install(environ: Mapping[str, str] = os.environ) -> str | None:
-    """Install the fault ``environ`` names, if any; its name. ValueError if unknown."""
-    name = environ.get(ENV, "")
-    if not name:
+    """Install the faults ``environ`` names (comma separated), if any; their names.
+    ValueError if one is unknown (then none is installed)."""
+    value = environ.get(ENV, "")
+    if not value:
         return None
-    if name not in FAULTS:
-        raise ValueError(f"unknown {ENV}={name!r} (known: {', '.join(sorted(FAULTS))})")
-    FAULTS[name]()
-    _log.warning("test_fault_installed", fault=name)
-    return name
+    names = [name.strip() for name in value.split(",")]
+    unknown = [name for name in names if name not in FAULTS]
+    if unknown:
+        raise ValueError(f"unknown {ENV}={value!r} (known: {', '.join(sorted(FAULTS))})")
+    for name in names:
+        FAULTS[name]()
+        _log.warning("test_fault_installed", fault=name)
+    return value

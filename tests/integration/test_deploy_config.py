@@ -156,6 +156,7 @@ def test_every_alert_is_labelled_annotated_and_tested_both_ways() -> None:
         "LogCapturerDiscoveryDown",
         "LogCapturerFileDescriptorGrowth",
         "LogCapturerThreadGrowth",
+        "LogCapturerMemoryGrowth",
         "LogCapturerDockerPoolSaturated",
         "LogCapturerDockerPoolWaits",
         "LogCapturerDockerPoolWaitTimeouts",

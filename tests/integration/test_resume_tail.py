@@ -84,6 +84,36 @@ def test_a_big_backlog_is_reopened_with_a_tail_and_resumes_exactly(
     assert fallback_count <= tail_reads / 2, metrics
 
 
+def test_tail_reads_past_the_buffer_budget_are_read_plain_and_lose_nothing(
+    make_daemon: Callable[..., Daemon], containers: Fleet
+) -> None:
+    # A budget too small for one held line: every tail read that must hold a line while
+    # it is checked gives up and is read again with a plain since (buffers.py).
+    daemon = make_daemon(
+        {
+            "container_monitor": {
+                "stream_window": "1s",
+                "reorder_tolerance": "200ms",
+                "buffer_budget": "100",
+            }
+        }
+    ).start()
+    name = f"budget-{daemon.run_id}"
+    containers.wait_exit(containers.run(BACKLOG_THEN_TRICKLE, name=name), timeout=120)
+    daemon.wait_captured(20000 + 60 + 10, timeout=90)
+    metrics = daemon.metrics()
+    records = daemon.stop_and_read()
+    expected_out = numbered("big", range(1, 20001)) + numbered("out", range(1, 61))
+    assert_exactly_once(records, name, "stdout", expected_out)
+    assert_exactly_once(records, name, "stderr", numbered("err", range(6, 61, 6)))
+    refused = metrics.get('log_capturer_stream_tail_fallbacks_total{reason="budget"}', 0)
+    assert refused >= 1, stream_metrics(metrics)
+    # Every monitor has ended: nothing is held or remembered any more.
+    held = {k: v for k, v in metrics.items() if k.startswith("log_capturer_buffered_bytes{")}
+    assert len(held) == 4 and set(held.values()) == {0}, held
+    assert metrics["log_capturer_buffer_budget_bytes"] == 100
+
+
 def test_a_tail_read_that_reaches_the_engine_after_its_until_falls_back_and_loses_nothing(
     make_daemon: Callable[..., Daemon], containers: Fleet, tmp_path: Path
 ) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from log_capturer.monitor.admit import RecentLines, StreamDedup
+import ctypes
+import tracemalloc
+
+from log_capturer.monitor.admit import RECENT_LINE_COST, RecentLines, StreamDedup
 from log_capturer.monitor.plan import ReadPlan, plan_window
 from log_capturer.positions.marks import ZERO, Mark
 from log_capturer.timestamps import format_rfc3339_ns
@@ -139,11 +142,58 @@ def test_the_fast_path_gives_what_line_by_line_gives() -> None:
 
 def test_recent_lines_keep_the_newest_line_whatever_its_size() -> None:
     recent = RecentLines(budget=10)
-    recent.add([b"t1"], [b"x" * 8], 8)
-    recent.add([b"t2"], [b"y" * 8], 8)
-    recent.add([b"t3"], [b"z" * 30], 30)
-    assert set(recent.counts()) == {(b"t3", b"z" * 30)}
+    recent.add([ts(1)], [b"x" * 8], 8)
+    recent.add([ts(2)], [b"y" * 8], 8)
+    recent.add([ts(3)], [b"z" * 30], 30)
+    assert set(recent.counts()) == {(ts(3), b"z" * 30)}
     assert recent.size == 30
+
+
+def test_recent_lines_of_a_read_longer_than_the_bound_keep_its_newest() -> None:
+    recent = RecentLines(max_lines=100)
+    recent.add([ts(0)], [b"old"], 3)
+    recent.add([ts(n) for n in range(1, 1001)], [b"%d" % n for n in range(1, 1001)], 2893)
+    kept = recent.counts()  # the older line stays: within the bound's quarter
+    newest = {(ts(n), b"%d" % n) for n in range(901, 1001)}
+    assert len(recent) == 101 and set(kept) == {(ts(0), b"old")} | newest
+    assert recent.size == 3 + sum(len(b"%d" % n) for n in range(901, 1001))
+
+
+def test_recent_lines_cost_about_40_bytes_a_short_line() -> None:
+    """Packed: a stream that writes a line a second fills its recent lines over 17
+    minutes, and what a line costs there is what RSS grows by meanwhile."""
+    stamps = [bytes(bytearray(ts(n))) for n in range(1024)]
+    messages = [b"e %d" % n for n in range(1024)]
+    tracemalloc.start()
+    try:
+        recent = RecentLines()
+        for stamp, message in zip(stamps, messages, strict=True):
+            recent.add([stamp], [message], len(message))
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    per_line = used / 1024
+    assert per_line < 50, per_line  # two bytes objects a line cost 120
+    assert recent.cost == recent.size + RECENT_LINE_COST * 1024
+    assert abs(recent.cost - used) < 0.2 * used, (recent.cost, used)
+
+
+def buffer_address(buffer: bytearray) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+def test_recent_lines_are_trimmed_in_place_without_a_new_buffer() -> None:
+    """A full stream's trims move the kept lines within their buffers. (``del buffer[:n]``
+    moves the buffer's start instead, and its next growth copies it to a new allocation:
+    a malloc and a free of the whole buffer at every trim, which fragments the C heap.)"""
+    recent = RecentLines()
+    for n in range(3000):  # full, and trimmed a few times already
+        recent.add([ts(n)], [b"e %d" % n], len(b"e %d" % n))
+    stamps, messages = buffer_address(recent._stamps), buffer_address(recent._messages)
+    for n in range(3000, 8000):  # 20 more trims
+        recent.add([ts(n)], [b"e %d" % n], len(b"e %d" % n))
+    assert buffer_address(recent._stamps) == stamps
+    assert buffer_address(recent._messages) == messages
 
 
 def test_recent_lines_are_bounded_in_lines_when_read_one_at_a_time() -> None:

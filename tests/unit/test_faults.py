@@ -46,6 +46,28 @@ def test_the_leak_fault_leaks_one_fd_per_window(monkeypatch: pytest.MonkeyPatch)
             os.close(fd)
 
 
+def test_the_memory_fault_keeps_a_quarter_mebibyte_per_window_and_combines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def window(self: ContainerMonitor, follow: bool) -> bool:
+        return follow
+
+    monkeypatch.setattr(ContainerMonitor, "_window", window)  # restored after the test
+    monkeypatch.setattr(faults, "_leaked", [])
+    monkeypatch.setattr(faults, "_kept", [])
+    both = "leak_fd_per_window,leak_memory_per_window"
+    assert faults.install({faults.ENV: both}) == both
+    monitor = object.__new__(ContainerMonitor)
+    try:
+        for follow in (True, False):
+            assert ContainerMonitor._window(monitor, follow) is follow
+        assert [len(kept) for kept in faults._kept] == [faults.LEAK_BYTES] * 2
+        assert len(faults._leaked) == 2
+    finally:
+        for fd in faults._leaked:
+            os.close(fd)
+
+
 def test_an_unknown_fault_stops_the_daemon_before_it_starts(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("docker: {socket_path: /nonexistent.sock}\n")

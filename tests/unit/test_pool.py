@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from log_capturer.docker.config import DockerConfig, PoolConfig
 from log_capturer.docker.engine import DockerEngine
 from log_capturer.docker.errors import PoolClosedError, PoolExhaustedError
 from log_capturer.docker.pool import request_kind
-from log_capturer.docker.stream import ManagedResponse
+from log_capturer.docker.stream import READ_SIZE_MIN, ManagedResponse, _read_buffer
 from log_capturer_testkit import wait_for
 
 from .fake_engine import FakeEngine
@@ -90,6 +91,31 @@ def test_streams_with_different_urls_share_the_pool(fake: FakeEngine) -> None:
         stats = engine.pool.stats()
         assert stats.new_connections == 1
         assert stats.reuses == {"stream": 4}
+    finally:
+        engine.close()
+
+
+def test_a_stream_read_allocates_what_arrived_not_its_read_size(fake: FakeEngine) -> None:
+    """Reads go into the thread's buffer and are copied out at their size: a read that
+    allocated its whole read size (16 KiB and up) and shrank it to a few hundred bytes
+    fragmented the C heap of every monitor thread (benchmarks/README.md, "Memory")."""
+    engine = make_engine(fake)
+    try:
+        url = engine.url("/containers/{0}/logs", "c1")
+        response = engine.get(url, {"seconds": 0.3, "lines": 3}, stream=True)
+        with ManagedResponse(response) as stream:
+            assert stream.read(None)  # the lines (with whatever came with the headers)
+            _read_buffer(READ_SIZE_MIN)  # this thread's buffer, as after a first read of it
+            tracemalloc.start()
+            try:
+                tracemalloc.reset_peak()
+                before, _ = tracemalloc.get_traced_memory()
+                drain(stream)  # the body's end, after 0.3 s
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert stream.end_reason == "eof"
+        assert peak - before < READ_SIZE_MIN // 2, (before, peak)
     finally:
         engine.close()
 

@@ -22,6 +22,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from log_capturer import supervisor as supervisor_module
+from log_capturer.buffers import BufferBudget
 from log_capturer.config.loader import Config
 from log_capturer.discovery.container import ContainerInfo
 from log_capturer.discovery.node import HostConfig
@@ -95,6 +96,7 @@ class FakeMonitor:
         position: ContainerPosition,
         on_exit: Callable[[FakeMonitor], None],
         ledger: Ledger,
+        buffers: BufferBudget | None = None,
     ) -> None:
         self.info = info
         self.queue = queue

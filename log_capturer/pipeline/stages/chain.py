@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ...buffers import BufferBudget
 from ...discovery.container import ContainerInfo
 from ..record import LogRecord
 from . import StageChain
@@ -53,7 +54,7 @@ class Stages:
         return records
 
 
-def build_stages(config: StagesConfig) -> StageChain:
+def build_stages(config: StagesConfig, buffers: BufferBudget | None = None) -> StageChain:
     """The enabled stages in the order multiline -> parse_json -> redact. The multiline
     stage is always there: containers labelled io.log_capturer.multiline.start use it
     also when it is off (it then passes every other container by, as batches)."""
@@ -62,4 +63,4 @@ def build_stages(config: StagesConfig) -> StageChain:
         transforms.append(ParseJson(config.parse_json))
     if config.redact.enabled:
         transforms.append(Redact(config.redact))
-    return Stages(Multiline(config.multiline), transforms)
+    return Stages(Multiline(config.multiline, buffers), transforms)

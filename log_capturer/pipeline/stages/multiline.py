@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 
 import structlog
 
+from ...buffers import LINE_OVERHEAD, BufferBudget, Kind
 from ...discovery.container import MULTILINE_START_LABEL, ContainerInfo
 from ...metrics.registry import (
     MULTILINE_HELD,
@@ -87,7 +88,8 @@ class Multiline:
     counted) and the container is treated as if it had none.
     """
 
-    def __init__(self, config: MultilineConfig) -> None:
+    def __init__(self, config: MultilineConfig, buffers: BufferBudget | None = None) -> None:
+        self._buffers = buffers  # counts what the groups hold (kind "multiline"), if given
         self._enabled = config.enabled
         self._start = re.compile(config.start_pattern)
         self._containers = tuple(config.match_containers)
@@ -126,6 +128,7 @@ class Multiline:
                     out.append(self._release(key, "max_bytes"))
                 else:
                     group.add(record, size, deadline)
+                    self._count(1 + size + LINE_OVERHEAD)
                     if group.lines >= self._max_lines:
                         out.append(self._release(key, "max_lines"))
                     elif group.size >= self._max_bytes:
@@ -148,6 +151,7 @@ class Multiline:
                     record.truncated,
                     deadline,
                 )
+                self._count(size + LINE_OVERHEAD)
         MULTILINE_HELD.set(len(self._groups))
         return out
 
@@ -178,12 +182,17 @@ class Multiline:
 
     def _release(self, key: tuple[str, str], reason: str) -> LogRecord:
         group = self._groups.pop(key)
+        self._count(-group.size - LINE_OVERHEAD * len(group.parts))
         MULTILINE_RELEASES.labels(reason).inc()
         record = group.record()
         if record.lines > 1:
             MULTILINE_MERGED.inc()
             MULTILINE_LINES.inc(record.lines)
         return record
+
+    def _count(self, size: int) -> None:
+        if self._buffers is not None:
+            self._buffers.add(Kind.MULTILINE, size)
 
     def _start_of(self, container: ContainerInfo) -> re.Pattern[str] | None:
         """The start pattern of the container's records, None when it is not merged."""
