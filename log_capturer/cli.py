@@ -88,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from .docker.endpoint import EndpointError
     from .logging_setup import configure_logging
-    from .monitor import faults
     from .supervisor import Supervisor
 
     configure_logging(config.logging)
@@ -98,11 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         structlog.get_logger(__name__).info(
             "mmap_threshold_left", reason="MALLOC_MMAP_THRESHOLD_ set or no glibc mallopt"
         )
-    try:
-        faults.install()
-    except ValueError as exc:
-        print(f"log-capturer: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     try:
         supervisor = Supervisor(config, args.config)
     except EndpointError as exc:  # DOCKER_HOST or TLS settings that cannot work

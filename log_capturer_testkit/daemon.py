@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .env import TEST_LABEL
+from .env import FAULT_ENV, TEST_LABEL
 from .metrics import Metrics, metric_total, parse_metrics
 from .waiting import wait_for
 
@@ -124,8 +124,10 @@ class Daemon:
         self.starts += 1
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it until it exits
         env = {**os.environ, **self.env}
+        # Test faults are installed by the testkit's own entry point (the package has none).
+        entry = "log_capturer_testkit.faults" if env.get(FAULT_ENV) else "log_capturer"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "log_capturer", "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", entry, "run", "-c", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,

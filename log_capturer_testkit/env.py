@@ -14,3 +14,6 @@ TEST_IMAGE = os.environ.get("TEST_IMAGE", "log-capturer-test/busybox:1")
 TEST_LABEL = "log-capturer-test"
 SMOKE_LABEL = "log-capturer-smoke"
 BENCH_LABEL = "log-capturer-bench"
+
+FAULT_ENV = "LOG_CAPTURER_TEST_FAULT"
+"""Names the test faults a daemon runs with (log_capturer_testkit/faults.py)."""

@@ -1,4 +1,5 @@
-"""The test-only fault switch: installed once at start, or not at all."""
+"""The test-only fault switch (log_capturer_testkit/faults.py): installed once at start,
+or not at all; the package itself has none."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from log_capturer.monitor import faults
 from log_capturer.monitor.container_monitor import ContainerMonitor
+from log_capturer_testkit import faults
 
 
 def open_fds() -> int:
@@ -73,7 +74,7 @@ def test_an_unknown_fault_stops_the_daemon_before_it_starts(tmp_path: Path) -> N
     config.write_text("docker: {socket_path: /nonexistent.sock}\n")
     env = {**os.environ, faults.ENV: "leak_everything"}
     done = subprocess.run(
-        [sys.executable, "-m", "log_capturer", "run", "-c", str(config)],
+        [sys.executable, "-m", "log_capturer_testkit.faults", "run", "-c", str(config)],
         env=env,
         capture_output=True,
         text=True,
