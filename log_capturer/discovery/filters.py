@@ -7,7 +7,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ..monitor.config import MonitorConfig
+from .config import SelectionConfig
 from .container import EXCLUDE_LABEL, ContainerInfo
 
 _CONTAINER_ID = re.compile(r"/(?:docker/)?containers/([0-9a-f]{64})/")
@@ -44,7 +44,7 @@ class ContainerFilter:
     container is still checked here; the engine filters only spare the work.
     """
 
-    def __init__(self, config: MonitorConfig, self_id: str = "") -> None:
+    def __init__(self, config: SelectionConfig, self_id: str = "") -> None:
         self.config = config
         self.self_id = self_id
 

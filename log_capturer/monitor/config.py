@@ -1,4 +1,5 @@
-"""``container_monitor:`` config section: which containers, which streams, how windows run."""
+"""``container_monitor:`` config section: which streams, how windows run (and, from
+:class:`~log_capturer.discovery.config.SelectionConfig`, which containers)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from typing import Literal
 from pydantic import Field
 
 from ..config.types import ByteSize, Duration, Section
+from ..discovery.config import SelectionConfig
 
 
-class MonitorConfig(Section):
+class _Reading(Section):
+    """The section's first keys (the reference lists them before the selection's)."""
+
     stream_window: Duration = Field(
         30.0, gt=0, description="A log stream is closed and reopened after this long."
     )
@@ -22,24 +26,9 @@ class MonitorConfig(Section):
     )
     stdout: bool = Field(True, description="Capture stdout.")
     stderr: bool = Field(True, description="Capture stderr.")
-    include_names: list[str] = Field(
-        default_factory=list, description="Glob patterns on container names; empty = all."
-    )
-    exclude_names: list[str] = Field(default_factory=list, description="Glob patterns to skip.")
-    include_labels: dict[str, str] = Field(
-        default_factory=dict,
-        description="Labels that must all be present; value '' or '*' matches any value.",
-    )
-    exclude_labels: dict[str, str] = Field(
-        default_factory=dict,
-        description="A container with any of these labels is skipped; value '' or '*' "
-        "matches any value. A container labelled io.log_capturer.exclude=true is always "
-        "skipped, without any setting here.",
-    )
-    include_images: list[str] = Field(
-        default_factory=list, description="Glob patterns on image names; empty = all."
-    )
-    exclude_images: list[str] = Field(default_factory=list, description="Glob patterns to skip.")
+
+
+class MonitorConfig(SelectionConfig, _Reading):
     max_line_bytes: ByteSize = Field(
         1024 * 1024, description="Longer lines are cut to this and marked truncated."
     )
