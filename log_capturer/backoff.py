@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
-from tenacity import RetryCallState
+from tenacity import RetryCallState, Retrying
 from tenacity.wait import wait_base
 
 
@@ -25,3 +27,15 @@ class capped_backoff(wait_base):
 
     def __call__(self, retry_state: RetryCallState) -> float:
         return backoff_seconds(retry_state.attempt_number, self.initial, self.maximum)
+
+
+def retrying(on_retry: Callable[[BaseException | None, RetryCallState], None], **kwargs: Any
+             ) -> Retrying:
+    """tenacity's :class:`~tenacity.Retrying` as every retry loop here uses it: the last
+    error re-raised as it is, and ``on_retry(error, state)`` before each wait (to count and
+    log it). ``kwargs``: ``retry``, ``stop``, ``wait``, ``sleep`` as tenacity takes them."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        on_retry(state.outcome.exception() if state.outcome else None, state)
+
+    return Retrying(before_sleep=before_sleep, reraise=True, **kwargs)

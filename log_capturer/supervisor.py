@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import signal
 import threading
 import time
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -34,15 +32,15 @@ from .metrics.collectors import register_runtime_collectors
 from .metrics.registry import CONFIG_RELOADS, CONFIG_RESTART_PENDING
 from .monitor.container_monitor import ContainerMonitor
 from .monitor.turns import TurnKeeper
-from .pipeline.dispatcher import Dispatcher, Reconfiguration
+from .pipeline.dispatcher import Dispatcher
 from .pipeline.queue import BatchQueue
+from .pipeline.reconfigure import delivery_change
 from .pipeline.stages.chain import build_stages
 from .positions.ledger import Ledger, MonitorEnd
 from .server.http import StatusServer
-from .sinks.auth import SecretUnavailableError, make_auth
-from .sinks.base import Sink
-from .sinks.config import build_sink, build_sinks, enabled_sinks
-from .sinks.network_config import NetworkSinkConfig
+from .sinks.config import build_sinks
+from .sinks.network.auth import SecretUnavailableError, make_auth
+from .sinks.network.config import NetworkSinkConfig
 from .timestamps import TimestampError, parse_docker_ts
 
 _log = structlog.get_logger(__name__)
@@ -300,7 +298,7 @@ class Supervisor:
             if self._stopping or container_id in self._monitors:
                 return
             start_now = first_listing and self.config.container_monitor.start_from == "now"
-            position = self.ledger.open(info, streams, start_now)
+            position = self.ledger.begin_reading(info, streams, start_now)
             if position is None:
                 return  # this run was read to its end already
             monitor = ContainerMonitor(
@@ -321,7 +319,7 @@ class Supervisor:
             container_name=info.name,
             tty=info.tty,
             running=info.running,
-            marks={s: (m.ts_ns, m.count) for s, m in position.read.items()},
+            marks={s: (m.ts_ns, m.seq) for s, m in position.read.items()},
         )
 
     def _monitor_exited(self, monitor: ContainerMonitor) -> None:
@@ -330,7 +328,7 @@ class Supervisor:
         with self._lock:
             if self._monitors.get(cid) is monitor:
                 del self._monitors[cid]
-            self.ledger.close(cid, end, monitor.info.started_at)
+            self.ledger.end_reading(cid, end, monitor.info.started_at)
         if end is MonitorEnd.EXITED:
             # A restart while this monitor drained found it still alive and did nothing:
             # look once more, so the new run is not left to the next relist.
@@ -440,7 +438,7 @@ class Supervisor:
         if plan.touches("sinks", "pipeline", "positions.flush_interval"):
             pc = new.pipeline
             self.queue.resize(pc.queue_records, pc.queue_bytes, pc.when_full == "drop_newest")
-            change = self._delivery_change(old, new, plan)
+            change = delivery_change(old, new, plan, self.dispatcher.sinks, self.buffers)
             if not self.dispatcher.reconfigure(change, self._stop):
                 return ["stopped before the delivery changes were applied"]
             errors += change.errors
@@ -457,31 +455,6 @@ class Supervisor:
         if plan.touches(*MONITOR_READ_KEYS):
             self._restart_monitors()
         return errors
-
-    def _delivery_change(self, old: Config, new: Config, plan: ReloadPlan) -> Reconfiguration:
-        names = enabled_sinks(new.sinks)
-        running = {sink.name for sink in self.dispatcher.sinks}
-        changed = set(plan.sinks_changed())
-        build: dict[str, Callable[[], Sink]] = {}
-        restore: dict[str, Callable[[], Sink]] = {}
-        for name in names:
-            if name not in running or name in changed:
-                build[name] = functools.partial(build_sink, name, new.sinks)
-            if name in running and name in changed:
-                restore[name] = functools.partial(build_sink, name, old.sinks)
-        stages = None
-        if plan.touches("pipeline.stages"):
-            stages = build_stages(new.pipeline.stages, self.buffers)
-        _log.info(
-            "config_reload_delivery",
-            sinks=names,
-            started=sorted(build),
-            removed=sorted(running - set(names)),
-            stages_rebuilt=stages is not None,
-        )
-        return Reconfiguration(
-            new.pipeline, new.positions.flush_interval, names, build, restore, stages
-        )
 
     def _reselect(self) -> None:
         """The filters changed: judge every container again, stop the monitors of those

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from log_capturer.sinks.loki.encode import decode_protobuf
+from log_capturer.sinks.loki.push import decode_protobuf
 
 PUSH_PATH = "/loki/api/v1/push"
 _RATE_LIMITED = (

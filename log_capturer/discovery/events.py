@@ -8,9 +8,9 @@ import time
 from typing import Any, Protocol
 
 import structlog
-from tenacity import RetryCallState, Retrying, stop_when_event_set
+from tenacity import RetryCallState, stop_when_event_set
 
-from ..backoff import capped_backoff
+from ..backoff import capped_backoff, retrying
 from ..docker.engine import DockerEngine
 from ..docker.stream import ManagedResponse
 from ..metrics.registry import (
@@ -104,25 +104,23 @@ class EventWatcher:
         return self.thread.is_alive()
 
     def _run(self) -> None:
-        def before_sleep(state: RetryCallState) -> None:
+        def on_retry(exc: BaseException | None, state: RetryCallState) -> None:
             self._set_connected(False)
             if self._gap_started is None:
                 self._gap_started = self._since_ns
-            exc = state.outcome.exception() if state.outcome else None
             DISCOVERY_RECONNECTS.inc()
             _log.warning("discovery_error", error=repr(exc), attempt=state.attempt_number)
 
-        retrying = Retrying(
+        retry = retrying(
+            on_retry,
             wait=lambda state: self._wait(state),
             stop=stop_when_event_set(self._stop),
             sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
         )
         try:
-            retrying(self._relist, None)
+            retry(self._relist, None)
             while not self._stop.is_set():
-                retrying(self._window)
+                retry(self._window)
         except Exception as exc:
             if not self._stop.is_set():
                 _log.exception("discovery_failed", error=repr(exc))

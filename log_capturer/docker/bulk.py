@@ -182,7 +182,7 @@ class BulkLineDecoder:
             out.streams += repeat("stdout" if outs else "stderr", count)
         else:
             out.streams += map(_STREAMS.__getitem__, kinds)
-        out.ts += ts
+        out.stamps += ts
         out.messages += messages
         out.size += used - (_MATCH_OVERHEAD * count + sum(map(len, sizes)))
         if out.truncated is not None:

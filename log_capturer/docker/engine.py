@@ -26,12 +26,11 @@ import requests
 import structlog
 from tenacity import (
     RetryCallState,
-    Retrying,
     retry_if_exception,
     stop_after_attempt,
 )
 
-from ..backoff import capped_backoff
+from ..backoff import capped_backoff, retrying
 from ..metrics.registry import (
     DOCKER_API_ERRORS,
     DOCKER_API_REQUESTS,
@@ -182,9 +181,8 @@ class DockerEngine:
         Each try counts in ``log_capturer_docker_api_requests_total{operation}``."""
         retry = self.config.retry
 
-        def before_sleep(state: RetryCallState) -> None:
+        def on_retry(exc: BaseException | None, state: RetryCallState) -> None:
             DOCKER_API_RETRIES.labels(operation).inc()
-            exc = state.outcome.exception() if state.outcome else None
             _log.warning(
                 "docker_api_retry",
                 operation=operation,
@@ -192,15 +190,14 @@ class DockerEngine:
                 error=repr(exc),
             )
 
-        retrying = Retrying(
+        attempts = retrying(
+            on_retry,
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(retry.attempts),
             wait=capped_backoff(retry.initial_backoff, retry.max_backoff),
-            before_sleep=before_sleep,
-            reraise=True,
         )
         try:
-            for attempt in retrying:
+            for attempt in attempts:
                 with attempt:
                     DOCKER_API_REQUESTS.labels(operation).inc()
                     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import compress
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -32,24 +33,24 @@ class LogLine(NamedTuple):
 class Lines:
     """The whole lines of one socket read, as columns: one list per field, in read order.
 
-    ``ts`` holds Docker's canonical timestamps (30 bytes, nine fraction digits, UTC),
+    ``stamps`` holds Docker's canonical timestamps (30 bytes, nine fraction digits, UTC),
     which sort as the times they stand for, so ordering and dedup compare them as
     bytes and nanoseconds are computed only where a consumer needs them. ``truncated``
     is None when no line was cut (always, on the bulk decoder's fast path).
     """
 
-    __slots__ = ("messages", "size", "streams", "truncated", "ts")
+    __slots__ = ("messages", "size", "stamps", "streams", "truncated")
 
     def __init__(
         self,
         streams: list[str],
-        ts: list[bytes],
+        stamps: list[bytes],
         messages: list[bytes],
         truncated: list[bool] | None = None,
         size: int | None = None,
     ) -> None:
         self.streams = streams
-        self.ts = ts
+        self.stamps = stamps
         self.messages = messages
         self.truncated = truncated
         self.size = sum(map(len, messages)) if size is None else size
@@ -65,12 +66,21 @@ class Lines:
     def empty(cls) -> Lines:
         return cls([], [], [], None, 0)
 
+    def select(self, keep: list[bool]) -> Lines:
+        """The lines whose ``keep`` is True, in order."""
+        return Lines(
+            list(compress(self.streams, keep)),
+            list(compress(self.stamps, keep)),
+            list(compress(self.messages, keep)),
+            None if self.truncated is None else list(compress(self.truncated, keep)),
+        )
+
     def extend(self, other: Lines) -> None:
         """Append ``other``'s lines after these."""
         if other.truncated is not None and self.truncated is None:
             self.truncated = [False] * len(self.messages)
         self.streams += other.streams
-        self.ts += other.ts
+        self.stamps += other.stamps
         self.messages += other.messages
         self.size += other.size
         if self.truncated is not None:
@@ -82,7 +92,7 @@ class Lines:
             if len(ts_text) != TS_BYTES:
                 ts_text = format_rfc3339_ns(ts_ns).encode()
             self.streams.append(stream)
-            self.ts.append(ts_text)
+            self.stamps.append(ts_text)
             self.messages.append(message)
             self.size += len(message)
             if truncated and self.truncated is None:
@@ -99,7 +109,7 @@ class Lines:
 
     def ts_ns(self) -> list[int]:
         """Nanoseconds of every line (computed on demand)."""
-        return ts_ns_of(self.ts)
+        return ts_ns_of(self.stamps)
 
     def truncated_flags(self) -> list[bool]:
         return self.truncated if self.truncated is not None else [False] * len(self.messages)

@@ -37,8 +37,8 @@ from operator import countOf, eq, lt
 from ..buffers import BufferBudget, Kind
 from ..discovery.container import ContainerInfo
 from ..docker.lines import TS_BYTES, Lines
-from ..pipeline.batch import LineBatch, derive_seqs
-from ..positions.marks import Mark
+from ..pipeline.batch import LineBatch
+from ..positions.marks import Mark, seqs_of
 from ..timestamps import format_rfc3339_ns, parse_docker_ts
 
 RECENT_LINES = 1024
@@ -251,7 +251,7 @@ class StreamDedup:
                 else:
                     self._seen += 1
                 if stamp < self._mark_text or (
-                    stamp == self._mark_text and self._seen <= self.mark.count
+                    stamp == self._mark_text and self._seen <= self.mark.seq
                 ):
                     self.dropped += 1
                     keep.append(False)
@@ -291,7 +291,7 @@ class StreamDedup:
                     continue
                 self._seen += 1  # a new line at the newest timestamp
                 seq = self._seen
-            if stamp > self._mark_text or seq > self.mark.count:
+            if stamp > self._mark_text or seq > self.mark.seq:
                 self.mark = Mark(parse_docker_ts(stamp), seq)
                 self._mark_text = stamp
             if self._replay is not None:
@@ -327,7 +327,7 @@ def admit(lines: Lines, dedups: dict[str, StreamDedup], container: ContainerInfo
         if dedup is None:
             return Admitted(None, {}, {})
         size = lines.size
-        result = dedup.admit(lines.ts, lines.messages, size)
+        result = dedup.admit(lines.stamps, lines.messages, size)
         if result is None:
             batch = LineBatch(container, lines, {first: dedup.mark}, size=size)
             return Admitted(batch, {first: len(lines)}, {first: size})
@@ -346,7 +346,7 @@ def admit(lines: Lines, dedups: dict[str, StreamDedup], container: ContainerInfo
             continue
         mine = list(compress(lines.messages, mask))
         sizes[stream] = sum(map(len, mine))
-        results[stream] = dedup.admit(list(compress(lines.ts, mask)), mine, sizes[stream])
+        results[stream] = dedup.admit(list(compress(lines.stamps, mask)), mine, sizes[stream])
     if all(result is None for result in results.values()):
         ends = {s: dedups[s].mark for s in results}
         batch = LineBatch(container, lines, ends, size=sum(sizes.values()))
@@ -355,8 +355,8 @@ def admit(lines: Lines, dedups: dict[str, StreamDedup], container: ContainerInfo
     own: dict[str, tuple[list[bool], list[int]]] = {}
     for stream, result in results.items():
         if result is None:
-            mine_ts = list(compress(lines.ts, masks[stream]))
-            result = ([True] * len(mine_ts), derive_seqs([stream] * len(mine_ts), mine_ts))
+            mine_ts = list(compress(lines.stamps, masks[stream]))
+            result = ([True] * len(mine_ts), seqs_of([stream] * len(mine_ts), mine_ts))
         own[stream] = result
     cursors = {stream: iter(zip(*own[stream], strict=True)) for stream in own}
     in_order = [next(cursors[stream]) for stream in streams]
@@ -374,12 +374,7 @@ def _selected(
 ) -> Admitted:
     if not any(keep):
         return Admitted(None, {}, {})
-    kept = Lines(
-        list(compress(lines.streams, keep)),
-        list(compress(lines.ts, keep)),
-        list(compress(lines.messages, keep)),
-        None if lines.truncated is None else list(compress(lines.truncated, keep)),
-    )
+    kept = lines.select(keep)
     counts: dict[str, int] = {}
     sizes: dict[str, int] = {}
     for stream, message in zip(kept.streams, kept.messages, strict=True):

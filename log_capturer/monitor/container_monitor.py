@@ -9,12 +9,11 @@ from collections.abc import Callable
 import structlog
 from tenacity import (
     RetryCallState,
-    Retrying,
     retry_if_not_exception_type,
     stop_when_event_set,
 )
 
-from ..backoff import capped_backoff
+from ..backoff import capped_backoff, retrying
 from ..buffers import BufferBudget, Kind, lines_cost
 from ..discovery.container import ContainerInfo
 from ..docker.engine import DockerEngine
@@ -40,6 +39,7 @@ from ..metrics.registry import (
 )
 from ..pipeline.queue import BatchQueue
 from ..positions.ledger import ContainerPosition, Ledger, MonitorEnd
+from ..positions.marks import seqs_of
 from ..timestamps import parse_docker_ts
 from .admit import RecentLines, StreamDedup, admit
 from .config import MonitorConfig
@@ -220,8 +220,7 @@ class ContainerMonitor:
     def _with_retry(
         self, fn: Callable[[], bool], log: structlog.typing.FilteringBoundLogger
     ) -> bool:
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
+        def on_retry(exc: BaseException | None, state: RetryCallState) -> None:
             kind = type(exc).__name__
             MONITOR_ERRORS.labels(kind).inc()
             log.warning(
@@ -231,15 +230,14 @@ class ContainerMonitor:
                 attempt=state.attempt_number,
             )
 
-        retrying = Retrying(
+        retry = retrying(
+            on_retry,
             retry=retry_if_not_exception_type((ContainerGoneError, PoolClosedError, _Stopped)),
             wait=capped_backoff(self.config.retry_initial_backoff, self.config.retry_max_backoff),
             stop=stop_when_event_set(self._stop),
             sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
         )
-        result: bool = retrying(fn)
+        result: bool = retry(fn)
         return result
 
     def _sleep(self, seconds: float) -> None:
@@ -474,7 +472,7 @@ class ContainerMonitor:
             # A running container's log may end inside a split line still being
             # written: only a drain's last line without a newline is whole.
             for lines in stream.batches(flush_at_eof=drain):
-                last_ts = lines.ts[-1]
+                last_ts = lines.stamps[-1]
                 if extend:
                     self._extend_if_behind(stream, lines, hold_until)
                 if check is None or check.state is not PENDING:
@@ -612,7 +610,7 @@ class ContainerMonitor:
         would make the engine look for ``since`` in the whole log file."""
         if stream.deadline is None:
             return
-        newest = lines.ts[-1]
+        newest = lines.stamps[-1]
         if time.time_ns() - parse_docker_ts(newest) > BEHIND_NS:
             extended = min(time.monotonic() + self.config.stream_window, hold_until)
             if extended > stream.deadline:
@@ -633,7 +631,7 @@ class ContainerMonitor:
             marks[stream] = end
         new = len(batch)
         self._new_lines += new
-        self._received.add(parse_docker_ts(batch.lines.ts[-1]), new)
+        self._received.add(parse_docker_ts(batch.lines.stamps[-1]), new)
         for stream, count in admitted.lines.items():
             LINES_CAPTURED.labels(stream).inc(count)
             BYTES_CAPTURED.labels(stream).inc(admitted.bytes[stream])
@@ -664,7 +662,7 @@ class ContainerMonitor:
     def _holds_new_lines(self, held: Lines) -> bool:
         """Whether lines held back by an unchecked tail read include any not delivered."""
         for stream, ts_ns, seq in zip(
-            held.streams, held.ts_ns(), _seqs_in_order(held), strict=True
+            held.streams, held.ts_ns(), seqs_of(held.streams, held.stamps), strict=True
         ):
             mark = self.marks.get(stream)
             if mark is not None and not mark.covers(ts_ns, seq):
@@ -675,13 +673,3 @@ class ContainerMonitor:
 def _age(request_ns: int, ts: bytes) -> int:
     """How long before the request a line stamped ``ts`` was written (0 if no line)."""
     return request_ns - parse_docker_ts(ts) if ts else 0
-
-
-def _seqs_in_order(lines: Lines) -> list[int]:
-    """Each line's index among the lines of its stream with the same timestamp."""
-    seen: dict[tuple[str, bytes], int] = {}
-    out = []
-    for key in zip(lines.streams, lines.ts, strict=True):
-        seen[key] = seen.get(key, 0) + 1
-        out.append(seen[key])
-    return out

@@ -13,18 +13,28 @@ through the same accessors.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import compress
 from operator import attrgetter
+from typing import TypeVar
 
 from ..discovery.container import ContainerInfo
 from ..docker.lines import Lines, ts_ns_of
-from ..positions.marks import Mark
+from ..positions.marks import Mark, seqs_of
 from ..timestamps import parse_docker_ts
 from .jsonl import lines_jsonl, record_json
 from .record import LogRecord
 
-_SAMPLES = 20  # delivery-lag samples per batch
+LAG_SAMPLES = 20
+"""Lines of a batch (or a push) whose delivery lag is observed: a sample is enough for the
+histogram, and keeps it off the hot path."""
+
+T = TypeVar("T")
+
+
+def lag_sample(values: Sequence[T]) -> Sequence[T]:
+    """About :data:`LAG_SAMPLES` of ``values``, spread over them."""
+    return values[:: max(1, len(values) // LAG_SAMPLES)]
 
 
 class Batch(ABC):
@@ -79,7 +89,7 @@ class Batch(ABC):
 
     def sample_ts_ns(self) -> list[int]:
         """Timestamps of a few lines spread over the batch (for the delivery lag)."""
-        return self.ts_ns()[:: max(1, len(self) // _SAMPLES)]
+        return list(lag_sample(self.ts_ns()))
 
 
 class LineBatch(Batch):
@@ -117,16 +127,16 @@ class LineBatch(Batch):
 
     def ts_ns(self) -> list[int]:
         if self._ts_ns is None:
-            self._ts_ns = ts_ns_of(self.lines.ts)
+            self._ts_ns = ts_ns_of(self.lines.stamps)
         return self._ts_ns
 
     def ts_texts(self) -> list[str]:
-        return [t.decode("ascii") for t in self.lines.ts]
+        return [t.decode("ascii") for t in self.lines.stamps]
 
     def sample_ts_ns(self) -> list[int]:
         if self._ts_ns is not None:
             return super().sample_ts_ns()
-        return [parse_docker_ts(t) for t in self.lines.ts[:: max(1, len(self) // _SAMPLES)]]
+        return [parse_docker_ts(t) for t in lag_sample(self.lines.stamps)]
 
     def texts(self) -> list[str]:
         return [m.decode("utf-8", "replace") for m in self.lines.messages]
@@ -137,14 +147,16 @@ class LineBatch(Batch):
     def seq_list(self) -> list[int]:
         if self.seqs is not None:
             return self.seqs
-        return derive_seqs(self.lines.streams, self.lines.ts)
+        return seqs_of(self.lines.streams, self.lines.stamps)
 
     def positions(self) -> list[tuple[int, int]]:
         return list(zip(self.ts_ns(), self.seq_list(), strict=True))
 
     def jsonl(self) -> bytes:
         lines = self.lines
-        return lines_jsonl(self.container, lines.streams, lines.ts, lines.messages, lines.truncated)
+        return lines_jsonl(
+            self.container, lines.streams, lines.stamps, lines.messages, lines.truncated
+        )
 
     def records(self) -> list[LogRecord]:
         container = self.container
@@ -166,29 +178,8 @@ class LineBatch(Batch):
             return self
         if not any(keep):
             return None
-        lines = self.lines
-        kept = Lines(
-            list(compress(lines.streams, keep)),
-            list(compress(lines.ts, keep)),
-            list(compress(lines.messages, keep)),
-            None if lines.truncated is None else list(compress(lines.truncated, keep)),
-        )
+        kept = self.lines.select(keep)
         return LineBatch(self.container, kept, self.ends, list(compress(self.seq_list(), keep)))
-
-
-def derive_seqs(streams: list[str], ts: list[bytes]) -> list[int]:
-    """Seqs when every stream's first line starts a new timestamp (see LineBatch)."""
-    last: dict[str, bytes] = {}
-    seen: dict[str, int] = {}
-    out: list[int] = []
-    for stream, stamp in zip(streams, ts, strict=True):
-        if last.get(stream) == stamp:
-            seen[stream] += 1
-        else:
-            last[stream] = stamp
-            seen[stream] = 1
-        out.append(seen[stream])
-    return out
 
 
 _end_position = attrgetter("end_position")

@@ -4,92 +4,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_any,
-    stop_never,
-    stop_when_event_set,
-)
-from tenacity.stop import stop_base
 
-from ..backoff import backoff_seconds, capped_backoff
-from ..metrics.registry import POSITION_SAVES, SINK_BATCHES, SINK_RECORDS, SINK_SEND_SECONDS
+from ..backoff import backoff_seconds
+from ..metrics.registry import POSITION_SAVES, SINK_RECORDS
 from ..positions.ledger import Ledger
 from ..sinks.base import Sink, SinkError
 from .batch import Batch, RecordBatch, total_lines
 from .config import PipelineConfig
+from .held import DROPPED, Held, HeldDeliveries
 from .queue import BatchQueue
+from .reconfigure import Handover, Reconfiguration, swap_sinks
 from .record import LogRecord
 from .stages import NoStages, StageChain
+from .writes import SinkWriter, abandoned
 
 _log = structlog.get_logger(__name__)
-
-
-class _StopWhen(stop_base):
-    """Stop retrying once ``condition()`` holds."""
-
-    def __init__(self, condition: Callable[[], bool]) -> None:
-        self.condition = condition
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.condition()
-
-
-@dataclass
-class Reconfiguration:
-    """A reload's changes to delivery, applied by the dispatcher thread between two
-    deliveries (:meth:`Dispatcher.reconfigure`).
-
-    ``sinks``: the sink names in their delivery order after the change; ``build``: a
-    builder per sink to (re)build, added or changed (a sink not named in ``sinks`` is
-    removed); ``restore``: builders of the running config, used when a changed sink
-    cannot be built. ``stages``: the new chain, or None to keep it.
-    """
-
-    config: PipelineConfig
-    flush_interval: float
-    sinks: list[str]
-    build: dict[str, Callable[[], Sink]] = field(default_factory=dict)
-    restore: dict[str, Callable[[], Sink]] = field(default_factory=dict)
-    stages: StageChain | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    errors: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    """Sinks that could not be built with their new settings (their old ones run, if any)."""
-
-    def swaps(self, running: list[Sink]) -> bool:
-        """Whether sinks or stages change (what is queued and held is delivered first)."""
-        return (
-            bool(self.build)
-            or self.stages is not None
-            or self.sinks != [sink.name for sink in running]
-        )
-
-
-@dataclass
-class _Held:
-    """A delivery pipelined sinks took but have not all accepted yet: ``tickets`` per sink
-    still to accept it (-1: it could not take it; it is written at the next settle)."""
-
-    batches: list[Batch]
-    lines: int
-    tickets: dict[str, int]
-    submitted: float = field(default_factory=time.monotonic)
-
-    def accepted_by(self, sink: str) -> None:
-        """``sink`` accepted it: counted as a write it accepted."""
-        del self.tickets[sink]
-        SINK_BATCHES.labels(sink, "accepted").inc()
-        SINK_RECORDS.labels(sink, "accepted").inc(self.lines)
-        SINK_SEND_SECONDS.labels(sink).observe(time.monotonic() - self.submitted)
 
 
 class Dispatcher:
@@ -134,23 +65,12 @@ class Dispatcher:
         self._checkpoint_failing = False
         self._pending: Reconfiguration | None = None
         self._pending_lock = threading.Lock()
-        # While a reconfiguration drains: sinks about to be closed (their writes are
-        # bounded by drain_timeout), those of them that gave up, and the deliveries a
-        # replaced sink gave up on (acknowledged once its replacement accepted them).
-        self._leaving: frozenset[str] = frozenset()
-        self._replacing: frozenset[str] = frozenset()
-        self._gave_up: set[str] = set()
-        self._carry: list[list[Batch]] = []
-        # A delivery whose retries a reload cut short, and the sinks that had accepted it.
-        self._interrupted: tuple[list[Batch], set[str]] | None = None
+        self._handover = Handover()  # while a reconfiguration drains
         self._wake = threading.Event()  # ends a retry's wait: shutdown, or a reload asked
-        self._retrying = ""  # the sink a retry waits for
-        self._held: deque[_Held] = deque()  # in order: acknowledged from the left
-        # The other sinks' states (Sink.state) from before they took the oldest held
-        # delivery: saved with the positions instead of their current ones while anything
-        # is held, so a restart's recovery (FileSink.recover reads what the file holds past
-        # the saved offset) does not take their unacknowledged records for delivered ones.
-        self._held_from: dict[str, object] = {}
+        self._writer = SinkWriter(
+            self._abandon, self._wake, self._leaves_at_reload, lambda: self._handover.replacing
+        )
+        self._held = HeldDeliveries()  # in order: acknowledged from the oldest
 
     def start(self) -> None:
         self._thread.start()
@@ -251,12 +171,10 @@ class Dispatcher:
         swaps = change.swaps(self.sinks)
         try:
             if swaps:
-                running = {sink.name for sink in self.sinks}
-                self._replacing = frozenset(running & set(change.build))
-                self._leaving = self._replacing | (running - set(change.sinks))
+                self._handover.begin(change, self.sinks)
                 self._settle()
-                if self._interrupted is not None:
-                    self._deliver(*self._interrupted)
+                if self._handover.interrupted is not None:
+                    self._deliver(*self._handover.interrupted)
                 self._drain(len(self.queue))
                 if self._staged and not self._abandon.is_set():
                     self._deliver(RecordBatch.group(self.stages.flush()))
@@ -265,7 +183,7 @@ class Dispatcher:
                 if self._abandon.is_set():
                     return
                 self.checkpoint(force=True)
-                self.sinks = self._swap_sinks(change)
+                self.sinks = swap_sinks(self.sinks, change)
                 if change.stages is not None:
                     self.stages = change.stages
                     self._staged = not isinstance(self.stages, NoStages)
@@ -275,8 +193,7 @@ class Dispatcher:
             if swaps:
                 self.checkpoint(force=True)
         finally:
-            self._leaving = self._replacing = frozenset()
-            self._gave_up, self._carry, self._interrupted = set(), [], None
+            self._handover = Handover()
             change.done.set()
 
     def _drain(self, lines: int) -> None:
@@ -292,57 +209,14 @@ class Dispatcher:
     def _hand_over(self) -> None:
         """The deliveries a replaced sink gave up on go to its replacement; then they are
         acknowledged (if it could not be built, they are abandoned for it)."""
-        replacements = [s for s in self.sinks if s.name in self._gave_up]
-        for batches in self._carry:
+        replacements = [s for s in self.sinks if s.name in self._handover.gave_up]
+        for batches in self._handover.carry:
             lines = total_lines(batches)
             for sink in replacements:
-                if not self._write_with_retry(sink, batches, lines):
+                if not self._writer.write(sink, batches, lines):
                     return  # abandoned at shutdown: not acknowledged
             self.ledger.acknowledge(batches)
             self.delivered += lines
-
-    def _swap_sinks(self, change: Reconfiguration) -> list[Sink]:
-        running = {sink.name: sink for sink in self.sinks}
-        for name, sink in running.items():
-            if name in change.build or name not in change.sinks:
-                self._close(sink)
-        out: list[Sink] = []
-        for name in change.sinks:
-            builder = change.build.get(name)
-            if builder is None:
-                out.append(running[name])
-                continue
-            built = self._build(name, builder, change)
-            if built is None:
-                change.failed.append(name)
-                if name in running and name in change.restore:
-                    built = self._build(name, change.restore[name], change)
-            if built is not None:
-                out.append(built)
-        if not out:
-            # Nothing would receive the lines, and positions would move past them.
-            raise RuntimeError("no sink left after the reload: " + "; ".join(change.errors))
-        return out
-
-    @staticmethod
-    def _close(sink: Sink) -> None:
-        try:
-            sink.close()
-        except Exception:
-            _log.exception("sink_close_failed", sink=sink.name)
-
-    @staticmethod
-    def _build(
-        name: str, builder: Callable[[], Sink], change: Reconfiguration
-    ) -> Sink | None:
-        try:
-            sink = builder()
-            sink.recover({}, None)  # a torn last line of a file it appends to is cut
-        except Exception as exc:
-            change.errors.append(f"sinks.{name}: {exc}")
-            _log.exception("sink_start_failed", sink=name)
-            return None
-        return sink
 
     def _through_stages(self, batches: list[Batch]) -> list[Batch]:
         """Batches of containers a stage applies to become records and go through the
@@ -374,7 +248,7 @@ class Dispatcher:
             # held then: the state saved must be the sink's current one.
             if self._held and not self._settle():
                 if not self._abandon.is_set():  # a reload that removes or replaces one
-                    self._interrupted = (batches, accepted)
+                    self._handover.interrupted = (batches, accepted)
                 return
             failures = 0
             while not self.checkpoint(force=True):
@@ -382,59 +256,60 @@ class Dispatcher:
                 if self._abandon.wait(backoff_seconds(failures, 0.2, 10.0)):
                     # Abandoned at shutdown: no sink got this delivery, none acknowledges it.
                     for sink in self.sinks:
-                        self._abandoned(sink, total_lines(batches), "positions not saved")
+                        abandoned(sink, total_lines(batches), "positions not saved")
                     return
         lines = total_lines(batches)
         # Pipelined sinks take the delivery after the others accepted it (a reload that cuts
         # a write short then finds it in none of them); a leaving sink writes it.
+        handover = self._handover
         pipelined = [
             sink for sink in self.sinks
-            if sink.pipelined and sink.name not in accepted and sink.name not in self._gave_up
-            and sink.name not in self._leaving
+            if sink.pipelined and sink.name not in accepted
+            and sink.name not in handover.gave_up and sink.name not in handover.leaving
         ]
         if pipelined and not self._wait_room(pipelined):
             if not self._abandon.is_set():  # a reload that removes or replaces one asked
-                self._interrupted = (batches, accepted)
+                self._handover.interrupted = (batches, accepted)
             return
-        if pipelined and not self._held:  # every delivery so far is acknowledged
-            self._held_from = {s.name: s.state() for s in self.sinks if s not in pipelined}
+        if pipelined:
+            self._held.note_states(self.sinks, pipelined)
         for sink in self.sinks:
             if sink.name in accepted or sink in pipelined:
                 continue
-            if sink.name in self._gave_up:  # leaving, and did not accept an earlier delivery
-                if sink.name not in self._replacing:
+            if sink.name in handover.gave_up:  # leaving, did not accept an earlier delivery
+                if handover.hands_over(sink.name):
                     SINK_RECORDS.labels(sink.name, "abandoned").inc(lines)
                 continue
-            leaving = sink.name in self._leaving
+            leaving = sink.name in handover.leaving
             limit = self.config.drain_timeout if leaving else None
-            if self._write_with_retry(sink, batches, lines, limit):
+            if self._writer.write(sink, batches, lines, limit):
                 accepted.add(sink.name)
                 continue
             if self._abandon.is_set():
                 return  # abandoned at shutdown: nothing of it is acknowledged
             if not leaving:  # a reload that removes or replaces it cut its retries short
-                self._interrupted = (batches, accepted)
+                self._handover.interrupted = (batches, accepted)
                 return
-            self._gave_up.add(sink.name)
+            handover.gave_up.add(sink.name)
         tickets: dict[str, int] = {}
         for sink in pipelined:
             try:
                 ticket = sink.submit(batches, 0.0)
             except SinkError:  # it failed: the next settle writes this one again
                 ticket = None
-            tickets[sink.name] = -1 if ticket is None else ticket
+            tickets[sink.name] = DROPPED if ticket is None else ticket
         if tickets or self._held:
-            self._held.append(_Held(batches, lines, tickets))
+            self._held.hold(Held(batches, lines, tickets))
             self._collect()
             return
         self._finish(batches, lines)
 
     def _finish(self, batches: list[Batch], lines: int) -> None:
         """Every sink accepted ``batches`` (or gave up on them at a reload): acknowledge."""
-        if self._gave_up & self._replacing:
+        if self._handover.gave_up & self._handover.replacing:
             # A sink being replaced gave up: the delivery waits for its replacement,
             # unacknowledged (a removed sink that gave up holds nothing back).
-            self._carry.append(batches)
+            self._handover.carry.append(batches)
             return
         self.ledger.acknowledge(batches)
         self.delivered += lines
@@ -443,7 +318,7 @@ class Dispatcher:
         """Wait until each pipelined sink can take a delivery; False if shutdown gave up
         or a reload removes or replaces one of them."""
         for sink in sinks:
-            self._retrying = sink.name
+            self._writer.retrying = sink.name
             while not sink.wait_room(0.2):
                 self._collect()  # acknowledge what was accepted meanwhile
                 if self._abandon.is_set() or self._leaves_at_reload(sink.name):
@@ -453,20 +328,11 @@ class Dispatcher:
     def _collect(self) -> None:
         """Acknowledge the held deliveries every sink accepted, oldest first; a sink that
         failed (or could not take one) has them settled at once."""
-        by_name = {sink.name: sink for sink in self.sinks}
-        while self._held:
-            held = self._held[0]
-            for name, ticket in list(held.tickets.items()):
-                sink = by_name.get(name)
-                if sink is None or ticket < 0 or sink.failed:
-                    self._settle()
-                    return
-                if sink.accepted() >= ticket:
-                    held.accepted_by(name)
-            if held.tickets:
-                return
-            self._held.popleft()
+        done, settle = self._held.accepted({sink.name: sink for sink in self.sinks})
+        for held in done:
             self._finish(held.batches, held.lines)
+        if settle:
+            self._settle()
 
     def _settle(self) -> bool:
         """Wait for every held delivery, in order (a reload, shutdown, a failed sink): a
@@ -477,19 +343,20 @@ class Dispatcher:
             if running.pipelined:
                 running.flush()
         by_name = {running.name: running for running in self.sinks}
+        handover = self._handover
         while self._held:
-            held = self._held[0]
+            held = self._held.oldest
             for name in list(held.tickets):
                 sink = by_name.get(name)
                 if sink is None:  # not running any more: nothing to wait for
                     del held.tickets[name]
                     continue
-                if name in self._gave_up:
-                    if name not in self._replacing:
+                if name in handover.gave_up:
+                    if handover.hands_over(name):
                         SINK_RECORDS.labels(name, "abandoned").inc(held.lines)
                     del held.tickets[name]
                     continue
-                leaving = name in self._leaving
+                leaving = name in handover.leaving
                 limit = self.config.drain_timeout if leaving else None
                 if self._await(sink, held, limit):
                     if name in held.tickets:  # accepted as taken (else written again)
@@ -497,13 +364,13 @@ class Dispatcher:
                     continue
                 if self._abandon.is_set() or not leaving:
                     return False
-                self._gave_up.add(name)
+                handover.gave_up.add(name)
                 del held.tickets[name]
-            self._held.popleft()
+            self._held.release_oldest()
             self._finish(held.batches, held.lines)
         return True
 
-    def _await(self, sink: Sink, held: _Held, limit: float | None) -> bool:
+    def _await(self, sink: Sink, held: Held, limit: float | None) -> bool:
         """Wait until ``sink`` accepted ``held`` (written again if it dropped it); False
         at shutdown, after ``limit`` seconds, or when a reload removes or replaces it."""
         ticket = held.tickets[sink.name]
@@ -515,114 +382,27 @@ class Dispatcher:
             except SinkError:
                 # The sink dropped every delivery it had not accepted: each is written
                 # again, this one first (never waited for after the sink's reset).
-                for other in self._held:
-                    if other.tickets.get(sink.name, -1) >= ticket:
-                        other.tickets[sink.name] = -1
+                self._held.dropped(sink.name, ticket)
                 break
             if self._abandon.is_set():
-                self._abandoned(sink, held.lines, "not accepted at shutdown")
+                abandoned(sink, held.lines, "not accepted at shutdown")
                 return False
             waited = time.monotonic() - started
             if limit is not None and waited >= limit:
-                self._left_behind(sink, held.lines, f"not accepted within {limit:g}s")
+                self._writer.left_behind(sink, held.lines, f"not accepted within {limit:g}s")
                 return False
             if self._leaves_at_reload(sink.name):
                 return False
         left = None if limit is None else max(0.0, limit - (time.monotonic() - started))
-        if not self._write_with_retry(sink, held.batches, held.lines, left):
+        if not self._writer.write(sink, held.batches, held.lines, left):
             return False
         del held.tickets[sink.name]  # counted by the write
         return True
 
-    def _write_with_retry(
-        self, sink: Sink, batches: list[Batch], lines: int, limit: float | None = None
-    ) -> bool:
-        """Write until ``sink`` accepts; False if shutdown gave up on it, or (``limit``,
-        at a reload) it did not accept within ``limit`` seconds."""
-        failures = 0
-        failed_at = 0.0  # monotonic time of this delivery's first failure
-
-        def before_sleep(state: RetryCallState) -> None:
-            nonlocal failures, failed_at
-            exc = state.outcome.exception() if state.outcome else None
-            # One warning per episode (a full disk fails every retry for minutes); the
-            # retries are counted (sink_batches_total{status="error"}) and logged at debug.
-            log = _log.debug if failures else _log.warning
-            if not failures:
-                failed_at = time.monotonic()
-            failures += 1
-            log("sink_write_failed", sink=sink.name, attempt=state.attempt_number, error=str(exc))
-
-        self._retrying = sink.name
-        retrying = Retrying(
-            retry=retry_if_exception_type(SinkError),
-            wait=capped_backoff(0.2, 10.0),
-            stop=stop_any(
-                stop_when_event_set(self._abandon),
-                stop_after_delay(limit) if limit is not None else stop_never,
-                _StopWhen(lambda: self._leaves_at_reload(sink.name)),
-            ),
-            sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    started = time.monotonic()
-                    try:
-                        sink.write(batches)
-                    except SinkError:
-                        SINK_BATCHES.labels(sink.name, "error").inc()
-                        raise
-                    SINK_SEND_SECONDS.labels(sink.name).observe(time.monotonic() - started)
-        except SinkError as exc:
-            if self._abandon.is_set():
-                self._abandoned(sink, lines, str(exc))
-            elif limit is not None:
-                self._left_behind(sink, lines, str(exc))
-            return False
-        SINK_BATCHES.labels(sink.name, "accepted").inc()
-        SINK_RECORDS.labels(sink.name, "accepted").inc(lines)
-        if failures:
-            _log.info(
-                "sink_write_recovered",
-                sink=sink.name,
-                attempts=failures + 1,
-                seconds=round(time.monotonic() - failed_at, 3),
-            )
-        return True
-
-    def _sleep(self, seconds: float) -> None:
-        """A retry's wait: ended by shutdown, or by a reload that removes or replaces the
-        sink being retried (a sink that stays waits it out)."""
-        deadline = time.monotonic() + seconds
-        if self._wake.wait(seconds) and not self._leaves_at_reload(self._retrying):
-            self._abandon.wait(max(0.0, deadline - time.monotonic()))
-
     def _leaves_at_reload(self, name: str) -> bool:
         """A reload asked for removes or replaces sink ``name`` (its retries stop)."""
         pending = self._pending
-        return pending is not None and (name in pending.build or name not in pending.sinks)
-
-    def _left_behind(self, sink: Sink, lines: int, error: str) -> None:
-        """A sink leaving at a reload did not accept a delivery within drain_timeout."""
-        if sink.name in self._replacing:
-            _log.warning(
-                "sink_drain_handed_over", sink=sink.name, records=lines, error=error,
-                hint="its replacement receives what it did not accept",
-            )
-        else:
-            SINK_RECORDS.labels(sink.name, "abandoned").inc(lines)
-            _log.error("sink_batch_abandoned_at_reload", sink=sink.name, records=lines,
-                       error=error)
-
-    @staticmethod
-    def _abandoned(sink: Sink, lines: int, error: str) -> None:
-        """Shutdown gave up on a delivery ``sink`` had not accepted (it is re-read at the
-        next start, from the positions that did not move past it)."""
-        SINK_RECORDS.labels(sink.name, "abandoned").inc(lines)
-        _log.error("sink_batch_abandoned_at_shutdown", sink=sink.name, records=lines, error=error)
+        return pending is not None and pending.removes_or_replaces(name)
 
     def checkpoint(self, force: bool = False) -> bool:
         """Make sinks durable, then save positions with their state (this thread only).
@@ -639,7 +419,7 @@ class Dispatcher:
             POSITION_SAVES.labels("error").inc()
             return self._checkpoint_failed(exc)
         if self._held:  # the positions do not include the held deliveries yet
-            states.update((k, v) for k, v in self._held_from.items() if k in states)
+            states.update((k, v) for k, v in self._held.states_before.items() if k in states)
         try:  # counts its own failures
             self.ledger.save({k: v for k, v in states.items() if v is not None}, force=force)
         except OSError as exc:

@@ -123,7 +123,7 @@ class Ledger:
 
     # -- discovery and monitors ----------------------------------------------------------
 
-    def open(
+    def begin_reading(
         self, info: ContainerInfo, streams: Sequence[str], start_now: bool
     ) -> ContainerPosition | None:
         """A monitor is about to read ``info``: its position (``READING`` from now on),
@@ -155,7 +155,7 @@ class Ledger:
             entry.finished_run = None
             return entry
 
-    def close(self, container_id: str, end: MonitorEnd, run: str) -> None:
+    def end_reading(self, container_id: str, end: MonitorEnd, run: str) -> None:
         """The container's monitor ended; ``run`` is the StartedAt of the run it read."""
         with self._lock:
             entry = self._containers.get(container_id)

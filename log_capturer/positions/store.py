@@ -119,7 +119,7 @@ def _encode(saved: SavedPositions) -> dict[str, Any]:
             entry: dict[str, Any] = {
                 "ts": format_rfc3339_ns(m.ts_ns),
                 "ts_ns": m.ts_ns,
-                "count": m.count,
+                "count": m.seq,
             }
             if checked.get(stream, 0) > 0:
                 entry["checked"] = format_rfc3339_ns(checked[stream])

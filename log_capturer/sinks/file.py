@@ -97,7 +97,7 @@ class FileSink(Sink):
             elif mark is None or ts_ns > mark.ts_ns:
                 streams[stream] = Mark(ts_ns, 1)
             elif ts_ns == mark.ts_ns:
-                streams[stream] = Mark(ts_ns, mark.count + 1)
+                streams[stream] = Mark(ts_ns, mark.seq + 1)
             found += 1
         for cid, streams in marks.items():
             for stream, mark in streams.items():

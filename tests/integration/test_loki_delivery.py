@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from log_capturer.sinks.delivery import max_requests
+from log_capturer.sinks.network.bisection import max_requests
 from log_capturer_testkit import Daemon, Fleet, assert_exactly_once, wait_for
 from log_capturer_testkit.loki import LIMITS_TENANT, RealLoki, selector
 from tests.tcp_proxy import TcpProxy

@@ -25,7 +25,7 @@ def one_by_one(
 ) -> list[tuple[str, bytes, bytes, int]]:
     out = []
     for lines in reads:
-        for stream, stamp, message in zip(lines.streams, lines.ts, lines.messages, strict=True):
+        for stream, stamp, message in zip(lines.streams, lines.stamps, lines.messages, strict=True):
             dedup = dedups.get(stream)
             if dedup is None:
                 continue
@@ -53,7 +53,7 @@ def test_admitting_reads_equals_admitting_line_by_line(seed: int) -> None:
                 elif roll < 0.7:
                     clock[stream] += rng.choice((1, 2))
                 lines.streams.append(stream)
-                lines.ts.append(ts(max(clock[stream], 0)))
+                lines.stamps.append(ts(max(clock[stream], 0)))
                 lines.messages.append(rng.choice((b"a", b"b", b"c\\"))[: rng.randrange(3)])
             reads.append(lines)
         streams = rng.choice((("stdout",), ("stdout", "stderr"), ("stderr",)))
@@ -68,7 +68,7 @@ def test_admitting_reads_equals_admitting_line_by_line(seed: int) -> None:
             if batch is None:
                 assert admitted.lines == {}
                 continue
-            columns = (batch.streams, batch.lines.ts, batch.lines.messages, batch.seq_list())
+            columns = (batch.streams, batch.lines.stamps, batch.lines.messages, batch.seq_list())
             got += zip(*columns, strict=True)
             assert batch.container is INFO
             for stream, count in admitted.lines.items():

@@ -99,7 +99,7 @@ def bulk(wire: bytes, max_line: int, rng: random.Random) -> tuple[list[LogLine],
     done = decoder.done
     out.add_loglines(assembler.flush())
     lines = list(
-        map(LogLine, out.streams, out.ts_ns(), out.ts, out.messages, out.truncated_flags())
+        map(LogLine, out.streams, out.ts_ns(), out.stamps, out.messages, out.truncated_flags())
     )
     # Columns carry Docker's canonical spelling of each line's timestamp.
     assert [ln.ts_text for ln in lines] == [format_rfc3339_ns(ln.ts_ns).encode() for ln in lines]
@@ -144,7 +144,8 @@ def test_a_line_without_timestamp_keeps_the_last_one_the_fast_path_saw() -> None
     wire = chunk(frame(1, stamp + b" first\n")) + chunk(frame(1, b"nots\n")) + b"0\r\n\r\n"
     decoder = BulkLineDecoder(FrameDecoder(), LineAssembler(100))
     out = decoder.feed(wire)
-    assert list(zip(out.messages, out.ts, strict=False)) == [(b"first", stamp), (b"nots", stamp)]
+    stamped = list(zip(out.messages, out.stamps, strict=False))
+    assert stamped == [(b"first", stamp), (b"nots", stamp)]
     assert decoder.fast_lines == 1
 
 

@@ -32,7 +32,7 @@ def batch(ts_ns: int, seq: int = 1, stream: str = "stdout") -> LineBatch:
 def ledger_at(path: Path) -> Ledger:
     ledger = Ledger(str(path))
     ledger.load([])
-    assert ledger.open(INFO, STREAMS, start_now=False) is not None
+    assert ledger.begin_reading(INFO, STREAMS, start_now=False) is not None
     return ledger
 
 
@@ -67,7 +67,7 @@ def test_a_crash_before_delivery_restarts_from_the_mark(tmp_path: Path) -> None:
     restarted = Ledger(str(path))
     restarted.load([])
     assert restarted.checked_times(INFO.id) == {}
-    position = restarted.open(INFO, STREAMS, start_now=False)
+    position = restarted.begin_reading(INFO, STREAMS, start_now=False)
     assert position is not None and position.read["stdout"] == Mark(T0, 1)
 
 
@@ -104,7 +104,7 @@ def test_a_stream_that_never_had_a_line_keeps_its_checked_time(tmp_path: Path) -
     restarted = Ledger(str(path))
     restarted.load([])
     assert restarted.checked_times(INFO.id) == {"stderr": T0}
-    position = restarted.open(INFO, STREAMS, start_now=False)
+    position = restarted.begin_reading(INFO, STREAMS, start_now=False)
     assert position is not None and position.read == {"stdout": ZERO, "stderr": ZERO}
 
 

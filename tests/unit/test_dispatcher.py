@@ -21,8 +21,9 @@ from prometheus_client import REGISTRY
 from log_capturer.discovery.container import ContainerInfo
 from log_capturer.pipeline.batch import Batch
 from log_capturer.pipeline.config import PipelineConfig
-from log_capturer.pipeline.dispatcher import Dispatcher, Reconfiguration
+from log_capturer.pipeline.dispatcher import Dispatcher
 from log_capturer.pipeline.queue import BatchQueue
+from log_capturer.pipeline.reconfigure import Reconfiguration
 from log_capturer.positions.ledger import Ledger
 from log_capturer.positions.marks import Mark
 from log_capturer.positions.store import PositionFile, SavedPositions
@@ -140,7 +141,7 @@ def make(
 ) -> tuple[Dispatcher, BatchQueue, Ledger]:
     queue = BatchQueue(1000, 10**6)
     ledger = Ledger(str(tmp_path / "positions.json"))
-    assert ledger.open(WEB, ("stdout",), start_now=False) is not None
+    assert ledger.begin_reading(WEB, ("stdout",), start_now=False) is not None
     config = PipelineConfig(batch_wait=0.01)
     return Dispatcher(queue, sinks, ledger, config, flush_interval), queue, ledger
 
@@ -162,7 +163,7 @@ def test_a_failing_sink_is_retried_with_capped_backoff_and_acknowledged_after_ev
         if len(waits) == 9:
             looked.wait(30)  # the last wait lasts until the test has looked
 
-    monkeypatch.setattr(dispatcher, "_sleep", sleep)
+    monkeypatch.setattr(dispatcher._writer, "_sleep", sleep)
     put(queue, 1, 2)
     put(queue, 3)
     dispatcher.start()

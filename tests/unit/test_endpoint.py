@@ -131,4 +131,4 @@ def test_with_whole_second_stamps_repeated_lines_of_a_second_are_all_new() -> No
     podman = StreamDedup(ZERO, RecentLines(), whole_seconds=True)
     result = podman.admit([second] * 4, messages, 16)
     assert result is not None and result == ([True] * 4, [1, 2, 3, 4])
-    assert podman.mark.count == 4
+    assert podman.mark.seq == 4

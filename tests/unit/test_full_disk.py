@@ -29,7 +29,7 @@ from log_capturer.positions.ledger import Ledger
 from log_capturer.positions.marks import Mark
 from log_capturer.sinks.base import Sink, SinkError
 from log_capturer.sinks.file import FileSink, FileSinkConfig
-from log_capturer.sinks.spool import DiskSpool, SpoolError
+from log_capturer.sinks.network.spool import DiskSpool, SpoolError
 from log_capturer.timestamps import format_rfc3339_ns
 from tests.tmpfs import fill, free_bytes, small_tmpfs
 
@@ -231,7 +231,7 @@ def test_a_failed_fsync_leaves_nothing_of_the_batch_for_the_retry_to_duplicate(
 def test_positions_on_a_full_disk_keep_the_previous_file_and_save_later(disk: Path) -> None:
     path = disk / "positions.json"
     store = Ledger(str(path))
-    assert store.open(INFO, ("stdout",), start_now=False) is not None
+    assert store.begin_reading(INFO, ("stdout",), start_now=False) is not None
     store.acknowledge(batch(1, 1))
     assert store.save({"file": {"offset": 1}})
     saved = path.read_bytes()
@@ -296,7 +296,7 @@ def test_the_dispatcher_outlives_positions_it_cannot_save(disk: Path) -> None:
     queue = BatchQueue(1000, 10**6)
     sink = MemorySink()
     positions = Ledger(str(disk / "positions.json"))
-    assert positions.open(INFO, ("stdout",), start_now=False) is not None
+    assert positions.begin_reading(INFO, ("stdout",), start_now=False) is not None
     dispatcher = Dispatcher(queue, [sink], positions, PipelineConfig(batch_wait=0.01), 0.02)
     filler = fill(disk)
     assert free_bytes(disk) == 0

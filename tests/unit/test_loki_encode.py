@@ -11,17 +11,16 @@ import pytest
 from log_capturer.discovery.container import COMPOSE_PROJECT, COMPOSE_SERVICE, ContainerInfo
 from log_capturer.pipeline.batch import RecordBatch
 from log_capturer.pipeline.record import LogRecord
-from log_capturer.sinks.columns import full_ranges
 from log_capturer.sinks.loki import LokiSinkConfig
-from log_capturer.sinks.loki.encode import (
-    ENTRY_OVERHEAD,
-    Encoder,
+from log_capturer.sinks.loki.encode import ENTRY_OVERHEAD, Encoder
+from log_capturer.sinks.loki.push import (
     Push,
     Streams,
     decode_json,
     decode_protobuf,
     split_pushes,
 )
+from log_capturer.sinks.network.columns import full_ranges
 
 WEB = ContainerInfo(
     id="c0ffee" * 10 + "abcd", name="web", image="nginx:1.27",

@@ -12,18 +12,13 @@ from typing import Any
 
 import pytest
 
-from log_capturer.sinks.delivery import (
-    ACCEPTED,
-    Accepted,
-    Delivery,
-    Refused,
-    Transient,
-    max_requests,
-)
 from log_capturer.sinks.loki import LokiSinkConfig
 from log_capturer.sinks.loki.encode import Push, Streams
-from log_capturer.sinks.loki.labels import label_text, parse_label_text
 from log_capturer.sinks.loki.responses import classify
+from log_capturer.sinks.network.bisection import max_requests
+from log_capturer.sinks.network.delivery import Delivery
+from log_capturer.sinks.network.loki_format import label_text, parse_label_text
+from log_capturer.sinks.network.outcomes import ACCEPTED, Accepted, Refused, Transient
 from tests.loki_cases import CASES, recorded
 
 

@@ -25,7 +25,6 @@ from log_capturer.discovery.container import COMPOSE_PROJECT, COMPOSE_SERVICE, C
 from log_capturer.pipeline.batch import RecordBatch
 from log_capturer.pipeline.record import LogRecord
 from log_capturer.sinks.base import SinkError
-from log_capturer.sinks.delivery import max_requests
 from log_capturer.sinks.loki import (
     LokiSink,
     LokiSinkConfig,
@@ -33,7 +32,8 @@ from log_capturer.sinks.loki import (
     SecretUnavailableError,
 )
 from log_capturer.sinks.loki.responses import classify
-from log_capturer.sinks.spool import DiskSpool
+from log_capturer.sinks.network.bisection import max_requests
+from log_capturer.sinks.network.spool import DiskSpool
 from log_capturer.timestamps import format_rfc3339_ns
 from log_capturer_testkit.loki import LIMITS_TENANT, NO_METADATA_TENANT, RealLoki, selector
 from tests.fake_loki import FakeLoki

@@ -26,9 +26,9 @@ from log_capturer.config.loader import ConfigError, load_config
 from log_capturer.discovery.container import COMPOSE_SERVICE, ContainerInfo
 from log_capturer.pipeline.batch import Batch, RecordBatch
 from log_capturer.pipeline.record import LogRecord
-from log_capturer.sinks.auth import SecretUnavailableError
 from log_capturer.sinks.base import SinkError
-from log_capturer.sinks.delivery import Accepted, Refused, Transient
+from log_capturer.sinks.network.auth import SecretUnavailableError
+from log_capturer.sinks.network.outcomes import Accepted, Refused, Transient
 from log_capturer.sinks.otlp import OtlpSink, OtlpSinkConfig
 from log_capturer.sinks.otlp.encode import Encoder, Export
 from log_capturer.sinks.otlp.responses import classify

@@ -87,7 +87,7 @@ def test_positions_save_atomically_and_reload(tmp_path: Path) -> None:
     path = tmp_path / "p" / "positions.json"
     ledger = Ledger(str(path))
     ledger.load([])
-    position = ledger.open(INFO, ("stdout", "stderr"), start_now=False)
+    position = ledger.begin_reading(INFO, ("stdout", "stderr"), start_now=False)
     assert position is not None and position.read == {"stdout": ZERO, "stderr": ZERO}
     ledger.acknowledge(
         [batch((T0, 1, "a"), (T0, 2, "b")), batch((T0 + 5, 1, "c"), stream="stderr")]
@@ -102,10 +102,10 @@ def test_positions_save_atomically_and_reload(tmp_path: Path) -> None:
     assert saved.names[INFO.id] == "web"
     again.load([])
     assert again.unfinished(INFO.id)  # known from the file, not read yet: the rest is due
-    reopened = again.open(INFO, ("stdout", "stderr"), start_now=False)
+    reopened = again.begin_reading(INFO, ("stdout", "stderr"), start_now=False)
     assert reopened is not None
     assert reopened.read == {"stdout": Mark(T0, 2), "stderr": Mark(T0 + 5, 1)}
-    again.close(INFO.id, MonitorEnd.STOPPED, "")
+    again.end_reading(INFO.id, MonitorEnd.STOPPED, "")
     again.destroyed(INFO.id)
     again.save({})
     assert Ledger(str(path)).file.load().marks == {}
@@ -114,16 +114,16 @@ def test_positions_save_atomically_and_reload(tmp_path: Path) -> None:
 def test_ledger_life_finished_runs_and_destroy_while_reading(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path / "positions.json"))
     stopped = ContainerInfo(INFO.id, INFO.name, INFO.image, started_at="run-1")
-    position = ledger.open(stopped, ("stdout",), start_now=False)
+    position = ledger.begin_reading(stopped, ("stdout",), start_now=False)
     assert position is not None and position.life is Life.READING
-    ledger.close(INFO.id, MonitorEnd.EXITED, "run-1")
-    assert ledger.open(stopped, ("stdout",), start_now=False) is None  # read to its end
+    ledger.end_reading(INFO.id, MonitorEnd.EXITED, "run-1")
+    assert ledger.begin_reading(stopped, ("stdout",), start_now=False) is None  # read to its end
     restarted = ContainerInfo(INFO.id, INFO.name, INFO.image, running=True, started_at="run-2")
-    again = ledger.open(restarted, ("stdout",), start_now=False)
+    again = ledger.begin_reading(restarted, ("stdout",), start_now=False)
     assert again is not None  # a new run is read
     ledger.destroyed(INFO.id)  # while its monitor reads: forgotten when it ends
     assert INFO.id in ledger.container_ids()
-    ledger.close(INFO.id, MonitorEnd.STOPPED, "run-2")
+    ledger.end_reading(INFO.id, MonitorEnd.STOPPED, "run-2")
     assert ledger.container_ids() == []
     ledger.acknowledge([batch((T0, 1, "late"))])  # a late batch does not bring it back
     assert ledger.delivered(INFO.id) is None
@@ -131,7 +131,7 @@ def test_ledger_life_finished_runs_and_destroy_while_reading(tmp_path: Path) -> 
 
 def test_start_from_now_is_saved_at_once(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path / "positions.json"))
-    position = ledger.open(INFO, ("stdout",), start_now=True)
+    position = ledger.begin_reading(INFO, ("stdout",), start_now=True)
     assert position is not None and position.read["stdout"].ts_ns > 0
     assert ledger.save({})
     assert ledger.file.load().marks == {INFO.id: position.read}

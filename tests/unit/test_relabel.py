@@ -15,7 +15,7 @@ from log_capturer.pipeline.batch import RecordBatch
 from log_capturer.pipeline.record import LogRecord
 from log_capturer.sinks.loki import LokiSinkConfig
 from log_capturer.sinks.loki.encode import Encoder
-from log_capturer.sinks.relabel import (
+from log_capturer.sinks.network.relabel import (
     CardinalityGuard,
     Relabeler,
     RelabelRule,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from log_capturer.sinks.spool import (
+from log_capturer.sinks.network.spool import (
     DiskSpool,
     SpoolError,
     SpoolFullError,

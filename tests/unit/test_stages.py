@@ -550,7 +550,7 @@ def run_dispatcher(
     queue = BatchQueue(1000, 10**6)
     sink = CapturingSink()
     positions = Ledger(str(tmp_path / "positions.json"))
-    assert positions.open(WEB, ("stdout", "stderr"), start_now=False) is not None
+    assert positions.begin_reading(WEB, ("stdout", "stderr"), start_now=False) is not None
     stages: StageChain = build_stages(
         StagesConfig(
             multiline=MultilineConfig(enabled=True, flush_timeout=flush_timeout),
@@ -692,7 +692,7 @@ def test_dispatcher_passes_unlabelled_containers_as_batches_and_merges_labelled_
     sink = Keep()
     positions = Ledger(str(tmp_path / "positions.json"))
     for info in (WEB, JAVA):
-        assert positions.open(info, ("stdout", "stderr"), start_now=False) is not None
+        assert positions.begin_reading(info, ("stdout", "stderr"), start_now=False) is not None
     dispatcher = Dispatcher(queue, [sink], positions, PipelineConfig(batch_wait=0.01), 0.05,
                             stages=build_stages(StagesConfig()))
     dispatcher.start()

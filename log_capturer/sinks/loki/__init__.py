@@ -1,7 +1,7 @@
 """The Grafana Loki sink: config, encoding, Loki's answers, the sink itself."""
 
-from ..auth import SecretUnavailableError
-from ..delivery import SinkUnavailableError
+from ..network.auth import SecretUnavailableError
+from ..network.delivery import SinkUnavailableError
 from .config import LokiSinkConfig
 from .sink import LokiSink
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ...config.types import ByteSize
-from ..network_config import NetworkSinkConfig, dead_letter_field, spool_dir_field
-from ..relabel import RelabelRule, check_rules, relabel_field
+from ..network.config import NetworkSinkConfig, dead_letter_field, spool_dir_field
+from ..network.loki_format import (
+    LABEL_NAME,
+    LOKI_MAX_LABELS,
+    LOKI_MAX_LINE_BYTES,
+    MAX_BATCH_BYTES,
+    sanitize_label_name,
+)
+from ..network.relabel import RelabelRule, check_rules, relabel_field
 
 PUSH_PATH = "/loki/api/v1/push"
-LOKI_MAX_LABELS = 15  # Loki's default max_label_names_per_series
-LOKI_MAX_LINE_BYTES = 262_144  # Loki's default max_line_size (bytes of the line)
-MAX_BATCH_BYTES = 3 * 1024 * 1024  # batch_bytes bound: room below Loki's 4 MiB (a 500 above)
-LOKI_MAX_LABEL_VALUE = 2048  # Loki's default max_label_value_length
 
 LABEL_SOURCES = (
     "container_name",
@@ -50,17 +52,8 @@ HIGH_CARDINALITY = {
     "ts": "the timestamp",
 }
 ALWAYS_PRESENT = {"container_name", "stream", "host"}
-LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 # -- configuration -------------------------------------------------------------------------
-
-
-def sanitize_label_name(name: str) -> str:
-    """A valid Loki label name: invalid characters become ``_``, a leading digit gets ``_``."""
-    cleaned = re.sub(r"[^a-zA-Z0-9_]", "_", name)
-    if not cleaned or cleaned[0].isdigit():
-        cleaned = "_" + cleaned
-    return cleaned
 
 
 class LokiSinkConfig(NetworkSinkConfig):

@@ -34,48 +34,41 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ..delivery import (
-    ACCEPTED,
-    MAX_ERROR_CHARS,
-    Accepted,
-    Refused,
-    Transient,
-    parse_retry_after,
+from ..network.loki_format import (
+    ANY_STREAM,
+    LINE_TOO_LONG,
+    STREAM,
+    TOO_LARGE_5XX,
+    error_groups,
+    parse_label_text,
 )
-from .encode import Push
-from .labels import parse_label_text
+from ..network.outcomes import ACCEPTED, Accepted, Refused, Transient, parse_retry_after
+from ..network.text import MAX_ERROR_CHARS
+from .push import Push
 
-TOO_LARGE_5XX = ("ResourceExhausted", "larger than max")
 METADATA_DISALLOWED = "structured metadata, but this feature is disallowed"
 SERVICE_NAME = "service_name"
 _NS = 1_000_000_000
 
-_GROUP = re.compile(r"(?:^|; )(\d+) errors like: ")
-_STREAM = r"'(\{.*\})'"
-LINE_TOO_LONG = re.compile(
-    rf"^Max entry size '(\d+)' bytes exceeded for stream {_STREAM} while adding an entry "
-    r"with length '(\d+)' bytes$", re.S
-)
 _TOO_OLD = re.compile(
-    rf"^entry for stream {_STREAM} has timestamp too old: (\S+), oldest acceptable timestamp "
+    rf"^entry for stream {STREAM} has timestamp too old: (\S+), oldest acceptable timestamp "
     r"is: (\S+)$", re.S
 )
-_TOO_NEW = re.compile(rf"^entry for stream {_STREAM} has timestamp too new: (\S+)$", re.S)
+_TOO_NEW = re.compile(rf"^entry for stream {STREAM} has timestamp too new: (\S+)$", re.S)
 _META_TOO_LARGE = re.compile(
-    rf"^stream {_STREAM} has structured metadata too large: '(\d+)' bytes, limit: '(\d+)' "
+    rf"^stream {STREAM} has structured metadata too large: '(\d+)' bytes, limit: '(\d+)' "
     r"bytes\..*$", re.S
 )
 _META_TOO_MANY = re.compile(
-    rf"^stream {_STREAM} has too many structured metadata labels: '(\d+)', limit: '(\d+)'\..*$",
+    rf"^stream {STREAM} has too many structured metadata labels: '(\d+)', limit: '(\d+)'\..*$",
     re.S,
 )
-_META_DISALLOWED = re.compile(rf"^stream {_STREAM} includes {METADATA_DISALLOWED}\..*$", re.S)
+_META_DISALLOWED = re.compile(rf"^stream {STREAM} includes {METADATA_DISALLOWED}\..*$", re.S)
 _WHOLE_STREAM = re.compile(
-    rf"^(?:entry for )?stream {_STREAM} has (?:\d+ label names; limit \d+|label (?:name|value)"
+    rf"^(?:entry for )?stream {STREAM} has (?:\d+ label names; limit \d+|label (?:name|value)"
     r" too long: .*)$",
     re.S,
 )
-ANY_STREAM = re.compile(r"stream:? '?(\{.*?\})'?(?:[ ,;.]|$)", re.S)
 _IGNORED = re.compile(r"entry with timestamp (.+?) ignored, reason: '", re.S)
 _IGNORED_STREAM = re.compile(r"total ignored: (\d+) out of (\d+) for stream: (\{.*\})\s*$", re.S)
 _GO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d{1,9}))? \+0000 UTC$")
@@ -147,18 +140,6 @@ def read_400(text: str, push: Push, on_metadata_disallowed: Callable[[str], None
         unresolved=unresolved,
         resend=push.without_metadata(resend) if resend else None,
     )
-
-
-def error_groups(text: str) -> list[tuple[int, str]]:
-    """``(count, line)`` of each distinct error of a 400's text (also Loki's OTLP answers)."""
-    marks = list(_GROUP.finditer(text))
-    if not marks or marks[0].start() != 0:
-        return [(1, line) for line in text.splitlines() if line.strip()] or [(1, text)]
-    out = []
-    for i, mark in enumerate(marks):
-        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        out.append((int(mark.group(1)), text[mark.end() : end].strip()))
-    return out
 
 
 def _read_line(

@@ -1,5 +1,5 @@
 """The Grafana Loki sink: records -> pushes (encode.py), Loki's answers (responses.py), and
-the shared delivery machinery (sinks/delivery.py: retries, spool, replay, dead letters)."""
+the shared delivery machinery (sinks/network/delivery.py: retries, spool, replay, dead letters)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from collections.abc import Mapping
 
 import structlog
 
-from ..delivery import Accepted, Delivery, NetworkSink, Refused, Transient, short
+from ..network.delivery import Delivery
+from ..network.outcomes import Accepted, Refused, Transient
+from ..network.sink import NetworkSink
+from ..network.text import short
 from .config import PUSH_PATH, LokiSinkConfig
-from .encode import Encoder, Push
+from .encode import Encoder
+from .push import Push
 from .responses import classify
 
 _log = structlog.get_logger(__name__)
@@ -54,7 +58,7 @@ class LokiSink(NetworkSink[Push]):
     """Pushes records to Grafana Loki with at-least-once delivery.
 
     :meth:`write` encodes the batches into pushes of about ``batch_bytes`` (protobuf +
-    snappy, or JSON + gzip) and hands them to :class:`~log_capturer.sinks.delivery.
+    snappy, or JSON + gzip) and hands them to :class:`~log_capturer.sinks.network.delivery.
     Delivery`, which returns only once every entry is stored by Loki, durably spooled,
     or dead-lettered with Loki's reason (read its docstring: retries, spool, replay, and
     the bounded settling of a 400, which Loki answers per entry).

@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from ...config.types import ByteSize
-from ..loki.config import LOKI_MAX_LINE_BYTES, MAX_BATCH_BYTES
-from ..network_config import NetworkSinkConfig, dead_letter_field, spool_dir_field
-from ..relabel import RelabelRule, check_rules, relabel_field
+from ..network.config import NetworkSinkConfig, dead_letter_field, spool_dir_field
+from ..network.loki_format import LOKI_MAX_LINE_BYTES, MAX_BATCH_BYTES
+from ..network.relabel import RelabelRule, check_rules, relabel_field
 
 LOGS_PATH = "/v1/logs"
 

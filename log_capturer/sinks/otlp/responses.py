@@ -25,10 +25,16 @@ import structlog
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
-from ..delivery import ACCEPTED, Accepted, Refused, Transient, parse_retry_after, short, text_of
-from ..loki.config import sanitize_label_name
-from ..loki.labels import parse_label_text
-from ..loki.responses import ANY_STREAM, LINE_TOO_LONG, TOO_LARGE_5XX, error_groups
+from ..network.loki_format import (
+    ANY_STREAM,
+    LINE_TOO_LONG,
+    TOO_LARGE_5XX,
+    error_groups,
+    parse_label_text,
+    sanitize_label_name,
+)
+from ..network.outcomes import ACCEPTED, Accepted, Refused, Transient, parse_retry_after
+from ..network.text import short, text_of
 from .encode import Export
 from .rpc_status import Status
 

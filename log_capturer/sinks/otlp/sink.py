@@ -1,12 +1,14 @@
 """The OTLP/HTTP logs sink: batches -> export requests (encode.py), the server's answers
-(responses.py), and the delivery machinery every network sink shares (sinks/delivery.py:
+(responses.py), and the delivery machinery every network sink shares (sinks/network/delivery.py:
 retries, spool, replay, dead letters)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..delivery import Accepted, Delivery, NetworkSink, Refused, Transient
+from ..network.delivery import Delivery
+from ..network.outcomes import Accepted, Refused, Transient
+from ..network.sink import NetworkSink
 from .config import LOGS_PATH, OtlpSinkConfig
 from .encode import Encoder, Export
 from .responses import classify
@@ -36,7 +38,7 @@ class OtlpSink(NetworkSink[Export]):
     """Exports records over OTLP/HTTP with at-least-once delivery.
 
     :meth:`write` encodes the batches into requests of about ``batch_bytes`` and hands
-    them to :class:`~log_capturer.sinks.delivery.Delivery`, which returns only once every
+    them to :class:`~log_capturer.sinks.network.delivery.Delivery`, which returns only once every
     record is stored by the server, durably spooled, or dead-lettered with the server's
     reason (read its docstring), exactly as for the Loki sink.
     """

@@ -18,8 +18,8 @@ from itertools import accumulate, compress, groupby, islice, repeat
 from operator import add, eq, le
 from typing import Any, Self, TypeVar
 
-from ..discovery.container import ContainerInfo
-from ..pipeline.batch import Batch
+from ...discovery.container import ContainerInfo
+from ...pipeline.batch import Batch
 
 Meta = tuple[tuple[str, str], ...]
 """Per-entry pairs (structured metadata, log attributes) of one entry, ``()`` for none."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from ..metrics.registry import (
+from ...metrics.registry import (
     SPOOL_BYTES,
     SPOOL_CAPACITY_BYTES,
     SPOOL_CORRUPT_ENTRIES,

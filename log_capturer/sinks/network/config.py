@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config.types import ByteSize, Duration, Section
+from ...config.types import ByteSize, Duration, Section
 
 _SPOOL_DIR = (
     "Directory of the disk spool: the encoded requests the server could not take within "

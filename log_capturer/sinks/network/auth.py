@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import requests
 
-from .network_config import NetworkSinkConfig
+from .config import NetworkSinkConfig
 
 # -- secrets -------------------------------------------------------------------------------
 

@@ -21,16 +21,17 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import structlog
 from pydantic import Field, model_validator
 
-from ..config.types import Section
-from ..discovery.container import ContainerInfo
-from ..metrics.registry import LABEL_VALUES_REFUSED
+from ...config.types import Section
+from ...discovery.container import ContainerInfo
+from ...metrics.registry import LABEL_VALUES_REFUSED
 
 _log = structlog.get_logger(__name__)
+D = TypeVar("D")
 
 META_PREFIX = "__meta_docker_container_"
 LABEL_META_PREFIX = META_PREFIX + "label_"
@@ -266,3 +267,28 @@ class CardinalityGuard:
                     "raise max_label_values or drop the label with a relabel rule",
                 )
         return {k: v for k, v in labels.items() if k not in refused}
+
+
+class StreamDecisions(Generic[D]):
+    """What a sink decided for each container stream (``decide``: its labels, attributes
+    and metadata, or None when a rule dropped it), decided once and kept: a rename is a
+    new stream. At most :data:`LIMIT` kept (then forgotten all at once and decided again,
+    the cardinality guard consulted again)."""
+
+    LIMIT = 4096
+
+    def __init__(self, decide: Callable[[ContainerInfo, str], D | None]) -> None:
+        self._decide = decide
+        self._decided: dict[tuple[str, str, str], D | None] = {}
+
+    def get(self, container: ContainerInfo, stream: str) -> D | None:
+        key = (container.id, container.name, stream)
+        try:
+            return self._decided[key]
+        except KeyError:
+            pass
+        decided = self._decide(container, stream)
+        if len(self._decided) >= self.LIMIT:
+            self._decided.clear()
+        self._decided[key] = decided
+        return decided

@@ -7,13 +7,13 @@ The pipeline instead:
 
 * carries the entries of one delivery that do not fill a push over to the next, so pushes
   are cut only at ``batch_bytes`` of lines and per-entry pairs, as Promtail cuts its
-  batches (:func:`~log_capturer.sinks.columns.full_ranges`); what is left is sent when it
+  batches (:func:`~.columns.full_ranges`); what is left is sent when it
   has waited ``batch_wait``, or at once on :meth:`PushPipeline.flush`;
 * builds (encodes and compresses) the next pushes in the caller's thread while one
   sender thread has the current one in flight: at most :data:`AHEAD` pushes wait
   built, then :meth:`PushPipeline.submit` waits (backpressure);
 * sends the pushes one at a time, in order, each through
-  :meth:`~log_capturer.sinks.delivery.Delivery.deliver` (retries, spool, refusals and dead
+  :meth:`~.delivery.Delivery.deliver` (retries, spool, refusals and dead
   letters as for any push), so Loki receives every stream's entries in order and never
   two requests of the sink at once: nothing relies on Loki accepting out-of-order writes;
 * acknowledges deliveries by ticket, in order: delivery k is accepted once every push
@@ -38,10 +38,11 @@ from typing import Generic, Protocol, TypeVar
 
 import structlog
 
-from ..pipeline.batch import Batch
-from .base import SinkError
+from ...pipeline.batch import Batch
+from ..base import SinkError
 from .columns import Streams, full_ranges
-from .delivery import Delivery, Payload
+from .delivery import Delivery
+from .outcomes import Payload
 
 _log = structlog.get_logger(__name__)
 
