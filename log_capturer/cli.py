@@ -23,10 +23,10 @@ MMAP_THRESHOLD = 128 * 1024
 
 glibc raises its threshold (up to 32 MiB) each time such a block is freed, after which
 socket reads of up to 256 KiB, made by hundreds of threads, come from the per-thread
-arenas, which fragment and do not shrink. Fixed at glibc's own starting value: at 500
-containers RSS held at 122-148 MB over the steady part of the run instead of 140-225 MB,
-and a 1 M-line backlog cost the same CPU (5.05 vs 5.33 CPU-us per line, medians of 3;
-benchmarks/README.md). ``MALLOC_MMAP_THRESHOLD_`` in the environment is left to glibc."""
+arenas, which fragment and do not shrink. Fixed at glibc's own starting value, RSS
+stays lower with hundreds of containers at the same CPU (benchmarks/README.md, "Figures
+behind choices in the code"). ``MALLOC_MMAP_THRESHOLD_`` in the environment is left to
+glibc."""
 
 
 def fix_mmap_threshold() -> bool:

@@ -1,9 +1,9 @@
 """Incremental decoding of an HTTP/1.1 chunked body.
 
 The engine writes every log message as its own HTTP chunk, and ``http.client`` hands
-a chunked body over one chunk per call: about 10 µs of Python per log line before
-any work is done. Decoding the framing here lets one socket read yield everything
-that arrived.
+a chunked body over one chunk per call, a Python call chain per log line before any
+work is done (benchmarks/README.md, "Figures behind choices in the code"). Decoding the
+framing here lets one socket read yield everything that arrived.
 """
 
 from __future__ import annotations

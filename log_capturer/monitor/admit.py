@@ -61,12 +61,10 @@ class RecentLines:
     when either is exceeded by a quarter (so a trim, a move of the buffers, is paid
     once per quarter of the bound, not at every read). The lines are copied into two
     buffers of their own: their canonical timestamps (TS_BYTES each) and their messages
-    one after the other, with each message's length: some 40 bytes for a line with a
-    short message, where keeping each line's two bytes objects cost 120 (a stream that
-    writes a line a second filled its 1,024 lines over 17 minutes, so a soak's RSS grew
-    by that for as long; benchmarks/README.md, "Memory"). Before, a tuple and two lists
-    per socket read cost 470 bytes per short line. Only a read with lines at or behind
-    the stream's newest timestamp unpacks them (:meth:`counts`).
+    one after the other, with each message's length, a third of what keeping each line's
+    two bytes objects costs (a slow stream fills its bound over many minutes, and a
+    soak's RSS grew by that for as long; benchmarks/README.md, "Memory"). Only a read
+    with lines at or behind the stream's newest timestamp unpacks them (:meth:`counts`).
     """
 
     __slots__ = ("_buffers", "_lengths", "_messages", "_size", "_stamps", "budget", "max_lines")

@@ -177,8 +177,9 @@ def needs_proof(quiet: bool, resend: int, base: int) -> bool:
 
 QUIET_TAIL_LINES = 32
 """The tail of a silent stream's reopen (at most ``resume_tail_lines``): the engine reads
-and decodes every tail line before it filters by ``since`` (on a 290 MB log here, 1 ms
-for an empty log, 1-1.3 ms with 10-32 lines, 2 ms with 100, 5 ms with 1,000)."""
+and decodes every tail line before it filters by ``since``, so a silent reopen with this
+tail costs what an empty log's does (benchmarks/README.md, "Figures behind choices in
+the code")."""
 
 
 def tail_lines(

@@ -9,15 +9,13 @@ One JSON object per line, compact, UTF-8 kept (byte for byte what
      "fields":{...},"lines":3,"end_ts":"...","end_seq":1}
 
 Strings are escaped by msgspec (byte-identical to the standard library's escaping
-with ``ensure_ascii=False``, 2.6x faster than ``encode_basestring`` per message
-here). A container's fields are the same on every line, so their JSON is made once
+with ``ensure_ascii=False``, and faster). A container's fields are the same on every line, so their JSON is made once
 per container (:func:`container_json`; the node's name, the same for every container, is
 one of them) and a batch of plain lines is assembled from
 prepared pieces with C-level joins: a message that is valid UTF-8 and holds no
 character JSON must escape (the common case, checked for the whole batch at once)
-is copied as it is. Measured per line (1,700-line batches of 64-byte messages):
-0.18 µs this way, 0.5 µs building a ``msgspec.Struct`` per line and encoding the
-batch with ``encode_lines``, 3 µs with a dict per line and ``orjson.dumps``.
+is copied as it is: no object per line, which is what costs (the figures:
+benchmarks/README.md, "Figures behind choices in the code").
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@
    One ``ResourceLogs`` per container (its streams share the resource), one ``ScopeLogs``
    without a scope name (Loki would store a ``scope_name`` on every line), one
    ``LogRecord`` per line built from a per-attribute-set template (``MergeFrom``, then
-   the timestamp and the body): 1.7 µs per entry here against 2.9 µs for setting every
-   field of every record (benchmarks/otlp_encoding.py).
+   the timestamp and the body), cheaper than setting every field of every record
+   (benchmarks/README.md, "Figures behind choices in the code").
 
 An :class:`Export` is the :class:`~log_capturer.sinks.network.outcomes.Payload` of the OTLP sink:
 positions into one :class:`Streams`, so the delivery machinery can cut and merge it.
@@ -54,7 +54,7 @@ Compression = Literal["gzip", "none"]
 
 IOSTREAM = "log.iostream"
 TRUNCATED = "truncated"
-_GZIP_LEVEL = 1  # cramjam's gzip at level 1: 0.7 µs per 110-byte line, 85% of level 5's gain
+_GZIP_LEVEL = 1  # most of level 5's gain for much less CPU (benchmarks/README.md)
 _CONTENT_TYPES = {"protobuf": "application/x-protobuf", "json": "application/json"}
 _SPOOL_PREFIX = b"otlp-logs "
 _GZIP_MAGIC = b"\x1f\x8b"
