@@ -9,10 +9,10 @@ One JSON object per line, compact, UTF-8 kept (byte for byte what
      "fields":{...},"lines":3,"end_ts":"...","end_seq":1}
 
 Strings are escaped by msgspec (byte-identical to the standard library's escaping
-with ``ensure_ascii=False``, and faster). A container's fields are the same on every line, so their JSON is made once
-per container (:func:`container_json`; the node's name, the same for every container, is
-one of them) and a batch of plain lines is assembled from
-prepared pieces with C-level joins: a message that is valid UTF-8 and holds no
+with ``ensure_ascii=False``, and faster). A container's fields are the same on every
+line, so their JSON is made once per container (:func:`container_json`; the node's name,
+the same for every container, is one of them) and a batch of plain lines is assembled
+from prepared pieces with C-level joins: a message that is valid UTF-8 and holds no
 character JSON must escape (the common case, checked for the whole batch at once)
 is copied as it is: no object per line, which is what costs (the figures:
 benchmarks/README.md, "Figures behind choices in the code").
