@@ -14,7 +14,14 @@ Three phases, each with its own daemon (shipped defaults: stream_window 30s, bat
           each (10 flushed bursts a second) for ``--steady-duration`` (60 s);
 * flood:  ``--quiet-containers`` (20) at ``--quiet-rate`` (10) lines/s each for
           ``--quiet-duration`` (60 s), and ``--flood-delay`` (5 s) after they start one
-          container writing ``--flood-lines`` (2,000,000) lines as fast as it can.
+          container writing ``--flood-lines`` (2,000,000) lines as fast as it can;
+* backlog: the same quiet containers, and one that wrote ``--flood-lines`` lines and
+          stays running, left out by the daemon's filters until a reload selects it
+          ``--backlog-at`` (30 s) after the start: its whole log is read at once (the
+          engine serves a written log faster than a live one, so the daemon, not the
+          engine, sets the pace).
+
+``--set key.path=value`` adds config keys (e.g. ``pipeline.stages.redact.enabled=true``).
 
 Per phase it reports:
 
@@ -55,11 +62,13 @@ from log_capturer_testkit import (
     Fleet,
     audit_numbered,
     cpu_seconds,
+    deep_merge,
     dockerd_pid,
     metric_total,
     percentile,
     rss_mb,
     wait_count,
+    wait_for,
 )
 from log_capturer_testkit import bench as common
 from log_capturer_testkit.bench import log
@@ -87,6 +96,9 @@ class Group:
     script: str
     duration: float
     delay: float = 0.0
+    selected_at: float | None = None
+    """Left out by the daemon's filters until a reload selects the group this long after
+    the start; its containers write their log, then stay running (not waited for)."""
 
 
 def lag_figures(lags: list[float]) -> dict[str, Any]:
@@ -115,14 +127,19 @@ def run_phase(
     if args.trace:
         env["PYTHONPATH"] += f":{TRACER}"
         env["LOG_CAPTURER_LAG_TRACE"] = str(trace)
+    prefix = f"bench-live-{phase}-"
+    later = [f"{prefix}{g.name}*" for g in groups if g.selected_at is not None]
     daemon = Daemon(
         workdir / phase,
         run_id,
-        {
-            "container_monitor": {"stream_window": args.stream_window},
-            "positions": {"flush_interval": "1s"},
-            "pipeline": {"batch_wait": "200ms"},
-        },
+        deep_merge(
+            {
+                "container_monitor": {"stream_window": args.stream_window, "exclude_names": later},
+                "positions": {"flush_interval": "1s"},
+                "pipeline": {"batch_wait": "200ms"},
+            },
+            common.parse_sets(args.set),
+        ),
         env=env,
         label=BENCH_LABEL,
     )
@@ -130,7 +147,6 @@ def run_phase(
     dockerd = dockerd_pid()
     try:
         daemon.start()
-        prefix = f"bench-live-{phase}-"
         tailer = SinkTailer(
             daemon.output,
             sample_every=args.sample_every,
@@ -144,6 +160,7 @@ def run_phase(
         tailer.measure_between(t0, math.inf)
         specs: list[tuple[str, str]] = []
         ids: list[str] = []
+        staying: list[str] = []
         for group in groups:
             wait = t0 + group.delay - time.time()
             if wait > 0:
@@ -156,9 +173,26 @@ def run_phase(
             log(f"{phase}: {group.count} {group.name} containers started at {at:.1f}s")
             specs += batch
             ids += [started[name].id for name, _ in batch]
+            if group.selected_at is not None:
+                staying += [started[name].id for name, _ in batch]
+        if later:
+            for cid in staying:
+
+                def ended(cid: str = cid) -> bool:
+                    return written_lines(client, cid) >= 0  # its end marker is there
+
+                wait_for(ended, 600, what="a backlog written")
+            wait = t0 + min(g.selected_at or 0.0 for g in groups if g.selected_at) - time.time()
+            if wait > 0:
+                time.sleep(wait)  # the workload's schedule, not a wait for a condition
+            daemon.config["container_monitor"]["exclude_names"] = []
+            daemon.reload()
+            wait_for(lambda: daemon.reloads("applied") >= 1, 60, what="the reload")
+            log(f"{phase}: {', '.join(later)} selected at {time.time() - t0:.1f}s")
         writing = max(g.delay + g.duration for g in groups)
         for cid in ids:
-            client.api.wait(cid, timeout=writing + 120)
+            if cid not in staying:
+                client.api.wait(cid, timeout=writing + 120)
         t_written = time.time()
         written = [written_lines(client, cid) for cid in ids]
         missing_end = sum(1 for n in written if n < 0)
@@ -247,6 +281,7 @@ def main() -> int:
             "steady_rate": 200,
             "steady_duration": 15,
             "flood_lines": 300_000,
+            "backlog_at": 8,
             "quiet_containers": 5,
             "quiet_duration": 15,
         },
@@ -254,7 +289,11 @@ def main() -> int:
         stall_timeout=90,
         stream_window="30s",
     )
-    p.add_argument("--phases", default="fast,steady,flood", help="comma list: fast, steady, flood")
+    p.add_argument(
+        "--phases",
+        default="fast,steady,flood,backlog",
+        help="comma list: fast, steady, flood, backlog",
+    )
     p.add_argument("--fast-containers", type=int, default=10)
     p.add_argument("--fast-duration", type=float, default=60)
     p.add_argument("--steady-containers", type=int, default=50)
@@ -262,11 +301,15 @@ def main() -> int:
     p.add_argument("--steady-duration", type=float, default=60)
     p.add_argument("--flood-lines", type=int, default=2_000_000)
     p.add_argument("--flood-delay", type=float, default=5, help="s after the quiet ones start")
+    p.add_argument("--backlog-at", type=float, default=30, help="s: when a reload selects it")
     p.add_argument("--quiet-containers", type=int, default=20)
     p.add_argument("--quiet-rate", type=float, default=10, help="lines/s per container")
     p.add_argument("--quiet-duration", type=float, default=60)
     p.add_argument(
         "--trace", action="store_true", help="report where the lines' time went (lag_parts)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="a config key"
     )
     p.add_argument("--sample-every", type=int, default=100, help="lag sample every N lines")
     args = p.parse()
@@ -299,6 +342,14 @@ def main() -> int:
                     Group("loud", 1, flood, args.quiet_duration, args.flood_delay),
                 ]
                 summary["flood"] = run_phase(args, client, "flood", groups, workdir, "quiet")
+            elif phase == "backlog":
+                quiet = numbered_script(args.quiet_duration, args.quiet_rate)
+                written = counted_script(args.flood_lines) + "; exec sleep 86400"
+                groups = [
+                    Group("quiet", args.quiet_containers, quiet, args.quiet_duration),
+                    Group("loud", 1, written, 0, selected_at=args.backlog_at),
+                ]
+                summary["backlog"] = run_phase(args, client, "backlog", groups, workdir, "quiet")
             else:
                 p.error(f"unknown phase {phase!r}")
     common.write_json(summary, args.json_out)
