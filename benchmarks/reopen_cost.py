@@ -52,8 +52,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from log_capturer_testkit import (
     BENCH_LABEL,
     Daemon,
@@ -238,18 +236,6 @@ def compare(big: dict[str, Any], empty: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
 def daemon_mode(
     args: argparse.Namespace,
     dockerd: int,
@@ -264,7 +250,7 @@ def daemon_mode(
             "container_monitor": {"stream_window": args.stream_window},
             "positions": {"flush_interval": "1s"},
         }
-        overrides = deep_merge(common_overrides, parse_sets(args.set))
+        overrides = deep_merge(common_overrides, common.parse_sets(args.set))
         daemon = Daemon(
             workdir / which,
             container.labels[BENCH_LABEL],

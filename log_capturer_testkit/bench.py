@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import yaml
 
 from .env import REPO
 
@@ -52,6 +53,19 @@ def engine_version(client: docker.DockerClient) -> str:
 def code_env(code: str) -> dict[str, str]:
     """Environment that makes ``python -m log_capturer`` import the tree ``code``."""
     return {"PYTHONPATH": str(Path(code).resolve())}
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set key.path=value`` flags (values in YAML) as nested config overrides."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
 
 
 def code_version(code: str) -> str:

@@ -25,8 +25,20 @@ def rss_mb(pid: int) -> float:
     return math.nan
 
 
+ENGINE_PIDFILE = "/var/run/docker.pid"  # written by the dockerd serving the default socket
+
+
 def dockerd_pid() -> int:
-    """The pid of the process named ``dockerd`` (the engine is local here)."""
+    """The pid of the local engine: from its pidfile (other ``dockerd`` processes may
+    run beside it, e.g. a test's TLS engine), else the first process named ``dockerd``."""
+    try:
+        with open(ENGINE_PIDFILE) as fh:
+            pid = int(fh.read().strip())
+        with open(f"/proc/{pid}/comm") as fh:
+            if fh.read().strip() == "dockerd":
+                return pid
+    except (OSError, ValueError):
+        pass
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue

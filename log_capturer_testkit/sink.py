@@ -70,13 +70,17 @@ class LineCounter:
 class TailStats:
     lines: int = 0
     lag_samples: list[float] = field(default_factory=list)
+    watched_lags: list[float] = field(default_factory=list)
+    """The lag of every line holding ``watch`` (not in ``lag_samples``)."""
 
 
 class SinkTailer(threading.Thread):
     """Follows ``logs.jsonl`` as it grows. Each read is stamped with ``time.time()``; the
     lag of the first line of every read and of every ``sample_every``-th line is
-    ``arrival - ts`` (an upper bound by up to one poll interval). ``on_line`` (if given)
-    sees every complete line with its arrival time. :meth:`stop` reads what is left."""
+    ``arrival - ts`` (an upper bound by up to one poll interval). Every line holding
+    ``watch`` (e.g. the JSON of a group's container names) has its lag in
+    ``watched_lags`` instead. ``on_line`` (if given) sees every complete line with its
+    arrival time. :meth:`stop` reads what is left."""
 
     def __init__(
         self,
@@ -84,12 +88,14 @@ class SinkTailer(threading.Thread):
         sample_every: int = 100,
         poll: float = 0.02,
         on_line: Callable[[bytes, float], None] | None = None,
+        watch: bytes | None = None,
     ) -> None:
         super().__init__(name="sink-tailer", daemon=True)
         self.path = path
         self.sample_every = sample_every
         self.poll = poll
         self.on_line = on_line
+        self.watch = watch
         self.stats = TailStats()
         self._halt = threading.Event()
         self._window: tuple[float, float] | None = None
@@ -134,11 +140,20 @@ class SinkTailer(threading.Thread):
         s = self.stats
         s.lines += len(lines)
         window = self._window
+        watch = self.watch
         for idx in range(0, len(lines), self.sample_every):
+            if watch is not None and watch in lines[idx]:
+                continue
             ts = record_ts(lines[idx])
             if ts is None or (window and not window[0] <= ts <= window[1]):
                 continue
             s.lag_samples.append(now - ts)
+        if watch is not None and watch in chunk:
+            for line in lines:
+                if watch in line:
+                    ts = record_ts(line)
+                    if ts is not None and (not window or window[0] <= ts <= window[1]):
+                        s.watched_lags.append(now - ts)
         if self.on_line is not None:
             for line in lines:
                 self.on_line(line, now)

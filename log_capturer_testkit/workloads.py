@@ -40,6 +40,15 @@ def numbered_script(
     return f"awk 'BEGIN {{ {body} }}'"
 
 
+def counted_script(lines: int, pad: str = PAD) -> str:
+    """awk writing ``<n> <pad>`` lines 1 .. ``lines`` as fast as it can (buffered), then
+    ``end <lines>``: a flood of a known size."""
+    return (
+        f"awk 'BEGIN {{ for (i = 1; i <= {lines}; i++) printf \"%d {pad}\\n\", i; "
+        f"printf \"end %d\\n\", {lines} }}'"
+    )
+
+
 def slow_script(duration_s: float, interval_s: float, pad: str = PAD) -> str:
     """sh writing ``<n> <pad>`` every ``interval_s`` seconds for ``duration_s``, then
     ``end <n>`` (a mostly idle container; no fork but sleep between lines)."""

@@ -42,6 +42,8 @@ MONITOR_READ_KEYS = tuple(
         "reorder_tolerance",
         "tail_hold_max_bytes",
         "max_stream_hold",
+        "max_lines_per_second",
+        "max_bytes_per_second",
     )
 )
 """How a container's log is read: each running monitor ends its window and starts again

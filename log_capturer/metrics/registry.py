@@ -90,6 +90,15 @@ STREAM_TURNS_YIELDED = Counter(
     f"{PREFIX}_stream_turns_yielded",
     "Log streams ended before their window because others waited for a Docker connection.",
 )
+READ_THROTTLED_SECONDS = Counter(
+    f"{PREFIX}_read_throttled_seconds",
+    "Time monitors waited between reads to keep a container under "
+    "container_monitor.max_lines_per_second / max_bytes_per_second (the engine keeps its lines).",
+)
+CONTAINERS_THROTTLED = Gauge(
+    f"{PREFIX}_containers_throttled",
+    "Containers whose monitor is waiting now for the read rate bound.",
+)
 TAIL_FALLBACKS = Counter(
     f"{PREFIX}_stream_tail_fallbacks",
     "Tail reads given up because they could not be proven gap-free, and read again with a "

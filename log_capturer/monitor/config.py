@@ -82,6 +82,19 @@ class MonitorConfig(SelectionConfig, _Reading):
         "is not ended at stream_window while it delivers, up to this long: reopening a "
         "stream that is behind makes the engine search the log file for since.",
     )
+    max_lines_per_second: float = Field(
+        0,
+        ge=0,
+        description="Read at most this many lines per second of each container, on average "
+        "(a second's worth may come at once); 0 = no bound. Reading is paced, nothing is "
+        "dropped: the engine keeps what is not read yet, so a container over the bound is "
+        "delivered later, whole (log_capturer_read_throttled_seconds_total).",
+    )
+    max_bytes_per_second: ByteSize = Field(
+        0,
+        description="The same bound in message bytes per second of each container (e.g. "
+        "1MiB); 0 = no bound.",
+    )
     relist_interval: Duration = Field(
         60.0, gt=0, description="The event stream is reopened and containers re-listed this often."
     )

@@ -25,6 +25,7 @@ from ..metrics.registry import (
     BYTES_CAPTURED,
     CLOCK_BACKWARDS,
     CONTAINERS_MONITORED,
+    CONTAINERS_THROTTLED,
     LINES_CAPTURED,
     LINES_DEDUPLICATED,
     LINES_RESENT,
@@ -32,6 +33,7 @@ from ..metrics.registry import (
     MONITOR_ERRORS,
     PARTIAL_LINES_REREAD,
     PROOF_READS,
+    READ_THROTTLED_SECONDS,
     STREAM_WINDOWS,
     TAIL_FALLBACKS,
     TAIL_READS,
@@ -43,6 +45,7 @@ from ..positions.marks import seqs_of
 from ..timestamps import parse_docker_ts
 from .admit import RecentLines, StreamDedup, admit
 from .config import MonitorConfig
+from .pace import ReadPace
 from .plan import ReadPlan, plan_window
 from .resume import (
     GAP,
@@ -126,6 +129,7 @@ class ContainerMonitor:
         self._new_lines = 0  # new lines queued by the current read
         self._idle_ns = 0  # how long the last follow read waited in vain at its end
         self._last_read_end = time.monotonic()
+        self._pace = ReadPace(config.max_lines_per_second, config.max_bytes_per_second)
         self._reads = 0
         self._on_exit = on_exit
         self._stop = threading.Event()
@@ -639,6 +643,21 @@ class ContainerMonitor:
             truncated = sum(batch.lines.truncated)
             if truncated:
                 LINES_TRUNCATED.inc(truncated)
+        if self._pace.bounded:
+            self._throttle(self._pace.delay(new, batch.size, time.monotonic()))
+
+    def _throttle(self, wait: float) -> None:
+        """Wait before the next read to stay under the rate bound (pace.py); the lines
+        are queued and their positions moved, so a stop meanwhile loses nothing."""
+        if wait <= 0:
+            return
+        CONTAINERS_THROTTLED.inc()
+        started = time.monotonic()
+        try:
+            self._stop.wait(wait)
+        finally:
+            CONTAINERS_THROTTLED.dec()
+            READ_THROTTLED_SECONDS.inc(time.monotonic() - started)
 
     @staticmethod
     def _check_batch(

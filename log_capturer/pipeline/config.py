@@ -29,7 +29,10 @@ class PipelineConfig(Section):
         "these deliveries.",
     )
     batch_wait: Duration = Field(
-        0.2, description="Longest wait for batch_size lines once a first batch is queued."
+        0.2,
+        description="Longest a queued line waits for others to make up batch_size (counted "
+        "from when it was queued: a line queued while the sinks were busy goes with the next "
+        "delivery).",
     )
     when_full: Literal["block", "drop_newest"] = Field(
         "block",

@@ -295,3 +295,24 @@ def test_quick_restarts_by_a_restart_policy_are_all_captured(
     assert container.attrs["RestartCount"] == 3
     daemon.wait_captured(200)
     assert_exactly_once(daemon.stop_and_read(), name, "stdout", expected)
+
+
+def test_a_rate_bounded_container_is_read_slower_and_delivered_exactly_once(
+    make_daemon: Callable[..., Daemon], containers: Fleet
+) -> None:
+    """container_monitor.max_lines_per_second: the monitor waits between reads (counted),
+    the engine keeps what is not read yet, and every line still arrives once, in order."""
+    daemon = make_daemon({"container_monitor": {"max_lines_per_second": 1000}}).start()
+    name = f"bounded-{daemon.run_id}"
+    lines = 3000  # at once: three times the bound, so the reads must wait about 2 s
+    script = (
+        f"awk 'BEGIN {{ for (i = 1; i <= {lines}; i++) {{ printf \"out %d\\n\", i; "
+        f"if (i % 10 == 0) printf \"err %d\\n\", i > \"/dev/stderr\" }} }}'"
+    )
+    assert containers.wait_exit(containers.run(script, name=name)) == 0
+    daemon.wait_captured(lines + lines // 10)
+    throttled = daemon.metric("log_capturer_read_throttled_seconds_total")
+    records = daemon.stop_and_read()
+    assert_exactly_once(records, name, "stdout", numbered("out", lines))
+    assert_exactly_once(records, name, "stderr", numbered("err", lines)[9::10])
+    assert throttled >= 1.0  # the bound held reading back (3300 lines, a 1000-line burst)

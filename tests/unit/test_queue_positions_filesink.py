@@ -6,9 +6,12 @@ import json
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from log_capturer.discovery.container import ContainerInfo
-from log_capturer.pipeline.batch import LineBatch
+from log_capturer.pipeline.batch import Batch, LineBatch
 from log_capturer.pipeline.queue import BatchQueue
 from log_capturer.positions.ledger import Ledger, Life, MonitorEnd
 from log_capturer.positions.marks import ZERO, Mark
@@ -81,6 +84,80 @@ def test_drop_policy_drops_and_says_so() -> None:
     assert queue.put(a, stop)
     assert queue.put(batch((T0, 2, "b")), stop) is False
     assert queue.get(10, 0, 0) == [a]
+
+
+LOUD = ContainerInfo(id="l" * 64, name="loud", image="img:1")
+QUIET = ContainerInfo(id="q" * 64, name="quiet", image="img:1")
+
+
+def lines_of(info: ContainerInfo, first: int, count: int) -> LineBatch:
+    return line_batch(
+        info, [("stdout", T0 + first + i, f"{info.name} {first + i}") for i in range(count)]
+    )
+
+
+def test_a_quiet_batch_goes_with_the_next_delivery_however_much_a_loud_one_queued() -> None:
+    queue = BatchQueue(max_records=1000, max_bytes=10**6)
+    stop = threading.Event()
+    loud = [lines_of(LOUD, 10 * i, 10) for i in range(20)]  # a backlog: 200 lines
+    for b in loud:
+        assert queue.put(b, stop)
+    quiet = lines_of(QUIET, 0, 1)
+    assert queue.put(quiet, stop)
+    assert queue.get(30, 0, 0) == [loud[0], quiet, loud[1]]  # not three loud ones first
+    taken: list[Batch] = []
+    while len(queue):
+        taken += queue.get(30, 0, 0)
+    assert taken == loud[2:]  # a container's batches keep their order
+
+
+def test_containers_take_turns_when_their_batches_do_not_all_fit() -> None:
+    queue = BatchQueue(max_records=1000, max_bytes=10**6)
+    stop = threading.Event()
+    a = [lines_of(LOUD, 10 * i, 5) for i in range(3)]
+    b = [lines_of(QUIET, 10 * i, 5) for i in range(3)]
+    for batch_ in a + b:  # all of a's first
+        assert queue.put(batch_, stop)
+    # Each delivery fits one batch: the container not served goes first next time.
+    assert [queue.get(7, 0, 0) for _ in range(6)] == [
+        [a[0]],
+        [b[0]],
+        [a[1]],
+        [b[1]],
+        [a[2]],
+        [b[2]],
+    ]
+
+
+def test_a_container_with_lines_queued_leaves_room_for_the_others() -> None:
+    queue = BatchQueue(max_records=16, max_bytes=10**6)
+    stop = threading.Event()
+    stop.set()  # put() returns False instead of waiting for room
+    assert queue.put(lines_of(LOUD, 0, 10), stop)  # an empty queue takes any batch
+    assert queue.put(lines_of(LOUD, 10, 4), stop)  # 14 of the 14 it may fill
+    assert not queue.put(lines_of(LOUD, 20, 1), stop)  # the reserve is not for it
+    assert queue.put(lines_of(QUIET, 0, 2), stop)  # a container with nothing queued
+    assert not queue.put(lines_of(QUIET, 2, 1), stop)  # the queue is full: 16 lines
+
+
+def test_the_fill_wait_counts_from_the_oldest_queued_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch queued while the dispatcher was busy has waited already: the next get()
+    takes it at once instead of waiting ``max_wait`` more for company."""
+    import log_capturer.pipeline.queue as queue_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(queue_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    queue = BatchQueue(max_records=1000, max_bytes=10**6)
+    first = lines_of(QUIET, 0, 1)
+    assert queue.put(first, threading.Event())
+    clock[0] += 3600  # the dispatcher was busy for an hour (the fill wait is an hour too)
+    got: list[list[Batch]] = []
+    taker = threading.Thread(target=lambda: got.append(queue.get(500, 3600.0, 0.0)), daemon=True)
+    taker.start()
+    taker.join(10)
+    assert got == [[first]]
 
 
 def test_positions_save_atomically_and_reload(tmp_path: Path) -> None:

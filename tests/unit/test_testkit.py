@@ -10,7 +10,9 @@ import pytest
 
 from log_capturer_testkit import audit_numbered, bench, compare_stream, slope_per_min
 from log_capturer_testkit.bench import BenchParser
+from log_capturer_testkit.lagtrace import summarize
 from log_capturer_testkit.metrics import histogram_quantile, parse_metrics
+from log_capturer_testkit.sink import SinkTailer
 
 
 def test_compare_stream_tells_lost_duplicated_unexpected_and_order_apart() -> None:
@@ -93,3 +95,39 @@ def test_bench_parser_quick_replaces_defaults_but_not_explicit_flags(
     assert not hasattr(full, "drain_timeout")  # not asked for: no such flag
     with pytest.raises(ValueError, match="unknown"):
         BenchParser("doc", quick={"nope": 1}).parse([])
+
+
+def test_sink_tailer_reports_every_watched_line_apart(tmp_path: Path) -> None:
+    out = tmp_path / "logs.jsonl"
+    ts = "2026-12-04T12:00:00.500000000Z"
+    out.write_text(
+        "".join(
+            f'{{"ts":"{ts}","container_id":"x","container_name":"{name}","message":"m"}}\n'
+            for name in ("bench-quiet0", "bench-loud0", "bench-quiet1", "bench-loud0")
+        )
+    )
+    tailer = SinkTailer(out, sample_every=1, watch=b'"container_name":"bench-quiet')
+    tailer.start()
+    tailer.stop()
+    assert tailer.stats.lines == 4
+    assert len(tailer.stats.watched_lags) == 2 and len(tailer.stats.lag_samples) == 2
+
+
+def test_lagtrace_splits_each_line_s_time_into_its_parts(tmp_path: Path) -> None:
+    trace = tmp_path / "lagtrace.txt"
+    # container, lines in batch, in delivery, ts, read, put, get, write start, end, ahead
+    trace.write_text(
+        "L q-quiet0 1 10001 100.0 100.01 100.02 100.52 100.53 100.55 9000\n"
+        "L q-loud0 5000 10001 90.0 99.0 99.0 99.1 99.2 99.3 -1\n"
+        "C 101.0 0.25\n"
+    )
+    parts = summarize(trace, {"quiet": "-quiet", "loud": "-loud"})
+    quiet = parts["quiet"]
+    assert quiet["lines"] == 1
+    assert quiet["engine_to_read"]["max"] == 0.01
+    assert quiet["queued_to_taken"]["max"] == 0.5
+    assert quiet["taken_to_written"]["max"] == 0.03
+    assert quiet["total"]["max"] == 0.55
+    assert quiet["lines_queued_ahead_p50_p99_max"] == [9000, 9000, 9000]
+    assert parts["loud"]["engine_to_read"]["p50"] == 9.0
+    assert parts["checkpoint_s_p50_p99_max"] == [0.25, 0.25, 0.25]
