@@ -54,10 +54,15 @@ def _install(out: str) -> None:
 
     atexit.register(flush)
 
+    def of_lines(lines: Any) -> Sequence[bytes]:
+        # ``Lines.stamps`` (``Lines.ts`` in trees before the rename)
+        found = getattr(lines, "stamps", None)
+        return found if found is not None else lines.ts  # type: ignore[no-any-return]
+
     def stamps(batch: Any) -> Sequence[bytes]:
         lines = getattr(batch, "lines", None)
         if lines is not None:
-            return lines.ts  # type: ignore[no-any-return]
+            return of_lines(lines)
         return [t.encode() for t in batch.ts_texts()]
 
     def followed(ts: Sequence[bytes]) -> Sequence[bytes]:
@@ -68,7 +73,7 @@ def _install(out: str) -> None:
     def traced_batches(self: Any, flush_at_eof: bool = False) -> Iterator[Any]:
         for lines in batches(self, flush_at_eof):
             now = time.time()
-            for stamp in followed(lines.ts):
+            for stamp in followed(of_lines(lines)):
                 read.setdefault(stamp, now)
             yield lines
 
