@@ -1,73 +1,8 @@
-"""Cheap, exact reopening: ``since`` plus a bounded ``tail``, and the proof nothing was skipped.
-
-Why: with the json-file driver the engine applies ``since`` by reading the log file
-from its start, so every window reopen of a container with a 300 MB log costs the
-engine seconds of CPU. Adding ``tail=N`` makes it read only the last N lines. The
-engine takes the tail first and then filters by ``since`` (checked on Docker 20.10:
-``since`` = the 2500th of 3000 lines, ``tail=2000`` returns 1001 lines), and the tail
-counts the lines of both streams even when only one is requested. So a request for
-both streams that returns fewer than N lines from the tail has reached back past
-``since``: nothing between the mark and the tail was skipped. When the tail comes
-back full, a gap is possible: the read is redone with a tail 10x larger, and past the
-largest with an unbounded ``since`` (on a quiet log, as a proof read: see below).
-
-Two facts make the count exact enough:
-
-* A follow response is the tail, then lines written later. Every tail line was written
-  before the engine took the tail, so before the first byte of the body reached us
-  (``first_data_ns``). Counting every message received until the first line stamped
-  later than that over-counts the tail, never under-counts it.
-* The engine timestamps a line a little before writing it, and stdout and stderr are
-  written by two goroutines: file order and timestamp order may differ across the two
-  streams by a small amount (measured here: 1.3 ms under load). ``reorder_tolerance``
-  bounds it, and how late a followed line reaches us after its timestamp. ``since`` is
-  moved back by it, so a tail that reaches past ``since`` covers every line not yet
-  seen.
-
-Lines of a tail read are held back (bounded) until the check passes, because a mark
-moved past a gap could never come back to it.
-
-Checked times and the proofs that move them
--------------------------------------------
-
-Per stream, a *checked time* C says: every line of the stream stamped before C has
-been read (:class:`Checked`). A reopen starts at the oldest C of its streams (moved
-back by ``reorder_tolerance`` for a tail read), so the further C is ahead of a
-stream's last line, the fewer known lines the engine sends again. C moves only after
-a gap-free read (a plain one, or a tail the check passed), by these proofs, each of
-which shows that every line not yet seen comes after some reference point R in the
-log file, and so is stamped at or after R minus ``reorder_tolerance``:
-
-1. **A line received**: lines come in file order, so every unseen line is after it.
-2. **The engine's end of a body** (EOF), before any ``until``: the engine read the
-   log files as they were when it served the request, to their end. A line stamped
-   before the request minus the tolerance was written by then (the engine stamps a
-   line at most the tolerance before writing it), so it was sent. R = the request
-   time, taken before the request waits for a connection.
-3. **A long silence** (10 s) at the end of a follow stream: R = half-way through it
-   (an assumption about how late a followed line arrives; see container_monitor).
-
-Rule 2 needs the engine to end the body, which a follow stream does only at ``until``
-after a newer line: a quiet stream never gets it. So a quiet stream whose checked
-time is still inside a burst (a reopen would send many known lines again) gets a
-**proof read**: a non-follow request from the same ``since``, with a tail sized to
-what it will send again, escalated while it comes back full, a plain ``since`` last.
-Its EOF settles its tail count and, by rule 2, moves C to its request minus the
-tolerance, past the burst; the follow reads after it send nothing known. It cannot
-skip a line: it is checked like any tail read (held lines, count below the tail),
-its lines go through the same per-stream dedup, and a line still incomplete at its
-end (a split line being written) is not taken as whole: it caps its stream's C
-(``pending_ts``). When a proof read is made (:func:`needs_proof`): after a follow
-read that ended quiet (no byte for the window's grace) with at least half a base
-tail of known lines to send again; when a follow tail read ended before its check
-(its held lines are settled by the proof read instead of a plain read); and when a
-tail came back full while the log was quiet (its newest line older than the request
-by the grace): larger follow tails could not be proven by a new line.
-
-Delivered, not only read: the ledger saves a stream's checked time with the
-positions only once every line read before the proof was acknowledged by every sink
-(positions/ledger.py), so after a crash a restart never starts past an undelivered
-line, and a stream with no recent line reopens cheaply after a restart.
+"""Cheap, exact reopening: ``since`` plus a bounded ``tail``, and the proof nothing was
+skipped. The story (the engine's tail rules, the count, held lines, checked times and the
+proofs that move them): docs/capture.md, "Tails" and "Checked times". Here: the tail
+check (:class:`TailCheck`), the checked times (:class:`Checked`), what a reopen sends
+again (:class:`Received`) and the tail's size (:func:`tail_lines`).
 """
 
 from __future__ import annotations
@@ -96,7 +31,7 @@ class Checked:
     """Per stream, a time before which every line of the stream has been read.
 
     It starts at the stream's mark (or the checked time saved with the positions, when
-    later) and moves ahead of it by the proofs above, never back: after a gap-free read
+    later) and moves ahead of it by proofs (docs/capture.md), never back: after a gap-free read
     every line not yet seen comes after a reference point (the last line received; the
     request, when the engine ended the body; half-way through a long silence that ended
     a follow stream), so it is stamped at most ``reorder_tolerance`` before it. This is
@@ -169,7 +104,7 @@ class Received:
 
 
 def needs_proof(quiet: bool, resend: int, base: int) -> bool:
-    """After a follow read: make a proof read (module docstring) when the stream went
+    """After a follow read: make a proof read (docs/capture.md) when the stream went
     quiet and a reopen would send at least half a base tail of known lines again (a
     burst just behind the checked time). A few known lines cost less than a request."""
     return base > 0 and quiet and 2 * resend >= base
