@@ -3,6 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+mkdir -p .venv
+# One install at a time: the soak test starts several scripts that each call this.
+exec 9>.venv/.bootstrap.lock
+flock 9
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
