@@ -66,12 +66,13 @@ def test_statuses(status: int, kind: type) -> None:
     assert isinstance(classify(status, "boom", {}, Push(streams, range(1), "json")), kind)
 
 
-def test_a_too_large_5xx_is_bisected_not_retried() -> None:
+def test_a_too_large_5xx_is_split_not_retried() -> None:
     streams = Streams()
     streams.add({"app": "a"}, [1, 2], ["x", "y"], [(), ()])
     text = "rpc error: code = ResourceExhausted desc = grpc: received message larger than max"
     outcome = classify(500, text, {}, Push(streams, range(2), "json"))
-    assert isinstance(outcome, Refused) and list(outcome.unresolved) == [0, 1]
+    assert isinstance(outcome, Refused) and list(outcome.split) == [0, 1]
+    assert not outcome.unresolved and not outcome.named  # no entry is to blame
 
 
 def test_retry_after_is_read_and_capped() -> None:

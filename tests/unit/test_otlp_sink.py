@@ -213,6 +213,31 @@ def test_requests_are_about_batch_bytes() -> None:
     assert got == [m for _, m in lines]
 
 
+def test_resource_attributes_loki_copies_onto_every_line_count_towards_batch_bytes() -> None:
+    """Loki stores the resource attributes it does not index (container.id, host.name,
+    ...) as structured metadata on every line: a request of 1 MiB of short lines was a
+    4.6 MB message inside Loki, over its 4 MiB gRPC limit (a 500). Each line's share of
+    batch_bytes includes them."""
+    config = OtlpSinkConfig(batch_bytes=64 * 1024)
+    encoder = Encoder(config)
+    lines = [("stdout", f"line {i}") for i in range(20000)]
+    exports = encoder.build([batch(WEB, lines)])
+    copied = {a.key: a.value.string_value
+              for a in decode(exports[0]).resource_logs[0].resource.attributes
+              if a.key not in config.index_attributes}
+    assert "container.id" in copied and "host.name" not in config.index_attributes
+    per_line = sum(len(k) + len(v) for k, v in copied.items())
+    for export in exports:
+        records = decode(export).resource_logs[0].scope_logs[0].log_records
+        stored = sum(len(r.body.string_value) + per_line
+                     + sum(len(a.key) + len(a.value.string_value) for a in r.attributes)
+                     for r in records)
+        assert stored <= config.batch_bytes
+    got = [r.body.string_value for e in exports
+           for r in decode(e).resource_logs[0].scope_logs[0].log_records]
+    assert got == [m for _, m in lines]
+
+
 def test_rules_choose_resource_and_log_attributes() -> None:
     labelled = ContainerInfo(id="c" * 64, name="pay-1", image="pay:3",
                              labels={"team": "payments", "version": "3.1"})
@@ -312,7 +337,8 @@ def test_other_refusals_are_final_and_413_is_split() -> None:
         assert isinstance(outcome, Refused) and outcome.message == "no"
         assert [list(p) for p, _ in outcome.named] == [[0, 1]]
     too_big = classify(413, b"", {}, export)
-    assert isinstance(too_big, Refused) and list(too_big.unresolved) == [0, 1]
+    assert isinstance(too_big, Refused) and list(too_big.split) == [0, 1]
+    assert not too_big.unresolved
 
 
 # -- against a small OTLP server -----------------------------------------------------------------

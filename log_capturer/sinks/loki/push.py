@@ -64,9 +64,11 @@ class Streams(columns.Streams):
         lines: Sequence[str],
         meta: Sequence[Meta],
         text: str | None = None,
+        extra: int = 0,
     ) -> None:
         columns.Streams.add(
-            self, labels, ts_ns, lines, meta, label_text(labels) if text is None else text
+            self, labels, ts_ns, lines, meta, label_text(labels) if text is None else text,
+            extra,
         )
 
 

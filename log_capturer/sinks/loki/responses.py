@@ -87,13 +87,13 @@ def classify(
     message = text.strip()[:MAX_ERROR_CHARS] or f"HTTP {status}"
     everything = range(len(push))
     if status >= 500 and any(marker in message for marker in TOO_LARGE_5XX):
-        return Refused(status, message, unresolved=everything)  # smaller pushes pass
+        return Refused(status, message, split=everything)  # smaller pushes pass
     if status in (408, 429) or status >= 500:
         return Transient(status, message, parse_retry_after(headers.get("Retry-After")))
     if status == 400:
         return read_400(text.strip(), push, on_metadata_disallowed)
     if status == 413:
-        return Refused(status, message, unresolved=everything)
+        return Refused(status, message, split=everything)
     return Refused(status, message, named=[(everything, message)])  # 401, 403, 404, 422...
 
 

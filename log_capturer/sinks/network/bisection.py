@@ -9,6 +9,12 @@ without being sent; halves whose fate is unknown are sent together at the end. W
 still unsettled when the requests are spent is dead-lettered marked ``"unresolved":
 true`` (the server may have stored some of it). At most :func:`max_requests` requests in
 all, the refused one included.
+
+A refusal for the request's size (``Refused.split``) blames no entry: those entries are
+sent again in halves, each half on its own and halved again while it is too large, so
+no entry is inferred bad from its neighbour's success. These requests are not counted
+against :func:`max_requests` (halving ends: at most two per entry); an entry too large
+on its own is a dead letter.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ class Bisection(Generic[P]):
         self.dead: list[DeadEntries[P]] = []
         self._bad: list[tuple[P, str]] = []  # each holds at least one refused entry, unnamed
         self._unknown: list[P] = []  # fate unknown: sent together when no bad part is left
+        # Refused for their request's size (True: to be halved) or halves to send as they are;
+        # the last is next.
+        self._split: list[tuple[P, str, bool]] = []
         self._sending: _Half[P] | None = None
         self._absorb(payload, first)
 
@@ -72,6 +81,17 @@ class Bisection(Generic[P]):
         """The next part to send, or None when every entry is settled or the requests are
         spent (then :meth:`finish`)."""
         assert self._sending is None, "the previous part was not answered"
+        while self._split:
+            part, reason, refused = self._split.pop()
+            if not refused:
+                self._sending = _Half(part, None, "", part)
+                return part
+            if len(part) == 1:
+                self.dead.append(DeadEntries(part, [0], reason, False))
+                continue
+            half = len(part) // 2
+            self._split.append((part.subset(range(half, len(part))), reason, False))
+            self._split.append((part.subset(range(half)), reason, False))
         while (self._bad or self._unknown) and self.used < self.limit:
             if self._bad:
                 part, reason = self._bad.pop()
@@ -103,7 +123,8 @@ class Bisection(Generic[P]):
     def unsent(self) -> list[P]:
         """What is not settled, when sending failed for now: the part being sent (whole)
         first, then the others."""
-        remaining = [part for part, _ in self._bad] + self._unknown
+        remaining = [part for part, _, _ in self._split[::-1]]
+        remaining += [part for part, _ in self._bad] + self._unknown
         if self._sending is not None:
             remaining.insert(0, self._sending.whole)
         return remaining
@@ -130,4 +151,6 @@ class Bisection(Generic[P]):
             self._unknown.append(refused.resend)
         if refused.doubtful:
             self.dead.append(DeadEntries(sent, refused.doubtful, refused.message, True))
+        if refused.split:
+            self._split.append((sent.subset(refused.split), refused.message, True))
         self.stored += refused.stored(len(sent))

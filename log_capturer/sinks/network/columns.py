@@ -111,6 +111,10 @@ class Streams:
     ts_ns: list[int] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     meta: list[Meta] = field(default_factory=list)
+    extra: list[int] = field(default_factory=list)
+    """Per stream: bytes the server adds to each of its entries, counted as the entry's
+    (OTLP into Loki: the resource attributes Loki stores as every line's structured
+    metadata)."""
 
     def __len__(self) -> int:
         return len(self.ts_ns)
@@ -122,14 +126,17 @@ class Streams:
         lines: Sequence[str],
         meta: Sequence[Meta],
         text: str = "",
+        extra: int = 0,
     ) -> None:
         """Append one stream's entries (columns of equal length, in timestamp order);
-        ``text`` is the stream's key (the Loki sink: its labels in Loki's spelling)."""
+        ``text`` is the stream's key (the Loki sink: its labels in Loki's spelling),
+        ``extra`` what the server adds to each entry (:attr:`extra`)."""
         if not ts_ns:
             return
         index = len(self.labels)
         self.labels.append(labels)
         self.texts.append(text)
+        self.extra.append(extra)
         self.starts.append(len(self.ts_ns))
         self.stream_of.extend([index] * len(ts_ns))
         self.ts_ns.extend(ts_ns)
@@ -140,7 +147,8 @@ class Streams:
         """A new instance holding copies of the entries from ``start`` on, in this order."""
         out = type(self)()
         for stream, ts_ns, lines, meta in self.groups(range(start, len(self))):
-            out.add(self.labels[stream], ts_ns, lines, meta, self.texts[stream])
+            out.add(self.labels[stream], ts_ns, lines, meta, self.texts[stream],
+                    self.extra[stream])
         return out
 
     def without_metadata(self) -> Self:
@@ -152,6 +160,7 @@ class Streams:
             self.ts_ns,
             self.lines,
             [NO_META] * len(self.ts_ns),
+            self.extra,
         )
 
     def groups(
@@ -194,8 +203,9 @@ def full_ranges(
     """Consecutive entries cut into requests as Promtail cuts its batches, and where the
     rest (too small for one) starts.
 
-    A request holds ``batch_bytes`` of lines and per-entry pairs (what Promtail's
-    ``batchsize`` and Loki's ingestion rate limit count: no framing, before compression)
+    A request holds ``batch_bytes`` of lines and per-entry pairs, with what the server
+    adds to each entry (:attr:`Streams.extra`) (what Promtail's ``batchsize`` and Loki's
+    ingestion rate limit count: no framing, before compression)
     or less when the next entry would not fit; also at most ``max_bytes``
     (:data:`MAX_BODY_BYTES`) with :data:`ENTRY_OVERHEAD` of framing per entry, so a request
     of tiny lines stays under what the server decodes. An entry larger than that goes
@@ -204,8 +214,15 @@ def full_ranges(
     if not n:
         return [], 0
     limit = MAX_BODY_BYTES if max_bytes is None else max_bytes
-    if any(streams.meta):
+    if any(streams.extra):
+        extra = streams.extra
         costs: Iterable[int] = (
+            len(line) + sum(len(k) + len(v) for k, v in meta) + extra[stream]
+            for line, meta, stream in zip(streams.lines, streams.meta, streams.stream_of,
+                                          strict=True)
+        )
+    elif any(streams.meta):
+        costs = (
             len(line) + sum(len(k) + len(v) for k, v in meta)
             for line, meta in zip(streams.lines, streams.meta, strict=True)
         )

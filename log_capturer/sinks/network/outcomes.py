@@ -88,7 +88,10 @@ class Refused(Generic[P]):
     ``resend``: entries to send again in another form (for example without a feature
     the server disallows). ``doubtful``: entries among which the server refused some
     and stored the others, without saying which, and which must not be sent again (an
-    OTLP partial success): dead-lettered marked ``"unresolved": true`` at once.
+    OTLP partial success): dead-lettered marked ``"unresolved": true`` at once. ``split``:
+    entries refused only for the size of the request they came in (a 413, a 5xx saying
+    the decoded message was too large): none of them is at fault, so they are sent again
+    in halves, each half on its own (an entry that alone is too large is a dead letter).
     """
 
     status: int
@@ -97,12 +100,16 @@ class Refused(Generic[P]):
     unresolved: Sequence[int] = ()
     resend: P | None = None
     doubtful: Sequence[int] = ()
+    split: Sequence[int] = ()
 
     def stored(self, sent: int) -> int:
         """How many of the ``sent`` entries the server stored: those in no list."""
         named = sum(len(positions) for positions, _ in self.named if positions)
         resent = len(self.resend) if self.resend is not None else 0
-        return max(0, sent - named - len(self.unresolved) - resent - len(self.doubtful))
+        return max(
+            0,
+            sent - named - len(self.unresolved) - resent - len(self.doubtful) - len(self.split),
+        )
 
 
 Outcome = Accepted | Transient | Refused[P]

@@ -100,7 +100,9 @@ class OtlpSinkConfig(NetworkSinkConfig):
     index_attributes: list[str] = Field(
         default_factory=lambda: list(LOKI_INDEX_ATTRIBUTES),
         description="Resource attributes the cardinality guard watches: those the backend "
-        "makes index labels (the default is Loki 3.4's otlp_config default list).",
+        "makes index labels (the default is Loki 3.4's otlp_config default list). The "
+        "others Loki stores on every line as structured metadata, so their bytes count "
+        "towards each line's share of batch_bytes.",
     )
     max_label_values: int = Field(
         1000,

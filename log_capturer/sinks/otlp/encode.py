@@ -303,6 +303,7 @@ class _Resolved:
     key: str
     meta: Meta  # log record attributes of every entry (truncated aside)
     cut_meta: Meta  # the same, for a line that was cut
+    extra: int  # bytes of the resource attributes Loki copies onto every line (not labels)
 
 
 class Encoder:
@@ -357,7 +358,7 @@ class Encoder:
                 metas: list[Meta] = [resolved.meta] * len(lines)
             else:
                 metas = [resolved.cut_meta if t else resolved.meta for t in truncated]
-            out.add(resolved.attributes, part.ts_ns, lines, metas, resolved.key)
+            out.add(resolved.attributes, part.ts_ns, lines, metas, resolved.key, resolved.extra)
         return out
 
     def semantic_attributes(self, container: ContainerInfo) -> dict[str, str]:
@@ -393,4 +394,6 @@ class Encoder:
             record = visible(relabelled) if relabelled is not None else {}
         record.pop(TRUNCATED, None)
         meta: Meta = tuple(record.items())
-        return _Resolved(attributes, resource_key(attributes), meta, (*meta, (TRUNCATED, "true")))
+        extra = sum(len(k) + len(v) for k, v in attributes.items() if not self._guarded(k))
+        return _Resolved(attributes, resource_key(attributes), meta, (*meta, (TRUNCATED, "true")),
+                         extra)

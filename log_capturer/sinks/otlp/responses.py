@@ -50,13 +50,13 @@ def classify(
     message = error_message(body, headers) or f"HTTP {status}"
     everything = range(len(export))
     if status >= 500 and any(marker in message for marker in TOO_LARGE_5XX):
-        return Refused(status, message, unresolved=everything)  # smaller requests pass
+        return Refused(status, message, split=everything)  # smaller requests pass
     if status in (408, 429) or status >= 500:
         return Transient(status, message, parse_retry_after(headers.get("Retry-After")))
     if status == 400:
         return read_400(message, export)
     if status == 413:
-        return Refused(status, message, unresolved=everything)
+        return Refused(status, message, split=everything)
     return Refused(status, message, named=[(everything, message)])  # 401, 403, 404, 415...
 
 
