@@ -209,7 +209,8 @@ DEAD_LETTER_RECORDS = Counter(
 )
 DELIVERY_LAG = Histogram(
     f"{PREFIX}_delivery_lag_seconds",
-    "Now minus the record's Docker timestamp when a sink accepted it.",
+    "Now minus the record's Docker timestamp when a sink accepted it (up to 20 records "
+    "spread over each delivery).",
     ["sink"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )

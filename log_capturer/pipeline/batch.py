@@ -26,7 +26,7 @@ from .jsonl import lines_jsonl, record_json
 from .record import LogRecord
 
 LAG_SAMPLES = 20
-"""Lines of a batch (or a push) whose delivery lag is observed: a sample is enough for the
+"""Lines of a delivery (or a push) whose delivery lag is observed: a sample is enough for the
 histogram, and keeps it off the hot path."""
 
 T = TypeVar("T")
@@ -87,9 +87,9 @@ class Batch(ABC):
         """Docker's timestamp text of each line."""
         return [r.ts for r in self.records()]
 
-    def sample_ts_ns(self) -> list[int]:
-        """Timestamps of a few lines spread over the batch (for the delivery lag)."""
-        return list(lag_sample(self.ts_ns()))
+    def sample_ts_ns(self, start: int, step: int) -> list[int]:
+        """Timestamps of lines ``start``, ``start + step``... (for the delivery lag)."""
+        return self.ts_ns()[start::step]
 
 
 class LineBatch(Batch):
@@ -133,10 +133,10 @@ class LineBatch(Batch):
     def ts_texts(self) -> list[str]:
         return [t.decode("ascii") for t in self.lines.stamps]
 
-    def sample_ts_ns(self) -> list[int]:
+    def sample_ts_ns(self, start: int, step: int) -> list[int]:
         if self._ts_ns is not None:
-            return super().sample_ts_ns()
-        return [parse_docker_ts(t) for t in lag_sample(self.lines.stamps)]
+            return super().sample_ts_ns(start, step)
+        return list(map(parse_docker_ts, self.lines.stamps[start::step]))
 
     def texts(self) -> list[str]:
         return [m.decode("utf-8", "replace") for m in self.lines.messages]
