@@ -37,7 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from log_capturer_testkit import BENCH_LABEL, Daemon, Fleet, cpu_seconds, dockerd_pid, rss_mb
+from log_capturer_testkit import (
+    BENCH_LABEL,
+    Daemon,
+    Fleet,
+    cpu_seconds,
+    deep_merge,
+    dockerd_pid,
+    rss_mb,
+)
 from log_capturer_testkit import bench as common
 from log_capturer_testkit.bench import log
 from log_capturer_testkit.sink import LineCounter
@@ -105,10 +113,13 @@ def daemon_path(
     holds every line. Also its CPU seconds and dockerd's over the same span. Then stop it
     (SIGTERM drains) and count what it wrote beyond the backlog (duplicates)."""
     dockerd = dockerd_pid()
+    overrides = deep_merge(
+        {"container_monitor": {"stream_window": args.stream_window}}, common.parse_sets(args.set)
+    )
     daemon = Daemon(
         workdir / f"daemon{n}",
         label_value,
-        {"container_monitor": {"stream_window": args.stream_window}},
+        overrides,
         env=common.code_env(args.code),
         label=BENCH_LABEL,
     )
@@ -156,7 +167,15 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="docker logs / stream runs (best of)")
     parser.add_argument("--daemon-repeat", type=int, default=1, help="daemon runs (best of)")
     parser.add_argument("--no-stream", action="store_true", help="skip the stream-path figure")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="a daemon config key, e.g. container_monitor.read_ahead_bytes=1MiB (repeatable)",
+    )
     args = parser.parse()
+    common.precompile(args.code)
     # The stream path imports log_capturer in this process: from --code, like the daemon.
     sys.path.insert(0, str(Path(args.code).resolve()))
     client = common.docker_client()
@@ -217,6 +236,7 @@ def main() -> int:
             "daemon_rss_mb": round(best["daemon_rss_mb"], 1),
             "daemon_extra_lines": best["extra_lines"],
             "daemon_exit_codes": [r["exit_code"] for r in runs],
+            "daemon_config": common.parse_sets(args.set),
         }
         if ours:
             result.update(
