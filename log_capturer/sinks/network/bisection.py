@@ -58,6 +58,11 @@ class _Half(Generic[P]):
     whole: P
 
 
+def _halves(part: P) -> tuple[P, P]:
+    half = len(part) // 2
+    return part.subset(range(half)), part.subset(range(half, len(part)))
+
+
 class Bisection(Generic[P]):
     """The settling of ``payload``, which the server answered with ``first``."""
 
@@ -89,17 +94,15 @@ class Bisection(Generic[P]):
             if len(part) == 1:
                 self.dead.append(DeadEntries(part, [0], reason, False))
                 continue
-            half = len(part) // 2
-            self._split.append((part.subset(range(half, len(part))), reason, False))
-            self._split.append((part.subset(range(half)), reason, False))
+            left, right = _halves(part)
+            self._split += [(right, reason, False), (left, reason, False)]
         while (self._bad or self._unknown) and self.used < self.limit:
             if self._bad:
                 part, reason = self._bad.pop()
                 if len(part) == 1:
                     self.dead.append(DeadEntries(part, [0], reason, False))
                     continue
-                half = len(part) // 2
-                left, right = part.subset(range(half)), part.subset(range(half, len(part)))
+                left, right = _halves(part)
                 self._sending = _Half(left, right, reason, part)
             else:
                 merged = self._unknown[0].merge(self._unknown[1:])

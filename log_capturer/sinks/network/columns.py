@@ -214,20 +214,16 @@ def full_ranges(
     if not n:
         return [], 0
     limit = MAX_BODY_BYTES if max_bytes is None else max_bytes
-    if any(streams.extra):
-        extra = streams.extra
-        costs: Iterable[int] = (
-            len(line) + sum(len(k) + len(v) for k, v in meta) + extra[stream]
-            for line, meta, stream in zip(streams.lines, streams.meta, streams.stream_of,
-                                          strict=True)
-        )
-    elif any(streams.meta):
+    costs: Iterable[int]
+    if any(streams.meta):
         costs = (
             len(line) + sum(len(k) + len(v) for k, v in meta)
             for line, meta in zip(streams.lines, streams.meta, strict=True)
         )
     else:
         costs = map(len, streams.lines)
+    if any(streams.extra):
+        costs = map(add, costs, map(streams.extra.__getitem__, streams.stream_of))
     totals = list(accumulate(costs))
     framed: list[int] | None = None  # totals with framing, when it can matter
     if totals[-1] + n * ENTRY_OVERHEAD > limit:
