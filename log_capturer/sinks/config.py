@@ -7,8 +7,8 @@ from pydantic import Field, model_validator
 from ..config.types import Section
 from .base import Sink
 from .file import FileSink, FileSinkConfig
-from .loki import LokiSink, LokiSinkConfig
-from .otlp import OtlpSink, OtlpSinkConfig
+from .loki.config import LokiSinkConfig
+from .otlp.config import OtlpSinkConfig
 from .stdout import StdoutSink, StdoutSinkConfig
 
 
@@ -53,9 +53,13 @@ def build_sink(name: str, config: SinksConfig) -> Sink:
         return FileSink(config.file)
     if name == "stdout":
         return StdoutSink(config.stdout)
-    if name == "loki":
+    if name == "loki":  # the network sinks are imported when enabled (protobuf)
+        from .loki.sink import LokiSink
+
         return LokiSink(config.loki)
     if name == "otlp":
+        from .otlp.sink import OtlpSink
+
         return OtlpSink(config.otlp)
     raise ValueError(f"unknown sink {name!r}")
 
