@@ -11,7 +11,6 @@ import os
 import sys
 
 from . import __version__
-from .config.loader import ConfigError, load_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -27,6 +26,35 @@ arenas, which fragment and do not shrink. Fixed at glibc's own starting value, R
 stays lower with hundreds of containers at the same CPU (benchmarks/README.md, "Figures
 behind choices in the code"). ``MALLOC_MMAP_THRESHOLD_`` in the environment is left to
 glibc."""
+
+
+MALLOC_TUNABLES = "glibc.malloc.tcache_count=0"
+"""glibc tunables the daemon runs with: no per-thread caches of freed chunks.
+
+glibc keeps up to 7 freed chunks of each size class per thread, counted as in use; with a
+thread per container they fill for many minutes, and resident memory rose with them
+(240 KB/min in a 9-minute soak with churn, flat without them: benchmarks/README.md,
+"Memory"). Python's own allocator serves every object up to 512 bytes, so they save
+little here (backlog CPU: same README). glibc reads tunables only as a process starts:
+:func:`exec_with_malloc_tunables` starts the daemon again, same pid, with them set.
+``GLIBC_TUNABLES`` in the environment is left to glibc."""
+
+
+def exec_with_malloc_tunables() -> None:
+    """Replace this process by itself with :data:`MALLOC_TUNABLES` in its environment,
+    unless the environment sets ``GLIBC_TUNABLES`` or this is not glibc; returns only
+    when it does not (or cannot) do it. Call it before anything else is set up."""
+    if "GLIBC_TUNABLES" in os.environ or not sys.executable:
+        return
+    try:
+        os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):  # not glibc (musl, macOS)
+        return
+    os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    try:
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    except OSError:  # run on as we are; the environment says what we ran with
+        del os.environ["GLIBC_TUNABLES"]
 
 
 def fix_mmap_threshold() -> bool:
@@ -69,7 +97,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The program (``argv`` None: the command line; the daemon then first starts itself
+    again with its malloc tunables, :func:`exec_with_malloc_tunables`)."""
     args = _parser().parse_args(argv)
+    if argv is None and args.command == "run":
+        exec_with_malloc_tunables()
+    from .config.loader import ConfigError, load_config
+
     if args.command == "config-reference":
         from .config.reference import render_reference
 

@@ -22,6 +22,9 @@ Load it with the daemon's environment (the soak: ``--daemon-env``):
 source lines whose allocations grew most since the sample at ``MEMPROBE_TRACE_FROM`` s
 (180; ``grown``: what Python allocated, bytes objects and buffers included, not C
 libraries; slows the daemon down).
+``MEMPROBE_MAPS=1`` adds every anonymous mapping of 64 KiB resident or more (``maps``)
+and glibc's ``malloc_info`` per arena (``arenas``: free bytes, heap size).
+``MEMPROBE_RECENT_LINES=N`` keeps N recent lines a stream instead of 1,024 (an experiment).
 ``MEMPROBE_TRIM=1`` calls ``malloc_trim(0)`` after each sample (``rss_kb_after_trim``);
 ``MEMPROBE_STACK=N`` sets ``threading.stack_size(N)`` before any thread starts.
 ``python benchmarks/memprobe/sitecustomize.py FILE...`` prints the samples as a table.
@@ -170,6 +173,51 @@ def state() -> dict[str, Any]:
     return out
 
 
+def mappings() -> list[list[Any]]:
+    """Every anonymous mapping holding 64 KiB or more: [start, size KiB, rss KiB, kind]."""
+    out: list[list[Any]] = []
+    entry: list[Any] | None = None
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            parts = line.split()
+            if not parts[0].endswith(":"):
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                path = parts[5] if len(parts) > 5 else ""
+                kind = _kind(start, end - start, parts[1], path)
+                entry = [hex(start), (end - start) >> 10, 0, kind] if kind != "file" else None
+            elif parts[0] == "Rss:" and entry is not None:
+                entry[2] = int(parts[1])
+                if entry[2] >= 64:
+                    out.append(entry)
+    return out
+
+
+def arenas() -> list[dict[str, int]]:
+    """glibc's ``malloc_info`` per arena: free bytes (fast bins, the rest), heap size."""
+    libc = ctypes.CDLL(None)
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    fd, path = tempfile.mkstemp()
+    os.close(fd)
+    fp = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    with open(path) as fh:
+        text = fh.read()
+    os.unlink(path)
+    out = []
+    for nr, body in re.findall(r'<heap nr="(\d+)">(.*?)</heap>', text, re.S):
+        heap = {"nr": int(nr)}
+        for kind, size in re.findall(r'<total type="(\w+)" count="\d+" size="(\d+)"', body):
+            heap[kind] = int(size)
+        for kind, size in re.findall(r'<system type="(\w+)" size="(\d+)"', body):
+            heap["system_" + kind] = int(size)
+        out.append(heap)
+    return out
+
+
 def sample(trim: bool) -> dict[str, Any]:
     gc.collect()
     record: dict[str, Any] = {"rss_kb": rss_kb(), "threads": threading.active_count()}
@@ -179,6 +227,9 @@ def sample(trim: bool) -> dict[str, Any]:
     record["gc_objects"] = len(gc.get_objects())
     record["blocks"] = sys.getallocatedblocks()
     record["state"] = state()
+    if os.environ.get("MEMPROBE_MAPS") == "1":
+        record["maps"] = mappings()
+        record["arenas"] = arenas()
     if trim:
         ctypes.CDLL(None).malloc_trim(0)
         record["rss_kb_after_trim"] = rss_kb()
@@ -247,6 +298,14 @@ if __name__ == "__main__":
 elif OUT and "log_capturer" in " ".join(sys.orig_argv):
     if STACK:
         threading.stack_size(STACK)
+    if os.environ.get("MEMPROBE_RECENT_LINES"):  # an experiment: fewer recent lines a stream
+        from log_capturer.monitor import admit
+
+        admit.RecentLines.__init__.__defaults__ = (
+            admit.RECENT_BYTES,
+            int(os.environ["MEMPROBE_RECENT_LINES"]),
+            None,
+        )
     if os.environ.get("MEMPROBE_TRACE") == "1":
         import tracemalloc
 

@@ -21,7 +21,9 @@ benchmarks/README.md, "Figures behind choices in the code").
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterator
+from functools import partial
 from itertools import chain, islice, repeat
 from typing import Any
 
@@ -67,10 +69,9 @@ def message_json(message: bytes) -> bytes:
 class ContainerJson:
     """The JSON pieces of one container's records around ts and message."""
 
-    __slots__ = ("container", "heads", "quoted_heads", "tail", "tail_truncated")
+    __slots__ = ("heads", "quoted_heads", "tail", "tail_truncated")
 
     def __init__(self, container: ContainerInfo) -> None:
-        self.container = container
         start = (
             b',"host":' + encode(container.host)
             + b',"container_id":' + encode(container.id)
@@ -95,16 +96,28 @@ class ContainerJson:
         self.tail_truncated = tail + b',"truncated":true'
 
 
-# id(container) -> its pieces; the entry keeps the container, so an id is not reused.
-_cache: dict[int, ContainerJson] = {}
+# id(container) -> (a weak reference to it, its pieces). An entry goes with its container
+# (the reference's callback), so the cache holds the pieces of containers still known,
+# not of every short-lived container since the start (a soak with churn grew by them for
+# 34 minutes: benchmarks/README.md, "Memory"); the reference tells a reused id apart.
+_cache: dict[int, tuple[weakref.ref[ContainerInfo], ContainerJson]] = {}
+
+
+def _forget(ref: weakref.ref[ContainerInfo], key: int) -> None:
+    entry = _cache.get(key)
+    if entry is not None and entry[0] is ref:
+        del _cache[key]
 
 
 def container_json(container: ContainerInfo) -> ContainerJson:
-    pieces = _cache.get(id(container))
-    if pieces is None or pieces.container is not container:
-        if len(_cache) >= _CACHE_LIMIT:
-            _cache.clear()
-        pieces = _cache[id(container)] = ContainerJson(container)
+    key = id(container)
+    entry = _cache.get(key)
+    if entry is not None and entry[0]() is container:
+        return entry[1]
+    if len(_cache) >= _CACHE_LIMIT:  # a bound all the same (containers replaced unseen)
+        _cache.clear()
+    pieces = ContainerJson(container)
+    _cache[key] = (weakref.ref(container, partial(_forget, key=key)), pieces)
     return pieces
 
 
@@ -171,7 +184,10 @@ def record_json(
     """One record with everything a stage may have added (no newline)."""
     pieces = container_json(container)
     out = (
-        b'{"ts":' + encode(ts) + pieces.heads[stream][1:] + encode(message)
+        b'{"ts":'
+        + encode(ts)
+        + pieces.heads[stream][1:]
+        + encode(message)
         + (pieces.tail_truncated if truncated else pieces.tail)
     )
     if fields is not None:

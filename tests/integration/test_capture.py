@@ -39,6 +39,8 @@ def test_stdout_and_stderr_lines_arrive_exactly_once_in_order(
     make_daemon: Callable[..., Daemon], containers: Fleet
 ) -> None:
     daemon = make_daemon().start()
+    with open(f"/proc/{daemon.pid}/environ", "rb") as fh:  # it started itself again with them
+        assert b"GLIBC_TUNABLES=glibc.malloc.tcache_count=0" in fh.read().split(b"\0")
     labels = {
         "com.docker.compose.service": "web",
         "com.docker.compose.project": "shop",

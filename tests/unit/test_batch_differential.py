@@ -201,3 +201,27 @@ def test_plain_lines_are_copied_and_hostile_ones_escaped() -> None:
         assert needs_escaping(b" ".join([b"ok", message])), message
     # a multi-byte sequence cut at one message's end is not completed by the next one
     assert needs_escaping(b" ".join([b"\xe2\x82", b"\xac"]))
+
+
+def test_json_pieces_of_a_container_go_with_it() -> None:
+    """The cached JSON pieces of a container are dropped when nothing holds the container
+    any more (a churn of short-lived containers must not grow the cache), and a new
+    container at a reused address gets its own pieces."""
+    from log_capturer.pipeline import jsonl
+
+    def record(info: ContainerInfo) -> bytes:
+        return jsonl.lines_jsonl(
+            info, ["stdout"], [b"2026-01-01T00:00:00.000000000Z"], [b"x"], None
+        )
+
+    before = len(jsonl._cache)
+    first = ContainerInfo(id="a" * 64, name="first", image="img")
+    assert b'"container_name":"first"' in record(first)
+    assert len(jsonl._cache) == before + 1
+    del first
+    assert len(jsonl._cache) == before
+    for n in range(50):  # new objects, some at the addresses of dropped ones
+        info = ContainerInfo(id=f"{n:064x}", name=f"c{n}", image="img")
+        assert f'"container_name":"c{n}"'.encode() in record(info)
+    del info
+    assert len(jsonl._cache) == before
