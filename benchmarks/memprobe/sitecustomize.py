@@ -99,19 +99,29 @@ def _kind(start: int, size: int, perms: str, path: str) -> str:
     return "anon>=1M" if size >= 1 << 20 else "anon<1M"
 
 
-def smaps() -> dict[str, dict[str, int]]:
-    groups: dict[str, list[int]] = {}
-    current: list[int] | None = None
+def all_mappings() -> list[list[Any]]:
+    """Every mapping of ``/proc/self/smaps``: [start, size KiB, rss KiB, kind]."""
+    out: list[list[Any]] = []
     with open("/proc/self/smaps") as fh:
         for line in fh:
             parts = line.split()
             if not parts[0].endswith(":"):  # a mapping's first line
                 start, end = (int(x, 16) for x in parts[0].split("-"))
                 path = parts[5] if len(parts) > 5 else ""
-                current = groups.setdefault(_kind(start, end - start, parts[1], path), [0, 0])
-                current[0] += 1
-            elif parts[0] == "Rss:" and current is not None:
-                current[1] += int(parts[1])
+                kind = _kind(start, end - start, parts[1], path)
+                out.append([hex(start), (end - start) >> 10, 0, kind])
+            elif parts[0] == "Rss:" and out:
+                out[-1][2] = int(parts[1])
+    return out
+
+
+def smaps(maps: list[list[Any]]) -> dict[str, dict[str, int]]:
+    """Resident KiB of ``maps`` (:func:`all_mappings`) by mapping kind."""
+    groups: dict[str, list[int]] = {}
+    for _, _, rss, kind in maps:
+        current = groups.setdefault(kind, [0, 0])
+        current[0] += 1
+        current[1] += rss
     return {kind: {"n": n, "rss_kb": kb} for kind, (n, kb) in groups.items()}
 
 
@@ -173,25 +183,6 @@ def state() -> dict[str, Any]:
     return out
 
 
-def mappings() -> list[list[Any]]:
-    """Every anonymous mapping holding 64 KiB or more: [start, size KiB, rss KiB, kind]."""
-    out: list[list[Any]] = []
-    entry: list[Any] | None = None
-    with open("/proc/self/smaps") as fh:
-        for line in fh:
-            parts = line.split()
-            if not parts[0].endswith(":"):
-                start, end = (int(x, 16) for x in parts[0].split("-"))
-                path = parts[5] if len(parts) > 5 else ""
-                kind = _kind(start, end - start, parts[1], path)
-                entry = [hex(start), (end - start) >> 10, 0, kind] if kind != "file" else None
-            elif parts[0] == "Rss:" and entry is not None:
-                entry[2] = int(parts[1])
-                if entry[2] >= 64:
-                    out.append(entry)
-    return out
-
-
 def arenas() -> list[dict[str, int]]:
     """glibc's ``malloc_info`` per arena: free bytes (fast bins, the rest), heap size."""
     libc = ctypes.CDLL(None)
@@ -221,14 +212,16 @@ def arenas() -> list[dict[str, int]]:
 def sample(trim: bool) -> dict[str, Any]:
     gc.collect()
     record: dict[str, Any] = {"rss_kb": rss_kb(), "threads": threading.active_count()}
-    record["smaps"] = smaps()
+    maps = all_mappings()
+    record["smaps"] = smaps(maps)
     record["mallinfo"] = mallinfo()
     record["pymalloc"] = pymalloc()
     record["gc_objects"] = len(gc.get_objects())
     record["blocks"] = sys.getallocatedblocks()
     record["state"] = state()
     if os.environ.get("MEMPROBE_MAPS") == "1":
-        record["maps"] = mappings()
+        # every anonymous mapping holding 64 KiB or more
+        record["maps"] = [m for m in maps if m[3] != "file" and m[2] >= 64]
         record["arenas"] = arenas()
     if trim:
         ctypes.CDLL(None).malloc_trim(0)

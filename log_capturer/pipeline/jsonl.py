@@ -184,10 +184,7 @@ def record_json(
     """One record with everything a stage may have added (no newline)."""
     pieces = container_json(container)
     out = (
-        b'{"ts":'
-        + encode(ts)
-        + pieces.heads[stream][1:]
-        + encode(message)
+        b'{"ts":' + encode(ts) + pieces.heads[stream][1:] + encode(message)
         + (pieces.tail_truncated if truncated else pieces.tail)
     )
     if fields is not None:
