@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
+import socket
+import struct
 import threading
 import time
 import tracemalloc
@@ -12,11 +15,18 @@ from pathlib import Path
 import pytest
 import requests
 
+from log_capturer.docker.chunked import ChunkedDecoder
 from log_capturer.docker.config import DockerConfig, PoolConfig
 from log_capturer.docker.engine import DockerEngine
 from log_capturer.docker.errors import PoolClosedError, PoolExhaustedError
 from log_capturer.docker.pool import request_kind
-from log_capturer.docker.stream import READ_SIZE_MIN, ManagedResponse, _read_buffer
+from log_capturer.docker.stream import (
+    COALESCE_DELAY,
+    GATHER_BYTES,
+    READ_SIZE_MIN,
+    ManagedResponse,
+    _read_buffer,
+)
 from log_capturer_testkit import wait_for
 
 from .fake_engine import FakeEngine
@@ -50,6 +60,23 @@ def raw_ping(engine: DockerEngine) -> None:
 def drain(stream: ManagedResponse, deadline: float | None = None) -> None:
     while stream.read(deadline):
         pass
+
+
+def drain_raw(stream: ManagedResponse, deadline: float | None = None) -> tuple[bytes, bool]:
+    """The body through ``read_raw``, as bulk.py reads it; and whether any read was
+    gathered by the kernel."""
+    chunks = ChunkedDecoder()
+    body = b""
+    gathered = False
+    while not chunks.done:
+        raw = stream.read_raw(deadline)
+        gathered = gathered or stream.gathers
+        if not raw:
+            break
+        body += chunks.feed(raw)
+    if chunks.done:
+        stream.body_ended()
+    return body, gathered
 
 
 def wait_waiting(engine: DockerEngine, n: int) -> None:
@@ -336,6 +363,88 @@ def test_stream_cut_at_deadline_closes_its_socket_now(fake: FakeEngine) -> None:
         stats = engine.pool.stats()
         assert (stats.open, stats.in_use) == (0, 0)
         assert stats.closed.get("closed_in_use") == 1
+    finally:
+        engine.close()
+
+
+def test_the_kernel_reports_a_unix_socket_readable_below_its_low_water_mark() -> None:
+    """What gathered reads stand on (stream.py, GATHER_BYTES): poll says readable at the
+    first byte whatever SO_RCVLOWAT says (else a quiet stream's line would wait for
+    the window's deadline), and a blocking read then returns what came once
+    SO_RCVTIMEO passed, or as soon as SO_RCVLOWAT bytes are there."""
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with sender, receiver:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, GATHER_BYTES)
+        receiver.setsockopt(
+            socket.SOL_SOCKET,
+            socket.SO_RCVTIMEO,
+            struct.pack("@ll", 0, int(COALESCE_DELAY * 1_000_000)),
+        )
+        poller = select.poll()
+        poller.register(receiver.fileno(), select.POLLIN)
+        assert poller.poll(0) == []
+        sender.sendall(b"x" * 100)
+        assert poller.poll(5000) == [(receiver.fileno(), select.POLLIN)]
+        assert receiver.recv(65536) == b"x" * 100  # after SO_RCVTIMEO: what came
+        for _ in range(GATHER_BYTES // 100 + 1):  # as the engine writes: a message a write
+            sender.sendall(b"y" * 100)
+        assert len(receiver.recv(65536)) > GATHER_BYTES  # all of it, in one read
+
+
+def test_raw_reads_of_a_log_body_over_unix_are_gathered_and_the_socket_handed_back(
+    fake: FakeEngine,
+) -> None:
+    engine = make_engine(fake)
+    try:
+        stream = hold(engine, 0.3, lines=3)
+        conn = stream._conn
+        assert conn is not None and conn.sock is not None
+        sock = conn.sock
+        body, gathered = drain_raw(stream, time.monotonic() + 30)
+        assert gathered  # the reads after the first (which takes what came with the headers)
+        assert body.count(b" line ") == 3
+        assert stream.end_reason is None and not stream.gathers
+        # The connection went back to the pool as it was handed out: a later request on
+        # it must not inherit a low-water mark or a blocking socket.
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)
+        assert sock.gettimeout() is not None  # not blocking (the timeout its reads had set)
+        stream.close()
+        again = hold(engine, 0, lines=2)
+        assert again._conn is conn  # reused
+        assert drain_raw(again, time.monotonic() + 30)[0].count(b" line ") == 2
+        again.close()
+        assert engine.pool.stats().new_connections == 1
+    finally:
+        engine.close()
+
+
+def test_a_gathered_read_ends_at_its_deadline(fake: FakeEngine) -> None:
+    engine = make_engine(fake)
+    try:
+        stream = hold(engine, 30, lines=1)
+        body, gathered = drain_raw(stream, time.monotonic() + 0.2)  # the engine: 30 s
+        assert gathered and body.count(b" line ") == 1
+        assert stream.end_reason == "deadline"
+        stream.close()
+        assert engine.pool.stats().open == 0
+    finally:
+        engine.close()
+
+
+def test_interrupt_wakes_a_gathered_reader_from_another_thread(fake: FakeEngine) -> None:
+    engine = make_engine(fake)
+    try:
+        stream = hold(engine, 30, lines=1)
+        assert stream.read_raw(None)  # the line; the next read is gathered, and blocks
+        timer = threading.Timer(0.2, stream.interrupt)
+        timer.start()
+        body, gathered = drain_raw(stream)  # no deadline: only the interrupt ends it
+        assert body == b""  # nothing more came
+        timer.join()
+        assert gathered and stream.end_reason == "interrupted"
+        stream.close()
+        assert engine.pool.stats().open == 0
     finally:
         engine.close()
 
