@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import math
-import select
-import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +19,7 @@ from .chunked import ChunkedBodyError, ChunkedDecoder
 from .connection import DockerSocketConnection
 from .errors import StreamBrokenError
 from .frames import ChunkParseStats, FrameDecoder, RawDecoder
+from .gather import GATHER_DELAY, GatheredSocket, can_gather
 from .lines import LineAssembler, Lines
 
 READ_SIZE = 256 * 1024  # a backlog arrives as fast as we read: fewer, larger reads
@@ -34,31 +31,19 @@ READ_SIZE = 256 * 1024  # a backlog arrives as fast as we read: fewer, larger re
 # containers (540 MB before, 645 after, one run each): see benchmarks/README.md. The
 # daemon now fixes the mmap threshold itself (cli.MMAP_THRESHOLD).
 READ_SIZE_MIN = 16 * 1024
-# Over a unix socket (the usual engine) the kernel gathers each read of a log body: the
-# socket blocks with SO_RCVLOWAT = GATHER_BYTES and SO_RCVTIMEO = COALESCE_DELAY, so a
-# read waits in the kernel, not in Python, until GATHER_BYTES have arrived or the delay
-# passed since it began, then takes all there is (ManagedResponse._start_gathering).
-# The engine can have about 200 messages in the socket before its writes block (see
-# below): at least 9 KiB even of empty lines (46 bytes each), so GATHER_BYTES never
-# waits for bytes the engine cannot send. 1 M-line backlog (benchmarks/README.md, "Reads
-# gathered by the kernel"): 0.77x of docker logs at 3.16 CPU-us a line, against 0.72x at
-# 3.23 with the Python nap below, which TCP and TLS streams still take.
-GATHER_BYTES = 8 * 1024
-# After a read this small (the engine sends a backlog in pieces as small as one line
-# when we keep up), wait a moment so the next read takes what arrived meanwhile: each
-# read costs tens of microseconds of Python whatever its size. The wait is the time the
-# stream needs for COALESCE_TARGET bytes at its rate of the last read, at most
-# COALESCE_DELAY: never long enough for the engine to block. It writes each message
-# with its own write, and the socket holds only about 200 of them (the send buffer
-# counts each one's whole kernel buffer), so a 2 ms nap would stall an engine serving
-# a backlog at 150,000 lines/s.
+# Over TCP and TLS, after a read this small (the engine sends a backlog in pieces as
+# small as one line when we keep up), wait a moment so the next read takes what arrived
+# meanwhile: each read costs tens of microseconds of Python whatever its size. The wait
+# is the time the stream needs for COALESCE_TARGET bytes at its rate of the last read,
+# at most COALESCE_DELAY, meant never to be long enough for the engine to block (it
+# writes each message with its own write, and the socket holds only about 200 of them).
+# Over a unix socket it did stall the engine: there the kernel gathers reads (gather.py).
 COALESCE_BELOW = 16 * 1024
 COALESCE_TARGET = 8 * 1024
-COALESCE_DELAY = 0.002
+COALESCE_DELAY = GATHER_DELAY
 # A read may block this much past the deadline rather than set the socket's timeout
 # (two fcntl calls) before every read of a busy stream.
 TIMEOUT_SLACK = 0.01
-_COALESCE_DELAY_US = int(COALESCE_DELAY * 1_000_000)
 
 
 _buffers = threading.local()
@@ -162,9 +147,8 @@ class ManagedResponse:
         self._read_size = READ_SIZE_MIN  # the next read's size (see READ_SIZE_MIN)
         self._buffered_empty = False  # the reader holds no bytes: read into our buffer
         self._body_done = False
-        self._gather: select.poll | None = None  # set while the kernel gathers reads
+        self._gather: GatheredSocket | None = None  # while the kernel gathers reads
         self._gather_tried = False
-        self._saved_timeout: float | None = None  # the socket's timeout before gathering
         self._deadline: float | None = None  # of the current read
         self._close_lock = threading.Lock()
         self._closed = False
@@ -222,64 +206,29 @@ class ManagedResponse:
 
     @property
     def gathers(self) -> bool:
-        """Reads wait in the kernel for ``GATHER_BYTES`` or ``COALESCE_DELAY``, whichever
-        comes first (no nap needed after a small read)."""
+        """Reads wait in the kernel for ``GATHER_BYTES`` or ``GATHER_DELAY``, whichever
+        comes first (gather.py; no nap needed after a small read)."""
         return self._gather is not None
 
     def _start_gathering(self) -> None:
-        """Make the kernel gather reads: the socket blocks, with SO_RCVLOWAT and
-        SO_RCVTIMEO. The deadline is then kept by a poll before each read, which
-        reports a unix socket readable as soon as it holds a byte (SO_RCVLOWAT counts
-        only in the read that follows; ``tests/unit/test_pool.py`` checks this of the
-        kernel). Only on a plain unix socket, and only once the buffered reader holds
-        nothing, so that every read reaches the socket. Undone before the connection
-        goes back to the pool (:meth:`_stop_gathering`)."""
+        """Over a plain unix socket, and once the buffered reader holds nothing (so that
+        every read reaches the socket). Undone before the connection goes back to the
+        pool (:meth:`_stop_gathering`)."""
         self._gather_tried = True
         sock = self._conn.sock if self._conn is not None else None
-        if (
-            sock is None
-            or sock.family != socket.AF_UNIX
-            or isinstance(sock, ssl.SSLSocket)
-            or not hasattr(self._http.fp, "readinto1")
-        ):
-            return
-        self._saved_timeout = sock.gettimeout()
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, _COALESCE_DELAY_US)
-        )
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, GATHER_BYTES)
-        sock.settimeout(None)
-        self._gather = poller
+        if sock is not None and can_gather(sock) and hasattr(self._http.fp, "readinto1"):
+            self._gather = GatheredSocket(sock)
 
     def _stop_gathering(self) -> None:
-        """The socket as the pool handed it out: no low-water mark, its own timeout (a
-        socket that cannot be set back is closed: the pool then drops the connection)."""
-        if self._gather is None:
-            return
-        self._gather = None
-        conn = self._conn
-        if conn is None or conn.sock is None:
-            return
-        sock = conn.sock
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 0))
-            sock.settimeout(self._saved_timeout)
-        except OSError:
-            conn.close()
+        """The socket as the pool handed it out; closed if it cannot be set back (the pool
+        then drops the connection)."""
+        gather, self._gather = self._gather, None
+        if gather is not None and not gather.restore() and self._conn is not None:
+            self._conn.close()
 
     def _wait_readable(self) -> None:
-        """Until the gathering socket holds a byte (or its end); TimeoutError at the
-        deadline."""
         assert self._gather is not None
-        deadline = self._deadline
-        timeout = (
-            -1 if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
-        )
-        if not self._gather.poll(timeout):
-            raise TimeoutError
+        self._gather.wait_readable(self._deadline)
 
     def body_ended(self) -> None:
         """The caller of :meth:`read_raw` saw the body's last chunk."""

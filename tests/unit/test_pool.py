@@ -19,14 +19,9 @@ from log_capturer.docker.chunked import ChunkedDecoder
 from log_capturer.docker.config import DockerConfig, PoolConfig
 from log_capturer.docker.engine import DockerEngine
 from log_capturer.docker.errors import PoolClosedError, PoolExhaustedError
+from log_capturer.docker.gather import GATHER_BYTES, GATHER_DELAY
 from log_capturer.docker.pool import request_kind
-from log_capturer.docker.stream import (
-    COALESCE_DELAY,
-    GATHER_BYTES,
-    READ_SIZE_MIN,
-    ManagedResponse,
-    _read_buffer,
-)
+from log_capturer.docker.stream import READ_SIZE_MIN, ManagedResponse, _read_buffer
 from log_capturer_testkit import wait_for
 
 from .fake_engine import FakeEngine
@@ -368,7 +363,7 @@ def test_stream_cut_at_deadline_closes_its_socket_now(fake: FakeEngine) -> None:
 
 
 def test_the_kernel_reports_a_unix_socket_readable_below_its_low_water_mark() -> None:
-    """What gathered reads stand on (stream.py, GATHER_BYTES): poll says readable at the
+    """What gathered reads stand on (gather.py): poll says readable at the
     first byte whatever SO_RCVLOWAT says (else a quiet stream's line would wait for
     the window's deadline), and a blocking read then returns what came once
     SO_RCVTIMEO passed, or as soon as SO_RCVLOWAT bytes are there."""
@@ -378,7 +373,7 @@ def test_the_kernel_reports_a_unix_socket_readable_below_its_low_water_mark() ->
         receiver.setsockopt(
             socket.SOL_SOCKET,
             socket.SO_RCVTIMEO,
-            struct.pack("@ll", 0, int(COALESCE_DELAY * 1_000_000)),
+            struct.pack("@ll", 0, int(GATHER_DELAY * 1_000_000)),
         )
         poller = select.poll()
         poller.register(receiver.fileno(), select.POLLIN)
