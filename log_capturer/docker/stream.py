@@ -200,7 +200,12 @@ class ManagedResponse:
         that decodes the chunks itself (bulk.py) and calls :meth:`body_ended` when it
         sees the last one. Over a unix socket the kernel gathers these reads (see
         :attr:`gathers`)."""
-        if not self._gather_tried and self._buffered_empty and self._http is not None:
+        if (
+            not self._gather_tried
+            and self._buffered_empty
+            and self._http is not None
+            and not self._body_done
+        ):
             self._start_gathering()
         return self._guarded(deadline, self._read_wire)
 
@@ -211,12 +216,14 @@ class ManagedResponse:
         return self._gather is not None
 
     def _start_gathering(self) -> None:
-        """Over a plain unix socket, and once the buffered reader holds nothing (so that
-        every read reaches the socket). Undone before the connection goes back to the
-        pool (:meth:`_stop_gathering`)."""
+        """Over a plain unix socket, once the buffered reader holds nothing (so that every
+        read reaches the socket; ``_buffered_empty`` is only set for a reader with
+        ``readinto1``), and never once the body ended: its connection is back in the pool
+        then, maybe another request's (LogStream reads once more after the last chunk).
+        Undone before the connection goes back to the pool (:meth:`_stop_gathering`)."""
         self._gather_tried = True
         sock = self._conn.sock if self._conn is not None else None
-        if sock is not None and can_gather(sock) and hasattr(self._http.fp, "readinto1"):
+        if sock is not None and can_gather(sock):
             self._gather = GatheredSocket(sock)
 
     def _stop_gathering(self) -> None:

@@ -414,6 +414,33 @@ def test_raw_reads_of_a_log_body_over_unix_are_gathered_and_the_socket_handed_ba
         engine.close()
 
 
+def test_a_body_that_ended_in_its_first_read_leaves_its_pooled_socket_alone(
+    fake: FakeEngine,
+) -> None:
+    """LogStream reads once more after the body's last chunk. When the whole body came
+    in the first read, nothing was gathered yet, and that read must not start gathering
+    on the socket, which is back in the pool by then (maybe another request's)."""
+    engine = make_engine(fake)
+    try:
+        for _ in range(20):  # the body usually comes with the headers: one read
+            stream = hold(engine, 0, lines=2)
+            body, gathered = drain_raw(stream, time.monotonic() + 30)
+            assert body.count(b" line ") == 2
+            if not gathered:
+                break
+            stream.close()
+        assert not gathered, "every body ended after a gathered read: the case was not reached"
+        conn = stream._conn
+        assert conn is not None and conn.sock is not None
+        assert stream.read_raw(time.monotonic() + 30) == b""  # as LogStream reads on
+        assert stream.end_reason == "eof" and not stream.gathers
+        assert conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+        assert conn.sock.gettimeout() is not None
+        stream.close()
+    finally:
+        engine.close()
+
+
 def test_a_gathered_read_ends_at_its_deadline(fake: FakeEngine) -> None:
     engine = make_engine(fake)
     try:
