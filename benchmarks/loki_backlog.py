@@ -28,8 +28,8 @@ default limits unless ``--ingestion-mb``: 4 MB/s, bursts of 6 MB, beyond which L
 answers 429). Measured per run: wall time from the shipper's start until every line is
 in Loki (its ``/metrics`` polled every 0.1 s, then a ``count_over_time`` query to confirm:
 see :func:`wait_loki_lines`) and until its first line was (``first_s``), the shipper's
-CPU seconds and CPU µs per line, Loki's CPU seconds; pushes (each counted once however often it was
-retried), their body bytes (compressed, each push once: the daemon's
+CPU seconds and CPU µs per line, Loki's CPU seconds; pushes (each counted once however
+often it was retried), their body bytes (compressed, each push once: the daemon's
 ``log_capturer_sink_push_bytes``, Promtail's ``promtail_encoded_bytes_total``) and the
 requests by HTTP status (429s included: the daemon's
 ``log_capturer_sink_request_duration_seconds``, Promtail's
@@ -369,12 +369,6 @@ def run(args: argparse.Namespace, shippers: list[str], client: Any, run_id: str,
             ratios |= {
                 f"speed_{b}_over_{a}": spread(
                     [r[b]["seconds"] / r[a]["seconds"] for r in complete]),
-                # the same from each one's first line in Loki: its start-up (discovery,
-                # Promtail's first docker_sd refresh) left out
-                f"from_first_{b}_over_{a}": spread(
-                    [(r[b]["seconds"] - r[b]["first_s"]) / (r[a]["seconds"] - r[a]["first_s"])
-                     for r in complete if r[a]["first_s"] is not None
-                     and r[b]["first_s"] is not None] or [0.0]),
                 f"cpu_{a}_over_{b}": spread([r[a]["cpu_s"] / r[b]["cpu_s"] for r in complete]),
                 f"loki_cpu_{a}_over_{b}": spread(
                     [r[a]["loki_cpu_s"] / max(r[b]["loki_cpu_s"], 0.01) for r in complete]),
@@ -383,6 +377,15 @@ def run(args: argparse.Namespace, shippers: list[str], client: Any, run_id: str,
                 f"bytes_{a}_over_{b}": spread(
                     [r[a]["bytes_sent"] / max(r[b]["bytes_sent"], 1) for r in complete]),
             }
+            # the time from each one's first line in Loki: its start-up (discovery,
+            # Promtail's first docker_sd refresh) left out; only where both saw one
+            from_first = [
+                (r[b]["seconds"] - r[b]["first_s"]) / (r[a]["seconds"] - r[a]["first_s"])
+                for r in complete
+                if r[a]["first_s"] is not None and r[b]["first_s"] is not None
+            ]
+            if from_first:
+                ratios[f"from_first_{b}_over_{a}"] = spread(from_first)
         for key, value in ratios.items():
             log(f"{key}: median {value['median']} (min {value['min']}, max {value['max']})")
         common.write_json({
