@@ -291,7 +291,7 @@ def decode_push(headers: Mapping[str, str], body: bytes) -> list[tuple[Labels, l
         positions = [i for i, s in enumerate(decoded.stream_of) if s == index]
         out.append((
             tuple(sorted(labels.items())),
-            [Entry(decoded.ts_ns[i], decoded.lines[i], dict(decoded.meta[i]) or None)
+            [Entry(decoded.ts_ns[i], decoded.lines[i].decode(), dict(decoded.meta[i]) or None)
              for i in positions],
         ))
     return out

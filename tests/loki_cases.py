@@ -52,7 +52,7 @@ class Case:
             streams.add(
                 labels,
                 [now + e[0] for e in entries],
-                [e[1] for e in entries],
+                [e[1].encode() for e in entries],
                 [e[2] for e in entries],
                 text=self.labels_raw,
             )

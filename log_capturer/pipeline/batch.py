@@ -87,6 +87,15 @@ class Batch(ABC):
         """Docker's timestamp text of each line."""
         return [r.ts for r in self.records()]
 
+    def stamps(self) -> list[bytes] | None:
+        """Docker's canonical timestamp of each line (see ``Lines``), or None when the
+        batch holds nanoseconds only (:meth:`ts_ns`)."""
+        return None
+
+    def utf8(self) -> list[bytes]:
+        """Each message as valid UTF-8 (invalid sequences replaced, as :meth:`texts`)."""
+        return [text.encode("utf-8", "replace") for text in self.texts()]
+
     def sample_ts_ns(self, start: int, step: int) -> list[int]:
         """Timestamps of lines ``start``, ``start + step``... (for the delivery lag)."""
         return self.ts_ns()[start::step]
@@ -140,6 +149,21 @@ class LineBatch(Batch):
 
     def texts(self) -> list[str]:
         return [m.decode("utf-8", "replace") for m in self.lines.messages]
+
+    def stamps(self) -> list[bytes]:
+        return self.lines.stamps
+
+    def utf8(self) -> list[bytes]:
+        messages = self.lines.messages
+        # Joined by a newline (ASCII), a sequence cut at one message's end cannot pass for
+        # whole with the next message's first bytes.
+        joined = b"\n".join(messages)
+        if not joined.isascii():
+            try:
+                joined.decode("utf-8")
+            except UnicodeDecodeError:
+                return [m.decode("utf-8", "replace").encode() for m in messages]
+        return messages
 
     def truncated_flags(self) -> list[bool]:
         return self.lines.truncated_flags()

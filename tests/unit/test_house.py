@@ -4,6 +4,7 @@ flow, no test-only code in it."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,13 +75,13 @@ def test_no_test_fault_module_in_the_package() -> None:
 
 def test_a_daemon_without_network_sinks_does_not_import_them() -> None:
     """The Loki and OTLP sinks (protobuf: about 60 ms of CPU at every start, measured in
-    benchmarks/README.md) are imported when enabled, not by the daemon's own modules;
-    their config models are."""
+    benchmarks/README.md; numpy about 80 ms and 10 MB) are imported when enabled, not by
+    the daemon's own modules; their config models are."""
     code = (
         "import sys, log_capturer.cli, log_capturer.supervisor\n"
         "from log_capturer.sinks.config import SinksConfig\n"
         "assert SinksConfig().loki.enabled is False\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith(('google.protobuf',"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('google.protobuf', 'numpy',"
         " 'log_capturer.sinks.loki.sink', 'log_capturer.sinks.otlp.sink')))\n"
         "print(loaded)\n"
     )
@@ -92,3 +93,20 @@ def test_a_daemon_without_network_sinks_does_not_import_them() -> None:
     from log_capturer.sinks.otlp import OtlpSink
 
     assert LokiSink.__name__ == "LokiSink" and OtlpSink.__name__ == "OtlpSink"
+
+
+def test_numpy_starts_no_thread_of_its_own() -> None:
+    """numpy's OpenBLAS would start a thread per core at import: a thread without an owner
+    (and a leak signal in /metrics); the network sinks import numpy without one."""
+    code = (
+        "import os\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        "import log_capturer.sinks.loki.push, log_capturer.sinks.otlp.encode\n"
+        "import numpy\n"
+        "print(before, len(os.listdir('/proc/self/task')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
+    assert out[0] == out[1] == "1"

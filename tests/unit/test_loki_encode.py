@@ -59,11 +59,11 @@ def test_bodies_decode_to_the_entries_in_stream_and_time_order(encoding: str) ->
             dict(decoded.meta[i])) for i in range(len(decoded))]
     web = {"container_id": WEB.id}
     assert got == [
-        ("web", "stdout", now, "a", web),
-        ("web", "stdout", now + 1, "b", web),
-        ("web", "stdout", now + 3, "cut", {**web, "truncated": "true"}),
-        ("web", "stderr", now, "err", web),
-        ('we"ird\\name {x}', "stdout", now + 2, "odd é\x00\n", {"container_id": ODD.id}),
+        ("web", "stdout", now, b"a", web),
+        ("web", "stdout", now + 1, b"b", web),
+        ("web", "stdout", now + 3, b"cut", {**web, "truncated": "true"}),
+        ("web", "stderr", now, b"err", web),
+        ('we"ird\\name {x}', "stdout", now + 2, "odd é\x00\n".encode(), {"container_id": ODD.id}),
     ]
     assert Push.from_spool(push.to_spool()).body() == body
 
@@ -78,7 +78,7 @@ def test_by_default_no_metadata_but_truncated_where_a_line_was_cut() -> None:
 
 def test_lone_surrogates_do_not_break_a_protobuf_push() -> None:
     [push] = encoder().build_records([rec("bad \ud800 half", time.time_ns())])
-    assert decode_protobuf(push.body()).lines == ["bad ? half"]
+    assert decode_protobuf(push.body()).lines == [b"bad ? half"]
 
 
 def test_pushes_are_batch_bytes_of_lines_as_promtail_counts_them() -> None:
@@ -96,7 +96,7 @@ def test_pushes_are_batch_bytes_of_lines_as_promtail_counts_them() -> None:
 def test_pushes_of_tiny_lines_stay_under_the_body_bound_with_framing() -> None:
     streams = Streams()
     n = 100_000
-    streams.add({"a": "1"}, list(range(n)), ["x"] * n, [()] * n)
+    streams.add({"a": "1"}, list(range(n)), [b"x"] * n, [()] * n)
     full, rest = full_ranges(streams, 1024 * 1024, max_bytes=100 * (1 + ENTRY_OVERHEAD))
     assert [len(r) for r in full] == [100] * (n // 100 - 1) and rest == n - 100
     assert len(split_pushes(streams, 1024 * 1024, "protobuf")) == 1  # 2.5 MB framed: fits
@@ -106,7 +106,7 @@ def test_a_million_lines_of_100_bytes_are_a_hundred_pushes_of_1mib() -> None:
     # only the sizing, on columns: the body of each is built when it is sent
     streams = Streams()
     n = 1_000_000
-    streams.add({"a": "1"}, list(range(n)), ["x" * 100] * n, [()] * n)
+    streams.add({"a": "1"}, list(range(n)), [b"x" * 100] * n, [()] * n)
     pushes = split_pushes(streams, 1024 * 1024, "protobuf")
     assert len(pushes) == 96  # 100 MB of lines: 95 of 10,485 lines, and the rest
     full, rest = full_ranges(streams, 1024 * 1024)
@@ -121,9 +121,10 @@ def test_subsets_and_merges_keep_stream_and_time_order() -> None:
     assert len(left) == 7 and len(right) == 7
     odd = push.subset([1, 3, 12])
     [merged] = odd.merge([left.subset([0]), right.subset([6])])
-    assert [push.streams.lines[i] for i in merged.positions] == ["l0", "l1", "l3", "e2", "e3"]
+    want = [b"l0", b"l1", b"l3", b"e2", b"e3"]
+    assert [push.streams.lines[i] for i in merged.positions] == want
     decoded = decode_protobuf(merged.body())
-    assert decoded.lines == ["l0", "l1", "l3", "e2", "e3"]
+    assert decoded.lines == want
 
 
 def test_spool_entries_of_every_format_come_back() -> None:

@@ -46,8 +46,8 @@ def test_each_recorded_400_names_exactly_the_refused_entries(name: str) -> None:
 
 def test_a_400_naming_a_stream_in_an_unknown_way_leaves_only_that_stream_in_doubt() -> None:
     streams = Streams()
-    streams.add({"app": "a"}, [1, 2], ["x", "y"], [(), ()])
-    streams.add({"app": "b"}, [1, 2, 3], ["x", "y", "z"], [(), (), ()])
+    streams.add({"app": "a"}, [1, 2], [b"x", b"y"], [(), ()])
+    streams.add({"app": "b"}, [1, 2, 3], [b"x", b"y", b"z"], [(), (), ()])
     push = Push(streams, range(5), "protobuf")
     text = "stream '{app=\"b\", service_name=\"b\"}' has something new: 'boom'\n"
     outcome = classify(400, text, {}, push)
@@ -62,13 +62,13 @@ def test_a_400_naming_a_stream_in_an_unknown_way_leaves_only_that_stream_in_doub
 )
 def test_statuses(status: int, kind: type) -> None:
     streams = Streams()
-    streams.add({"app": "a"}, [1], ["x"], [()])
+    streams.add({"app": "a"}, [1], [b"x"], [()])
     assert isinstance(classify(status, "boom", {}, Push(streams, range(1), "json")), kind)
 
 
 def test_a_too_large_5xx_is_split_not_retried() -> None:
     streams = Streams()
-    streams.add({"app": "a"}, [1, 2], ["x", "y"], [(), ()])
+    streams.add({"app": "a"}, [1, 2], [b"x", b"y"], [(), ()])
     text = "rpc error: code = ResourceExhausted desc = grpc: received message larger than max"
     outcome = classify(500, text, {}, Push(streams, range(2), "json"))
     assert isinstance(outcome, Refused) and list(outcome.split) == [0, 1]
@@ -77,7 +77,7 @@ def test_a_too_large_5xx_is_split_not_retried() -> None:
 
 def test_retry_after_is_read_and_capped() -> None:
     streams = Streams()
-    streams.add({"app": "a"}, [1], ["x"], [()])
+    streams.add({"app": "a"}, [1], [b"x"], [()])
     push = Push(streams, range(1), "json")
     outcome = classify(429, "slow down", {"Retry-After": "7"}, push)
     assert isinstance(outcome, Transient) and outcome.retry_after == 7.0
@@ -123,7 +123,7 @@ class _Scripted(Delivery[Push]):
 
     def _post(self, payload: Push) -> Accepted | Refused[Push]:
         self.requests += 1
-        lines = [payload.streams.lines[i] for i in payload.positions]
+        lines = [payload.streams.lines[i].decode() for i in payload.positions]
         self.stored += [line for line in lines if line not in self.bad]
         if any(line in self.bad for line in lines):
             return Refused(400, "a reason this sink cannot read", unresolved=range(len(lines)))
@@ -132,7 +132,7 @@ class _Scripted(Delivery[Push]):
 
 def _push(n: int) -> Push:
     streams = Streams()
-    streams.add({"app": "a"}, list(range(n)), [f"line {i}" for i in range(n)], [()] * n)
+    streams.add({"app": "a"}, list(range(n)), [f"line {i}".encode() for i in range(n)], [()] * n)
     return Push(streams, range(n), "protobuf")
 
 

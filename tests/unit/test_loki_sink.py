@@ -368,7 +368,7 @@ def test_the_recorded_400_texts_are_what_this_loki_answers(
             continue  # nothing stored: the whole request was refused
         refused = set(case.refused) | set(case.resend)
         expected = sorted(
-            (push.streams.ts_ns[i], push.streams.lines[i])
+            (push.streams.ts_ns[i], push.streams.lines[i].decode())
             for i in range(len(push)) if i not in refused
         )
         tenant = case.tenant or loki_tenant

@@ -27,8 +27,8 @@ from ..network.columns import (
     ENTRY_OVERHEAD,
     NO_META,
     Meta,
-    cut_lines,
-    gather,
+    cut_utf8,
+    gather_utf8,
 )
 from ..network.loki_format import (
     LABEL_NAME,
@@ -82,7 +82,8 @@ class Encoder:
         stream, in pushes of about ``batch_bytes``."""
         return split_pushes(self.entries(batches), self.config.batch_bytes, self.config.encoding)
 
-    def entries(self, batches: Sequence[Batch], out: columns.Streams | None = None) -> Streams:
+    def entries(self, batches: Sequence[Batch], out: columns.Streams[Any] | None = None
+                ) -> Streams:
         """Every batch's lines, a Loki stream per container stream, appended to ``out`` (a
         new :class:`Streams` when None: only this encoder's are passed back)."""
         if out is not None and not isinstance(out, Streams):
@@ -91,16 +92,17 @@ class Encoder:
             return self.streams([r for batch in batches for r in batch.records()], out)
         return self.columns(batches, out)
 
-    def payload(self, streams: columns.Streams, positions: Sequence[int]) -> Push:
+    def payload(self, streams: columns.Streams[Any], positions: Sequence[int]) -> Push:
         """The push of the entries at ``positions`` of ``streams`` (this encoder's)."""
         assert isinstance(streams, Streams)
         return Push(streams, positions, self.config.encoding)
 
     def columns(self, batches: Sequence[Batch], out: Streams | None = None) -> Streams:
         """Batches (line format ``message``) as :class:`Streams`, without an object per line:
-        each container stream's timestamps, texts and cut flags gathered in columns."""
+        each container stream's timestamps, lines (UTF-8, as captured) and cut flags
+        gathered in columns."""
         out = Streams() if out is None else out
-        for part in gather(batches):
+        for part in gather_utf8(batches):
             self.add_columns(out, part.container, part.stream, part.ts_ns, part.texts,
                              part.truncated)
         return out
@@ -122,14 +124,15 @@ class Encoder:
             if self.config.line_format == "json":
                 lines, cut = zip(*map(self._json_line, group), strict=True)
                 self._add(out, first.container, first.stream, [r.ts_ns for r in group],
-                          list(lines), [r.truncated or c for r, c in zip(group, cut, strict=True)])
+                          [utf8(line) for line in lines],
+                          [r.truncated or c for r, c in zip(group, cut, strict=True)])
             else:
                 self.add_columns(
                     out,
                     first.container,
                     first.stream,
                     [r.ts_ns for r in group],
-                    [r.message for r in group],
+                    [utf8(r.message) for r in group],
                     [r.truncated for r in group] if any(r.truncated for r in group) else None,
                 )
         return out
@@ -140,10 +143,10 @@ class Encoder:
         container: ContainerInfo,
         stream: str,
         ts_ns: list[int],
-        messages: list[str],
+        messages: list[bytes],
         truncated: list[bool] | None = None,
     ) -> None:
-        """Add one container stream's lines (in timestamp order) as one Loki stream.
+        """Add one container stream's lines (UTF-8, in timestamp order) as one Loki stream.
 
         ``truncated`` flags lines the capture already cut (None: none was).
         """
@@ -153,7 +156,7 @@ class Encoder:
         self._add(out, container, stream, ts_ns, lines, truncated)
 
     def _add(self, out: Streams, container: ContainerInfo, stream: str, ts_ns: list[int],
-             lines: list[str], truncated: list[bool] | None) -> None:
+             lines: list[bytes], truncated: list[bool] | None) -> None:
         resolved = self.resolve(container, stream)
         if resolved is None:
             SINK_RECORDS.labels(self.name, "relabel_dropped").inc(len(lines))
@@ -242,9 +245,9 @@ class Encoder:
         value = getattr(container, name, None)  # compose_*, swarm_*
         return None if value is None else str(value)
 
-    def _cut(self, messages: list[str]) -> tuple[list[str], list[bool] | None]:
-        """Lines cut to ``max_line_bytes`` (bytes of UTF-8), and which were (None: none)."""
-        lines, cut = cut_lines(messages, self.config.max_line_bytes)
+    def _cut(self, messages: list[bytes]) -> tuple[list[bytes], list[bool] | None]:
+        """Lines cut to ``max_line_bytes``, and which were (None: none)."""
+        lines, cut = cut_utf8(messages, self.config.max_line_bytes)
         if cut is not None:
             LOKI_LINES_TRUNCATED.inc(sum(cut))
         return lines, cut
@@ -282,4 +285,9 @@ def json_text(doc: dict[str, Any]) -> str:
 
 
 def utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", "replace"))
+    return len(utf8(text))
+
+
+def utf8(text: str) -> bytes:
+    """``text`` as Loki takes it: UTF-8, a lone surrogate (no character) replaced."""
+    return text.encode("utf-8", "replace")

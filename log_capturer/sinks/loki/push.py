@@ -1,7 +1,9 @@
 """Loki's entries in columns (:class:`Streams`), cut into pushes of about ``batch_bytes``
 (:func:`split_pushes`, as Promtail batches), and the request body of a :class:`Push`:
-protobuf + snappy (Loki's native encoding, as Promtail sends it) or JSON + gzip
-(:func:`protobuf_body`, :func:`json_body`), read back from the spool.
+protobuf + snappy (Loki's native encoding, as Promtail sends it; written by
+:mod:`.wire`, by upb what it does not take) or JSON + gzip (:func:`protobuf_body`,
+:func:`json_body`), read back from the spool. Lines are UTF-8 bytes throughout, as
+captured.
 
 A :class:`Push` is the :class:`~log_capturer.sinks.network.outcomes.Payload` of the Loki
 sink: its parts are index lists into the same :class:`Streams`, so the delivery machinery
@@ -31,6 +33,7 @@ from ..network.columns import (
 )
 from ..network.loki_format import label_text, parse_label_text
 from ..network.text import json_bytes
+from . import wire
 from .logproto import PushRequest
 
 Encoding = Literal["protobuf", "json"]
@@ -53,15 +56,15 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(slots=True)
-class Streams(columns.Streams):
-    """:class:`~log_capturer.sinks.network.columns.Streams` whose key is the labels in Loki's
-    spelling (``{a="1"}``), as protobuf pushes send them."""
+class Streams(columns.Streams[bytes]):
+    """:class:`~log_capturer.sinks.network.columns.Streams` of UTF-8 lines whose key is the
+    labels in Loki's spelling (``{a="1"}``), as protobuf pushes send them."""
 
     def add(
         self,
         labels: dict[str, str],
         ts_ns: Sequence[int],
-        lines: Sequence[str],
+        lines: Sequence[bytes],
         meta: Sequence[Meta],
         text: str | None = None,
         extra: int = 0,
@@ -76,16 +79,29 @@ class Streams(columns.Streams):
 
 
 def protobuf_body(
-    streams: Iterable[tuple[str, Sequence[int], Sequence[str], Sequence[Meta]]],
+    streams: Iterable[tuple[str, Sequence[int], Sequence[bytes], Sequence[Meta]]],
 ) -> bytes:
     """A snappy-compressed ``logproto.PushRequest`` of ``(labels text, ts, lines, meta)``."""
+    groups = list(streams)
+    try:
+        request = wire.push_request(groups)
+    except wire.NotEncodable:
+        request = upb_request(groups)
+    return bytes(cramjam.snappy.compress_raw(request))
+
+
+def upb_request(
+    streams: Iterable[tuple[str, Sequence[int], Sequence[bytes], Sequence[Meta]]],
+) -> bytes:
+    """The serialized ``logproto.PushRequest``, written by upb (message objects): what
+    :func:`.wire.push_request` writes faster, and the writer of what it does not take."""
     request = PushRequest()
     add_stream = request.streams.add
     for text, stamps, lines, metas in streams:
         add = add_stream(labels=text).entries.add
         if any(metas):
             for ts_ns, line, meta in zip(stamps, lines, metas, strict=True):
-                entry = _entry(add, line)
+                entry = add(line=line)
                 stamp = entry.timestamp
                 stamp.seconds = ts_ns // _NS
                 stamp.nanos = ts_ns % _NS
@@ -95,27 +111,21 @@ def protobuf_body(
                         pairs.add(name=name, value=value)
         else:
             for ts_ns, line in zip(stamps, lines, strict=True):
-                stamp = _entry(add, line).timestamp
+                stamp = add(line=line).timestamp
                 stamp.seconds = ts_ns // _NS
                 stamp.nanos = ts_ns % _NS
-    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
-
-
-def _entry(add: Any, line: str) -> Any:
-    try:
-        return add(line=line)
-    except (UnicodeEncodeError, ValueError):  # a lone surrogate: not UTF-8, protobuf refuses
-        return add(line=line.encode("utf-8", "replace").decode("utf-8"))
+    data: bytes = request.SerializeToString()
+    return data
 
 
 def json_body(
-    streams: Iterable[tuple[dict[str, str], Sequence[int], Sequence[str], Sequence[Meta]]],
+    streams: Iterable[tuple[dict[str, str], Sequence[int], Sequence[bytes], Sequence[Meta]]],
 ) -> bytes:
     """A gzip-compressed JSON push of ``(labels, ts, lines, meta)``."""
     docs = []
     for labels, stamps, lines, metas in streams:
         values: list[list[Any]] = [
-            [str(ts_ns), line, dict(meta)] if meta else [str(ts_ns), line]
+            [str(ts_ns), line.decode(), dict(meta)] if meta else [str(ts_ns), line.decode()]
             for ts_ns, line, meta in zip(stamps, lines, metas, strict=True)
         ]
         docs.append({"stream": labels, "values": values})
@@ -136,7 +146,7 @@ def decode_protobuf(body: bytes) -> Streams:
         out.add(
             labels,
             [e.timestamp.seconds * _NS + e.timestamp.nanos for e in entries],
-            [e.line for e in entries],
+            [e.line.encode() for e in entries],
             [tuple((m.name, m.value) for m in e.structuredMetadata) for e in entries],
             text=stream.labels,
         )
@@ -152,7 +162,7 @@ def decode_json(body: bytes) -> Streams:
             out.add(
                 {str(k): str(v) for k, v in stream["stream"].items()},
                 [int(v[0]) for v in values],
-                [str(v[1]) for v in values],
+                [str(v[1]).encode("utf-8", "replace") for v in values],
                 [tuple(v[2].items()) if len(v) > 2 and v[2] else NO_META for v in values],
             )
     except (OSError, EOFError, zlib.error, ValueError, KeyError, IndexError, TypeError,

@@ -162,7 +162,7 @@ def _read_line(
         if where is not None:
             length = int(m.group(3))
             limit = int(m.group(1))
-            sizes = {p: len(streams.lines[entry(p)].encode("utf-8", "replace")) for p in where}
+            sizes = {p: len(streams.lines[entry(p)]) for p in where}
             chosen = [p for p in where if sizes[p] == length] or [
                 p for p in where if sizes[p] > limit
             ]

@@ -1,25 +1,27 @@
 """Entries in columns, shared by the network sinks (Loki push, OTLP).
 
-* :func:`gather`: the batches of one delivery -> each container stream's timestamps,
-  texts and cut flags, in columns (no object per line), each in timestamp order;
+* :func:`gather` (:func:`gather_utf8`): the batches of one delivery -> each container
+  stream's timestamps, texts (or their UTF-8 bytes) and cut flags, in columns (no object
+  per line), each in timestamp order;
 * :class:`Streams`: what a sink makes of them: per stream (a Loki stream, an OTLP
   resource and iostream) its labels, and per entry its timestamp, line and per-entry
   pairs (Loki's structured metadata, OTLP's log record attributes), stream after stream;
 * :func:`split_ranges`: consecutive entries in requests of about ``batch_bytes``;
-* :func:`cut_lines`: lines cut to a byte limit, valid UTF-8.
+* :func:`cut_lines` (:func:`cut_utf8`): lines cut to a byte limit, valid UTF-8.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, groupby, islice, repeat
-from operator import add, eq, le
-from typing import Any, Self, TypeVar
+from operator import add, eq, le, methodcaller
+from typing import Any, Generic, Self, TypeVar
 
 from ...discovery.container import ContainerInfo
 from ...pipeline.batch import Batch
+from .numeric import stamps_ns
 
 Meta = tuple[tuple[str, str], ...]
 """Per-entry pairs (structured metadata, log attributes) of one entry, ``()`` for none."""
@@ -32,32 +34,50 @@ MAX_BODY_BYTES = 3 * 1024 * 1024
 """A request's lines, pairs and framing stay under this: Loki refuses decoded pushes over
 4 MiB (a 500)."""
 
+L = TypeVar("L", str, bytes)
+"""A line: text (OTLP), or its UTF-8 bytes (Loki, which sends them as captured)."""
+
 
 # -- the batches' columns, per container stream ----------------------------------------------
 
 
-class StreamColumns:
+class StreamColumns(Generic[L]):
     """One container stream's entries gathered from several batches."""
 
-    __slots__ = ("container", "stream", "texts", "truncated", "ts_ns")
+    __slots__ = ("_stamps", "container", "stream", "texts", "truncated", "ts_ns")
 
     def __init__(self, container: ContainerInfo, stream: str) -> None:
         self.container = container
         self.stream = stream
         self.ts_ns: list[int] = []
-        self.texts: list[str] = []
+        self.texts: list[L] = []
         self.truncated: list[bool] | None = None  # None: no line was cut
+        self._stamps: list[bytes] = []  # Docker's stamps of the last texts, not yet in ts_ns
 
-    def add(self, ts_ns: list[int], texts: list[str], truncated: list[bool] | None) -> None:
+    def add(self, ts_ns: list[int] | None, stamps: list[bytes] | None, texts: list[L],
+            truncated: list[bool] | None) -> None:
+        """Append lines, their times as nanoseconds (``ts_ns``) or as Docker's canonical
+        stamps (``stamps``, made nanoseconds at once for a whole delivery)."""
         if truncated is not None and self.truncated is None:
-            self.truncated = [False] * len(self.ts_ns)
+            self.truncated = [False] * len(self.texts)
         if self.truncated is not None:
-            self.truncated += truncated if truncated is not None else [False] * len(ts_ns)
-        self.ts_ns += ts_ns
+            self.truncated += truncated if truncated is not None else [False] * len(texts)
+        if ts_ns is not None:
+            self._convert()
+            self.ts_ns += ts_ns
+        else:
+            assert stamps is not None
+            self._stamps += stamps
         self.texts += texts
+
+    def _convert(self) -> None:
+        if self._stamps:
+            self.ts_ns += stamps_ns(self._stamps)
+            self._stamps = []
 
     def in_order(self) -> None:
         """Timestamp order (kept for equal timestamps), if a clock step broke it."""
+        self._convert()
         if all(map(le, self.ts_ns, islice(self.ts_ns, 1, None))):
             return
         order = sorted(range(len(self.ts_ns)), key=self.ts_ns.__getitem__)
@@ -67,13 +87,25 @@ class StreamColumns:
             self.truncated = [self.truncated[i] for i in order]
 
 
-def gather(batches: Sequence[Batch]) -> list[StreamColumns]:
+def gather(batches: Sequence[Batch]) -> list[StreamColumns[str]]:
     """Each container stream's lines of ``batches``, in timestamp order, a container's
     streams next to each other (containers in order of first appearance)."""
-    gathered: dict[str, dict[str, StreamColumns]] = {}
+    return _gather(batches, methodcaller("texts"))
+
+
+def gather_utf8(batches: Sequence[Batch]) -> list[StreamColumns[bytes]]:
+    """As :func:`gather`, each line as valid UTF-8 bytes (:meth:`Batch.utf8`)."""
+    return _gather(batches, methodcaller("utf8"))
+
+
+def _gather(batches: Sequence[Batch], texts_of: Callable[[Batch], list[L]]
+            ) -> list[StreamColumns[L]]:
+    gathered: dict[str, dict[str, StreamColumns[L]]] = {}
     for batch in batches:
         names = batch.streams
-        ts_ns, texts = batch.ts_ns(), batch.texts()
+        stamps = batch.stamps()
+        ts_ns = batch.ts_ns() if stamps is None else None
+        texts = texts_of(batch)
         flags = batch.truncated_flags()
         cut: list[bool] | None = flags if any(flags) else None
         container = batch.container
@@ -83,11 +115,12 @@ def gather(batches: Sequence[Batch]) -> list[StreamColumns]:
             if columns is None:
                 columns = own[stream] = StreamColumns(container, stream)
             if names.count(stream) == len(names):
-                columns.add(ts_ns, texts, cut)
+                columns.add(ts_ns, stamps, texts, cut)
                 continue
             mine = list(map(eq, names, repeat(stream)))
             columns.add(
-                list(compress(ts_ns, mine)),
+                None if ts_ns is None else list(compress(ts_ns, mine)),
+                None if stamps is None else list(compress(stamps, mine)),
                 list(compress(texts, mine)),
                 None if cut is None else list(compress(cut, mine)),
             )
@@ -101,15 +134,16 @@ def gather(batches: Sequence[Batch]) -> list[StreamColumns]:
 
 
 @dataclass(slots=True)
-class Streams:
-    """Entries in columns, stream after stream; each stream's entries in timestamp order."""
+class Streams(Generic[L]):
+    """Entries in columns, stream after stream; each stream's entries in timestamp order;
+    lines as text or as UTF-8 bytes (``L``), as the sink sends them."""
 
     labels: list[dict[str, str]] = field(default_factory=list)  # per stream
     texts: list[str] = field(default_factory=list)  # per stream: its key (Loki's spelling)
     starts: list[int] = field(default_factory=list)  # per stream: its first entry
     stream_of: list[int] = field(default_factory=list)  # per entry
     ts_ns: list[int] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
+    lines: list[L] = field(default_factory=list)
     meta: list[Meta] = field(default_factory=list)
     extra: list[int] = field(default_factory=list)
     """Per stream: bytes the server adds to each of its entries, counted as the entry's
@@ -123,7 +157,7 @@ class Streams:
         self,
         labels: dict[str, str],
         ts_ns: Sequence[int],
-        lines: Sequence[str],
+        lines: Sequence[L],
         meta: Sequence[Meta],
         text: str = "",
         extra: int = 0,
@@ -165,7 +199,7 @@ class Streams:
 
     def groups(
         self, positions: Sequence[int]
-    ) -> Iterator[tuple[int, Sequence[int], Sequence[str], Sequence[Meta]]]:
+    ) -> Iterator[tuple[int, Sequence[int], Sequence[L], Sequence[Meta]]]:
         """``(stream, timestamps, lines, metadata)`` of the entries at ``positions``."""
         if isinstance(positions, range) and positions.step == 1:
             start, stop = positions.start, positions.stop
@@ -188,7 +222,9 @@ class Streams:
             )
 
 
-def split_ranges(streams: Streams, batch_bytes: int, max_bytes: int | None = None) -> list[range]:
+def split_ranges(
+    streams: Streams[Any], batch_bytes: int, max_bytes: int | None = None
+) -> list[range]:
     """Consecutive entries in requests of about ``batch_bytes`` each: see
     :func:`full_ranges`; the last range may be smaller."""
     full, rest = full_ranges(streams, batch_bytes, max_bytes)
@@ -198,7 +234,7 @@ def split_ranges(streams: Streams, batch_bytes: int, max_bytes: int | None = Non
 
 
 def full_ranges(
-    streams: Streams, batch_bytes: int, max_bytes: int | None = None
+    streams: Streams[Any], batch_bytes: int, max_bytes: int | None = None
 ) -> tuple[list[range], int]:
     """Consecutive entries cut into requests as Promtail cuts its batches, and where the
     rest (too small for one) starts.
@@ -261,6 +297,20 @@ def cut_lines(messages: list[str], limit: int) -> tuple[list[str], list[bool] | 
     return lines, cut if any(cut) else None
 
 
+def cut_utf8(lines: list[bytes], limit: int) -> tuple[list[bytes], list[bool] | None]:
+    """Lines of valid UTF-8 cut to ``limit`` bytes (0: no limit), a character never split,
+    and which were (None: none)."""
+    if not limit or not lines or max(map(len, lines)) <= limit:
+        return lines, None
+    out = list(lines)
+    cut = [False] * len(lines)
+    for i, data in enumerate(lines):
+        if len(data) > limit:
+            out[i] = data[:limit].decode("utf-8", "ignore").encode()
+            cut[i] = True
+    return out, cut
+
+
 # -- payloads as positions into Streams ------------------------------------------------------
 
 
@@ -272,7 +322,7 @@ def sub_positions(own: Sequence[int], positions: Sequence[int]) -> Sequence[int]
     return [own[i] for i in positions]
 
 
-S = TypeVar("S", bound=Streams)
+S = TypeVar("S", bound=Streams[Any])
 
 
 def merge_positions(parts: Sequence[tuple[S, Sequence[int]]]) -> list[tuple[S, list[int]]]:
@@ -284,13 +334,15 @@ def merge_positions(parts: Sequence[tuple[S, Sequence[int]]]) -> list[tuple[S, l
     return [(streams, sorted(ids)) for streams, ids in by_root.values()]
 
 
-def sample_timestamps(streams: Streams, positions: Sequence[int], samples: int = 20) -> list[int]:
+def sample_timestamps(
+    streams: Streams[Any], positions: Sequence[int], samples: int = 20
+) -> list[int]:
     """Timestamps of a few entries spread over ``positions`` (for the delivery lag)."""
     return [streams.ts_ns[i] for i in positions[:: max(1, len(positions) // samples)]]
 
 
 def dead_letter_docs(
-    streams: Streams, own: Sequence[int], positions: Sequence[int], keys: tuple[str, str, str]
+    streams: Streams[Any], own: Sequence[int], positions: Sequence[int], keys: tuple[str, str, str]
 ) -> list[dict[str, Any]]:
     """One JSON object per entry at ``positions`` of a payload whose entries are ``own``
     (positions into ``streams``), as the sink names them: ``keys`` are the names of the
@@ -299,10 +351,11 @@ def dead_letter_docs(
     docs = []
     for p in positions:
         i = own[p]
+        line = streams.lines[i]
         doc: dict[str, Any] = {
             stream_key: streams.labels[streams.stream_of[i]],
             "ts": str(streams.ts_ns[i]),
-            line_key: streams.lines[i],
+            line_key: line.decode() if isinstance(line, bytes) else line,
         }
         if streams.meta[i]:
             doc[meta_key] = dict(streams.meta[i])

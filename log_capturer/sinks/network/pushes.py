@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -56,11 +56,11 @@ P_co = TypeVar("P_co", bound=Payload, covariant=True)
 class PushBuilder(Protocol[P_co]):
     """What a sink's encoder supplies to the pipeline."""
 
-    def entries(self, batches: Sequence[Batch], out: Streams | None = None) -> Streams:
+    def entries(self, batches: Sequence[Batch], out: Streams[Any] | None = None) -> Streams[Any]:
         """The batches' entries appended to ``out`` (a new Streams when None)."""
         ...
 
-    def payload(self, streams: Streams, positions: Sequence[int]) -> P_co:
+    def payload(self, streams: Streams[Any], positions: Sequence[int]) -> P_co:
         """The request of the entries at ``positions`` of ``streams``."""
         ...
 
@@ -99,7 +99,7 @@ class PushPipeline(Generic[P]):
         self._sender: threading.Thread | None = None
         # The caller's thread only.
         self._issued = 0  # the last ticket issued
-        self._rest: Streams | None = None  # entries not in a push yet (less than a push)
+        self._rest: Streams[Any] | None = None  # entries not in a push yet (less than a push)
         self._rest_since = 0.0  # monotonic time the oldest of them was taken
         self._taken = 0  # entries taken, counted as _done
         self._sealed = 0  # entries in pushes, counted as _done
@@ -209,7 +209,7 @@ class PushPipeline(Generic[P]):
             self._taken = self._sealed = self._done
         self._rest = None
 
-    def _seal(self, streams: Streams, parts: Sequence[range]) -> list[tuple[P, int]]:
+    def _seal(self, streams: Streams[Any], parts: Sequence[range]) -> list[tuple[P, int]]:
         """Pushes of ``parts`` of ``streams``, built here (encoded, compressed)."""
         out = []
         for part in parts:

@@ -68,7 +68,8 @@ def _spool_tag(encoding: Encoding, compression: Compression) -> bytes:
 
 
 def protobuf_request(
-    streams: Streams, groups: Iterable[tuple[int, Sequence[int], Sequence[str], Sequence[Meta]]]
+    streams: Streams[str],
+    groups: Iterable[tuple[int, Sequence[int], Sequence[str], Sequence[Meta]]],
 ) -> bytes:
     """A serialized ``ExportLogsServiceRequest`` of the entries in ``groups``."""
     request = ExportLogsServiceRequest()
@@ -110,7 +111,8 @@ def _template(meta: Meta) -> Any:
 
 
 def json_request(
-    streams: Streams, groups: Iterable[tuple[int, Sequence[int], Sequence[str], Sequence[Meta]]]
+    streams: Streams[str],
+    groups: Iterable[tuple[int, Sequence[int], Sequence[str], Sequence[Meta]]],
 ) -> bytes:
     """OTLP/JSON of the entries in ``groups`` (lowerCamelCase keys, int64 as strings)."""
     resources: dict[str, list[dict[str, Any]]] = {}
@@ -155,12 +157,12 @@ def _decompress(data: bytes, compression: Compression) -> bytes:
     return data
 
 
-def decode_protobuf(data: bytes) -> Streams:
+def decode_protobuf(data: bytes) -> Streams[str]:
     try:
         request = ExportLogsServiceRequest.FromString(data)
     except DecodeError as exc:
         raise ValueError(f"not an OTLP logs request: {exc}") from exc
-    out = Streams()
+    out: Streams[str] = Streams()
     for resource_logs in request.resource_logs:
         labels = {a.key: a.value.string_value for a in resource_logs.resource.attributes}
         ts_ns: list[int] = []
@@ -179,10 +181,10 @@ def decode_protobuf(data: bytes) -> Streams:
     return out
 
 
-def decode_json(data: bytes) -> Streams:
+def decode_json(data: bytes) -> Streams[str]:
     try:
         doc = json.loads(data)
-        out = Streams()
+        out: Streams[str] = Streams()
         for resource_logs in doc["resourceLogs"]:
             labels = {
                 str(a["key"]): str(a["value"]["stringValue"])
@@ -222,7 +224,7 @@ _DEAD_LETTER_KEYS = ("resource", "body", "attributes")
 class Export:
     """The entries of one export request (positions into ``streams``) and its body."""
 
-    streams: Streams
+    streams: Streams[str]
     positions: Sequence[int]  # ascending; a range when contiguous
     encoding: Encoding
     compression: Compression
@@ -330,15 +332,15 @@ class Encoder:
             for part in split_ranges(streams, config.batch_bytes)
         ]
 
-    def entries(self, batches: Sequence[Batch], out: Streams | None = None) -> Streams:
+    def entries(self, batches: Sequence[Batch], out: Streams[str] | None = None) -> Streams[str]:
         """The batches' lines appended to ``out`` (a new :class:`Streams` when None)."""
         return self.columns(batches, out)
 
-    def payload(self, streams: Streams, positions: Sequence[int]) -> Export:
+    def payload(self, streams: Streams[str], positions: Sequence[int]) -> Export:
         """The request of the entries at ``positions`` of ``streams``."""
         return Export(streams, positions, self.config.encoding, self.config.compression)
 
-    def columns(self, batches: Sequence[Batch], out: Streams | None = None) -> Streams:
+    def columns(self, batches: Sequence[Batch], out: Streams[str] | None = None) -> Streams[str]:
         """The batches' lines as :class:`Streams`: a container's streams next to each other,
         each in timestamp order."""
         out = Streams() if out is None else out
