@@ -12,7 +12,8 @@ import pytest
 
 from log_capturer.discovery.container import ContainerInfo
 from log_capturer.docker.lines import Lines, ts_ns_of
-from log_capturer.pipeline.batch import LineBatch
+from log_capturer.pipeline.batch import LineBatch, RecordBatch
+from log_capturer.pipeline.record import LogRecord
 from log_capturer.positions.marks import Mark
 from log_capturer.sinks.loki import LokiSinkConfig
 from log_capturer.sinks.loki.encode import Encoder
@@ -118,3 +119,26 @@ def test_lines_are_cut_at_a_character_boundary() -> None:
     assert [c.decode() for c in cut] == ["a" * 9, "é" * 4, "€" * 3, "𝄞" * 2, "short"]
     assert flags == [True, True, True, True, False]
     assert cut_utf8([b"abc"], 0) == ([b"abc"], None)
+
+
+def test_a_delivery_of_stamped_and_timed_batches_keeps_its_order() -> None:
+    """Batches of a socket read carry Docker's stamps, batches from the stages nanoseconds:
+    one stream fed by both, in turns, comes out in the order fed."""
+    container = ContainerInfo(id="c" * 64, name="web", image="i")
+    now = time.time_ns()
+
+    def read(first: int) -> LineBatch:
+        ids = range(first, first + 3)
+        return LineBatch(container, Lines(["stdout"] * 3,
+                                          [format_rfc3339_ns(now + i).encode() for i in ids],
+                                          [f"l{i}".encode() for i in ids]),
+                         {"stdout": Mark(now + ids[-1], 1)})
+
+    def staged(first: int) -> RecordBatch:
+        return RecordBatch(container, [
+            LogRecord(container, "stdout", now + i, 0, format_rfc3339_ns(now + i), f"l{i}")
+            for i in range(first, first + 3)])
+
+    [part] = gather_utf8([read(0), staged(3), read(6), read(9), staged(12)])
+    assert part.ts_ns == [now + i for i in range(15)]
+    assert part.texts == [f"l{i}".encode() for i in range(15)]
