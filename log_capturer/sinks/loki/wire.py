@@ -38,6 +38,9 @@ _LANES = np.arange(_WIDTH, dtype=np.uint64)
 _SHIFTS = _LANES * np.uint64(7)
 _LIMITS = [np.uint64(1 << (7 * k)) for k in range(1, _WIDTH)]
 _MAX = 1 << (7 * _WIDTH)
+_CHUNK = 4096
+"""Entries framed per pass: the arrays of a pass take about 250 bytes an entry, so a push
+of tiny lines (up to ~130,000 entries) stays within about a megabyte of them."""
 
 Group = tuple[str, Sequence[int], Sequence[bytes], Sequence[Meta]]
 """One stream of a push: its labels in Loki's spelling, and per entry the timestamp in
@@ -138,7 +141,12 @@ def _metadata(meta: Meta) -> bytes:
 
 
 def push_request(groups: Sequence[Group]) -> bytes:
-    """The serialized ``PushRequest`` of ``groups`` (raises :class:`NotEncodable`)."""
+    """The serialized ``PushRequest`` of ``groups`` (raises :class:`NotEncodable`).
+
+    Entries are framed and joined :data:`_CHUNK` at a time (``bytes.join`` takes 80 bytes
+    of bookkeeping per part while it runs), then the streams' headers put around them: at
+    the peak about twice the body's size besides the entries' lists (13 MB traced for the
+    largest push of 10-byte lines, a 3.7 MB body; 46 MB joined at once)."""
     ts_ns = list(chain.from_iterable(g[1] for g in groups))
     lines = list(chain.from_iterable(g[2] for g in groups))
     n = len(lines)
@@ -146,27 +154,32 @@ def push_request(groups: Sequence[Group]) -> bytes:
     tails: list[bytes] | None = None
     extra = None
     if any(any(g[3]) for g in groups):
-        encoded: dict[Meta, bytes] = {}
-        for meta in {m for g in groups for m in g[3]}:
-            encoded[meta] = _metadata(meta)
+        encoded = {meta: _metadata(meta) for meta in {m for g in groups for m in g[3]}}
         tails = [encoded[m] for g in groups for m in g[3]]
         extra = np.fromiter(map(len, tails), np.int64, n)
-    prefixes, entry_bytes = entry_prefixes(ts_ns, sizes, extra)
-    ends = np.cumsum(entry_bytes).tolist()
-    step = 2 if tails is None else 3
-    parts: list[bytes] = [b""] * (step * n)
-    parts[0::step] = prefixes
-    parts[1::step] = lines
-    if tails is not None:
-        parts[2::step] = tails
-    out: list[bytes] = []
+    chunks: list[bytes] = []
+    totals = [np.zeros(1, np.int64)]  # each entry's bytes, after a 0
+    for lo in range(0, n, _CHUNK):
+        hi = min(n, lo + _CHUNK)
+        prefixes, entry_bytes = entry_prefixes(
+            ts_ns[lo:hi], sizes[lo:hi], None if extra is None else extra[lo:hi])
+        step = 2 if tails is None else 3
+        parts: list[bytes] = [b""] * (step * (hi - lo))
+        parts[0::step] = prefixes
+        parts[1::step] = lines[lo:hi]
+        if tails is not None:
+            parts[2::step] = tails[lo:hi]
+        chunks.append(b"".join(parts))
+        totals.append(entry_bytes)
+    entries = memoryview(b"".join(chunks))
+    del chunks
+    offsets = np.cumsum(np.concatenate(totals))  # where each entry starts in ``entries``
+    out: list[bytes | memoryview] = []
     start = 0
     for text, stamps, _, _ in groups:
         stop = start + len(stamps)
         labels = _field(0x0A, text.encode())
-        entries = ends[stop - 1] - (ends[start - 1] if start else 0) if stop > start else 0
-        size = len(labels) + entries
-        out += (b"\x0a", varint(size), labels)
-        out += parts[step * start : step * stop]
+        first, end = int(offsets[start]), int(offsets[stop])
+        out += (b"\x0a", varint(len(labels) + end - first), labels, entries[first:end])
         start = stop
     return b"".join(out)
