@@ -72,6 +72,16 @@ def test_one_entry_many_entries_of_no_text_and_streams_of_none() -> None:
         assert push_request(groups) == upb_request(groups)
 
 
+def test_streams_across_the_passes_of_4096_entries() -> None:
+    rng = random.Random(3)
+    now = time.time_ns()
+    groups: list[Group] = []
+    for s, n in enumerate((3000, 5000, 1, 4096)):
+        metas = [rng.choice([(), CUT]) for _ in range(n)] if s == 1 else [()] * n
+        groups.append((f'{{s="{s}"}}', [now + i for i in range(n)], _lines(rng, n), metas))
+    assert push_request(groups) == upb_request(groups)
+
+
 def test_times_it_does_not_take_go_to_upb() -> None:
     old = [("{a=\"1\"}", [-5 * NS, 3], [b"before 1970", b"1970"], [(), ()])]
     with pytest.raises(NotEncodable):
