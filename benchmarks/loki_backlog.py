@@ -69,7 +69,7 @@ from log_capturer_testkit import (
     scrape,
 )
 from log_capturer_testkit import bench as common
-from log_capturer_testkit.bench import log
+from log_capturer_testkit.bench import log, spread
 from log_capturer_testkit.loki import RealLoki, peer_binary
 from log_capturer_testkit.workloads import backlog_expected, ensure_backlog
 
@@ -291,10 +291,6 @@ def by_label(metrics: dict[str, float], name: str, label: str) -> dict[str, int]
             out[status] = out.get(status, 0) + int(value)
     return dict(sorted(out.items()))
 
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)}
 
 
 def main() -> int:

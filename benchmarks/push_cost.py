@@ -27,7 +27,6 @@ only the daemon's own work differs between the sinks. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from typing import Any
 
 from log_capturer_testkit import BENCH_LABEL, Daemon, cpu_seconds, dockerd_pid
 from log_capturer_testkit import bench as common
-from log_capturer_testkit.bench import log
+from log_capturer_testkit.bench import log, spread
 from log_capturer_testkit.workloads import backlog_expected, ensure_backlog
 
 ACCEPTED = 'log_capturer_sink_records_total{sink="%s",status="accepted"}'
@@ -92,10 +91,6 @@ def run_daemon(args: argparse.Namespace, sink: str, url: str, label_value: str,
             "cpu_us_per_line": round(cpu / expected * 1e6, 2),
             "engine_cpu_s": round(cpu_seconds(dockerd_pid()) - engine0, 2)}
 
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)}
 
 
 def main() -> int:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,12 @@ def write_json(summary: Mapping[str, Any], path: str | None) -> None:
     print(text, flush=True)
     if path:
         Path(path).write_text(text + "\n")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of a benchmark's figures (ratios of runs), to 3 places."""
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3)}
 
 
 def new_run_id(prefix: str) -> str:

@@ -159,11 +159,11 @@ def push_request(groups: Sequence[Group]) -> bytes:
         extra = np.fromiter(map(len, tails), np.int64, n)
     chunks: list[bytes] = []
     totals = [np.zeros(1, np.int64)]  # each entry's bytes, after a 0
+    step = 2 if tails is None else 3  # parts an entry: framing, line(, metadata)
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
         prefixes, entry_bytes = entry_prefixes(
             ts_ns[lo:hi], sizes[lo:hi], None if extra is None else extra[lo:hi])
-        step = 2 if tails is None else 3
         parts: list[bytes] = [b""] * (step * (hi - lo))
         parts[0::step] = prefixes
         parts[1::step] = lines[lo:hi]
