@@ -112,7 +112,8 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, name="standin", daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     client = common.docker_client()
-    container, _ = ensure_backlog(client, args.lines, args.reuse, common.new_run_id("pushcost"))
+    container, reused = ensure_backlog(client, args.lines, args.reuse,
+                                       common.new_run_id("pushcost"))
     expected = backlog_expected(args.lines)
     label_value = container.labels[BENCH_LABEL]
     runs: list[dict[str, Any]] = []
@@ -129,7 +130,7 @@ def main() -> int:
     finally:
         server.shutdown()
         server.server_close()
-        if not args.keep and not args.reuse:
+        if not (args.keep or reused):  # made by this run: removed (a reused one is kept)
             container.remove(force=True)
     complete = [r for r in runs if all(r[s]["complete"] for s in sinks)]
     ratios = {}
